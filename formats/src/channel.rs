@@ -1,0 +1,349 @@
+//! `channels/<channel>.json`: the signed list of a channel's releases.
+//!
+//! The index is what a host polls. Its `version` only grows and its `expires`
+//! bounds how long a copy stays valid, so a mirror or attacker can neither
+//! serve an older index (rollback) nor keep serving a stale one (freeze): the
+//! installer compares both against the trust state it keeps per channel.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::id::ReleaseId;
+use crate::manifest::validate_name;
+use crate::version::Version;
+
+/// The channel index format this crate reads and writes.
+pub const CHANNEL_FORMAT: u32 = 1;
+/// The `type` field of a channel index.
+pub const CHANNEL_TYPE: &str = "channel-index";
+
+/// Why a channel index was refused.
+#[derive(Debug, Error)]
+pub enum ChannelError {
+    #[error("channel index is not valid JSON: {0}")]
+    Json(String),
+    #[error("channel index has type {found:?}, expected \"channel-index\"")]
+    WrongType { found: String },
+    #[error("channel index format {found} is not supported (this slipway reads format {CHANNEL_FORMAT}); upgrade slipway")]
+    UnsupportedFormat { found: u64 },
+    #[error("channel index does not match format {CHANNEL_FORMAT}: {0}")]
+    Schema(String),
+    #[error("channel index field {field}: {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("channel index is for app {found:?}, this host runs {expected:?}")]
+    WrongApp { expected: String, found: String },
+    #[error("channel index is for channel {found:?}, this host follows {expected:?}")]
+    WrongChannel { expected: String, found: String },
+    #[error("channel index releases are not newest first: {prev} is listed before {next}")]
+    NotNewestFirst { prev: Version, next: Version },
+    #[error("channel index lists release {0} twice")]
+    DuplicateId(ReleaseId),
+    #[error("channel index release {version}: rollout {rollout} is above 100 percent")]
+    Rollout { version: Version, rollout: u8 },
+}
+
+/// An RFC 3339 instant, as written in indexes and state files.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub OffsetDateTime);
+
+impl Timestamp {
+    /// Seconds since the epoch.
+    pub fn unix(&self) -> i64 {
+        self.0.unix_timestamp()
+    }
+
+    /// From seconds since the epoch (UTC); `None` if out of range.
+    pub fn from_unix(secs: i64) -> Option<Self> {
+        OffsetDateTime::from_unix_timestamp(secs)
+            .ok()
+            .map(Timestamp)
+    }
+
+    /// Parses an RFC 3339 string.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        OffsetDateTime::parse(s, &Rfc3339)
+            .map(Timestamp)
+            .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.to_offset(time::UtcOffset::UTC).format(&Rfc3339) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "@{}", self.0.unix_timestamp()),
+        }
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({self})")
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One release as listed in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRelease {
+    pub version: Version,
+    pub id: ReleaseId,
+    /// Archive size in bytes: the download is capped at it.
+    pub size: u64,
+    pub schema_version: u32,
+    #[serde(default)]
+    pub yanked: bool,
+    /// Percent of hosts that take this release (SPEC §7).
+    #[serde(default = "full_rollout")]
+    pub rollout: u8,
+    #[serde(default)]
+    pub notes: String,
+}
+
+fn full_rollout() -> u8 {
+    100
+}
+
+/// `channels/<channel>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelIndex {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub format: u32,
+    pub app: String,
+    pub channel: String,
+    /// Grows by one with every publish or yank; a host refuses a lower one.
+    pub version: u64,
+    /// A host refuses the index after this instant.
+    pub expires: Timestamp,
+    /// Newest first.
+    pub releases: Vec<ChannelRelease>,
+}
+
+impl ChannelIndex {
+    /// An empty index, as `publish` starts a new channel.
+    pub fn new(app: &str, channel: &str, expires: Timestamp) -> Self {
+        ChannelIndex {
+            kind: CHANNEL_TYPE.to_string(),
+            format: CHANNEL_FORMAT,
+            app: app.to_string(),
+            channel: channel.to_string(),
+            version: 0,
+            expires,
+            releases: Vec::new(),
+        }
+    }
+
+    /// Parses and validates an index. Type and format are checked before the
+    /// strict parse, so each gets its own clear message.
+    pub fn parse(bytes: &[u8]) -> Result<ChannelIndex, ChannelError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| ChannelError::Json(e.to_string()))?;
+        let kind = value
+            .get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if kind != CHANNEL_TYPE {
+            return Err(ChannelError::WrongType {
+                found: kind.to_string(),
+            });
+        }
+        let format = value.get("format").and_then(|v| v.as_u64()).unwrap_or(0);
+        if format != u64::from(CHANNEL_FORMAT) {
+            return Err(ChannelError::UnsupportedFormat { found: format });
+        }
+        let index: ChannelIndex =
+            serde_json::from_value(value).map_err(|e| ChannelError::Schema(e.to_string()))?;
+        index.validate()?;
+        Ok(index)
+    }
+
+    /// Canonical bytes: pretty JSON and a trailing newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// The rules an index satisfies on its own.
+    pub fn validate(&self) -> Result<(), ChannelError> {
+        if self.kind != CHANNEL_TYPE {
+            return Err(ChannelError::WrongType {
+                found: self.kind.clone(),
+            });
+        }
+        if self.format != CHANNEL_FORMAT {
+            return Err(ChannelError::UnsupportedFormat {
+                found: u64::from(self.format),
+            });
+        }
+        validate_name(&self.app).map_err(|reason| ChannelError::Field {
+            field: "app",
+            reason,
+        })?;
+        validate_name(&self.channel).map_err(|reason| ChannelError::Field {
+            field: "channel",
+            reason,
+        })?;
+        let mut ids = HashSet::new();
+        for release in &self.releases {
+            if !ids.insert(release.id) {
+                return Err(ChannelError::DuplicateId(release.id));
+            }
+            if release.rollout > 100 {
+                return Err(ChannelError::Rollout {
+                    version: release.version.clone(),
+                    rollout: release.rollout,
+                });
+            }
+        }
+        for pair in self.releases.windows(2) {
+            if pair[0].version <= pair[1].version {
+                return Err(ChannelError::NotNewestFirst {
+                    prev: pair[0].version.clone(),
+                    next: pair[1].version.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an index meant for another app or channel.
+    pub fn check_identity(&self, app: &str, channel: &str) -> Result<(), ChannelError> {
+        if self.app != app {
+            return Err(ChannelError::WrongApp {
+                expected: app.to_string(),
+                found: self.app.clone(),
+            });
+        }
+        if self.channel != channel {
+            return Err(ChannelError::WrongChannel {
+                expected: channel.to_string(),
+                found: self.channel.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the index has expired at `now`.
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        now >= self.expires
+    }
+
+    /// The release with this id, if listed.
+    pub fn release(&self, id: &ReleaseId) -> Option<&ChannelRelease> {
+        self.releases.iter().find(|r| &r.id == id)
+    }
+
+    /// Adds a release in its place (newest first). Refuses a version already
+    /// listed with another id: a version names one release forever.
+    pub fn insert_release(&mut self, release: ChannelRelease) -> Result<(), String> {
+        if let Some(existing) = self.releases.iter().find(|r| r.version == release.version) {
+            if existing.id == release.id {
+                return Ok(());
+            }
+            return Err(format!(
+                "version {} is already published as {}; publish a new version instead",
+                release.version, existing.id
+            ));
+        }
+        let at = self
+            .releases
+            .iter()
+            .position(|r| r.version < release.version)
+            .unwrap_or(self.releases.len());
+        self.releases.insert(at, release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(v: &str, seed: &[u8]) -> ChannelRelease {
+        ChannelRelease {
+            version: v.parse().expect("version"),
+            id: ReleaseId::of_bytes(seed),
+            size: 10,
+            schema_version: 1,
+            yanked: false,
+            rollout: 100,
+            notes: String::new(),
+        }
+    }
+
+    fn sample() -> ChannelIndex {
+        let mut idx = ChannelIndex::new(
+            "bot",
+            "stable",
+            Timestamp::parse("2030-01-01T00:00:00Z").expect("time"),
+        );
+        idx.version = 3;
+        idx.insert_release(release("1.0.0", b"a")).expect("insert");
+        idx.insert_release(release("1.2.0", b"c")).expect("insert");
+        idx.insert_release(release("1.1.0", b"b")).expect("insert");
+        idx
+    }
+
+    #[test]
+    fn keeps_newest_first_and_round_trips() {
+        let idx = sample();
+        let versions: Vec<String> = idx.releases.iter().map(|r| r.version.to_string()).collect();
+        assert_eq!(versions, ["1.2.0", "1.1.0", "1.0.0"]);
+        assert_eq!(ChannelIndex::parse(&idx.to_bytes()).expect("parse"), idx);
+    }
+
+    #[test]
+    fn refuses_wrong_type_app_channel_and_order() {
+        let mut idx = sample();
+        idx.kind = "manifest".into();
+        assert!(matches!(
+            ChannelIndex::parse(&idx.to_bytes()),
+            Err(ChannelError::WrongType { .. })
+        ));
+        let idx = sample();
+        assert!(matches!(
+            idx.check_identity("other", "stable"),
+            Err(ChannelError::WrongApp { .. })
+        ));
+        assert!(matches!(
+            idx.check_identity("bot", "beta"),
+            Err(ChannelError::WrongChannel { .. })
+        ));
+        let mut idx = sample();
+        idx.releases.swap(0, 1);
+        assert!(matches!(
+            idx.validate(),
+            Err(ChannelError::NotNewestFirst { .. })
+        ));
+        let mut idx = sample();
+        assert!(idx.insert_release(release("1.1.0", b"other")).is_err());
+    }
+
+    #[test]
+    fn expiry_is_a_strict_instant() {
+        let idx = sample();
+        assert!(!idx.is_expired(Timestamp::parse("2029-12-31T23:59:59Z").expect("t")));
+        assert!(idx.is_expired(Timestamp::parse("2030-01-01T00:00:00Z").expect("t")));
+    }
+}

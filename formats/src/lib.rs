@@ -1,0 +1,43 @@
+//! The formats slipway's packager and installer agree on.
+//!
+//! This crate is pure: it parses, validates, hashes and verifies, and never
+//! touches the network, spawns a process or assumes a global path. Every
+//! reader and writer of a release goes through it, so a rule enforced here
+//! (a path rule, a manifest field, a signature check) is enforced everywhere.
+//!
+//! - [`path`]: the path rules of SPEC §6, one function for every entry name.
+//! - [`id`]: release ids (`sha256:<hex>` of the archive file).
+//! - [`version`]: semver parsing and ordering, tags `vX.Y.Z`.
+//! - [`manifest`]: `slipway/manifest.json`, strict.
+//! - [`channel`]: `channels/<channel>.json`, the signed channel index.
+//! - [`signature`]: minisign public keys, detached signatures, trusted comments.
+//! - [`state`]: the files slipway writes on a host for itself and the app.
+//! - [`rollout`]: the stable per-host bucket for staged rollouts.
+
+pub mod channel;
+pub mod id;
+pub mod manifest;
+pub mod path;
+pub mod rollout;
+pub mod signature;
+pub mod state;
+pub mod version;
+
+pub use channel::{ChannelIndex, ChannelRelease};
+pub use id::ReleaseId;
+pub use manifest::{EntryType, FileEntry, Hooks, Manifest, SourceInfo};
+pub use signature::{KeyId, PublicKey, SignatureFile, TrustedKeys};
+pub use version::Version;
+
+/// The path of the manifest inside every release archive and staged release.
+pub const MANIFEST_PATH: &str = "slipway/manifest.json";
+
+/// The largest manifest a reader accepts, in bytes. A manifest lists every
+/// file of the release, so this bounds the release at roughly 100,000 entries.
+pub const MAX_MANIFEST_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The largest channel index or other metadata file a reader accepts.
+pub const MAX_METADATA_BYTES: u64 = 64 * 1024;
+
+/// The largest signature file a reader accepts.
+pub const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;

@@ -1,0 +1,463 @@
+//! minisign public keys, detached signatures and slipway's trusted comments.
+//!
+//! Signatures are real minisign signatures in the prehashed (`ED`) mode, so
+//! the stock `minisign -Vm FILE -P KEY` verifies every archive and index
+//! slipway signs. Legacy (`Ed`, non-prehashed) signatures are refused: they
+//! cannot be checked in a stream, and an installer never holds a release in
+//! memory.
+//!
+//! The trusted comment, which minisign signs together with the data, carries
+//! what the signature is about (`app`, `version`, `channel`, release id), so a
+//! single archive copied to a USB stick is authenticated with nothing else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use thiserror::Error;
+
+use crate::id::ReleaseId;
+use crate::MAX_SIGNATURE_BYTES;
+
+/// A minisign key id, displayed as minisign does (16 uppercase hex digits of
+/// the little-endian number).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 8]);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.iter().rev() {
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// Why a key or signature was refused.
+#[derive(Debug, Error)]
+pub enum SignatureError {
+    #[error("public key {0:?} is not a minisign public key (expected the base64 line of a minisign .pub file, starting with \"RW\")")]
+    BadPublicKey(String),
+    #[error("signature file is malformed: {0}")]
+    Malformed(String),
+    #[error("signature file is {0} bytes; a minisign signature is under {MAX_SIGNATURE_BYTES}")]
+    TooLarge(usize),
+    #[error("signature is a legacy (non-prehashed) minisign signature; re-sign with a current minisign (without -l) or slipway-pack")]
+    Legacy,
+    #[error("signature is by key {key_id}, which this host does not trust (trusted: {trusted})")]
+    UnknownKey { key_id: KeyId, trusted: String },
+    #[error("signature by key {key_id} does not match the data: the file was altered or signed by a different key with the same id")]
+    Invalid { key_id: KeyId },
+    #[error("no trusted public keys are configured")]
+    NoTrustedKeys,
+    #[error("trusted comment {comment:?}: {reason}")]
+    Comment { comment: String, reason: String },
+}
+
+/// A minisign public key.
+#[derive(Clone)]
+pub struct PublicKey {
+    id: KeyId,
+    base64: String,
+    inner: minisign_verify::PublicKey,
+}
+
+impl PublicKey {
+    /// Parses the base64 form (`RW...`), as in a config file or `minisign -P`.
+    pub fn from_base64(text: &str) -> Result<Self, SignatureError> {
+        let text = text.trim();
+        let bad = || SignatureError::BadPublicKey(text.to_string());
+        let bin = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| bad())?;
+        if bin.len() != 42 || &bin[0..2] != b"Ed" {
+            return Err(bad());
+        }
+        let inner = minisign_verify::PublicKey::from_base64(text).map_err(|_| bad())?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&bin[2..10]);
+        Ok(PublicKey {
+            id: KeyId(id),
+            base64: text.to_string(),
+            inner,
+        })
+    }
+
+    /// Parses either the base64 form or the contents of a minisign `.pub`
+    /// file (an `untrusted comment:` line, then the base64 line).
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        match lines.next() {
+            Some(first) if first.starts_with("untrusted comment:") => match lines.next() {
+                Some(key) => Self::from_base64(key),
+                None => Err(SignatureError::BadPublicKey(text.to_string())),
+            },
+            Some(first) => Self::from_base64(first),
+            None => Err(SignatureError::BadPublicKey(String::new())),
+        }
+    }
+
+    /// The key id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The base64 form, as `minisign -P` takes it.
+    pub fn to_base64(&self) -> &str {
+        &self.base64
+    }
+
+    /// The contents of a minisign `.pub` file for this key.
+    pub fn to_pub_file(&self) -> String {
+        format!(
+            "untrusted comment: minisign public key {}\n{}\n",
+            self.id, self.base64
+        )
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.id)
+    }
+}
+
+/// The set of public keys a host or command trusts.
+#[derive(Clone, Debug, Default)]
+pub struct TrustedKeys {
+    keys: Vec<PublicKey>,
+}
+
+impl TrustedKeys {
+    /// A set from keys already parsed.
+    pub fn new(keys: Vec<PublicKey>) -> Self {
+        TrustedKeys { keys }
+    }
+
+    /// Parses every key (base64 or `.pub` contents); the first bad one is an error.
+    pub fn parse_all<S: AsRef<str>>(texts: &[S]) -> Result<Self, SignatureError> {
+        let keys = texts
+            .iter()
+            .map(|t| PublicKey::parse(t.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedKeys { keys })
+    }
+
+    /// Adds a key (e.g. one introduced by a rotation statement).
+    pub fn add(&mut self, key: PublicKey) {
+        if self.find(key.id()).is_none() {
+            self.keys.push(key);
+        }
+    }
+
+    /// The key with this id.
+    pub fn find(&self, id: KeyId) -> Option<&PublicKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        &self.keys
+    }
+
+    fn describe(&self) -> String {
+        if self.keys.is_empty() {
+            return "none".to_string();
+        }
+        self.keys
+            .iter()
+            .map(|k| k.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A parsed detached minisign signature (`.minisig`).
+#[derive(Clone)]
+pub struct SignatureFile {
+    inner: minisign_verify::Signature,
+    key_id: KeyId,
+    prehashed: bool,
+}
+
+impl SignatureFile {
+    /// Parses a `.minisig` file's text. Legacy signatures parse (so the error
+    /// can say what they are) but never verify.
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        if text.len() > MAX_SIGNATURE_BYTES as usize {
+            return Err(SignatureError::TooLarge(text.len()));
+        }
+        let mut lines = text.lines();
+        let _untrusted = lines
+            .next()
+            .ok_or_else(|| SignatureError::Malformed("empty file".into()))?;
+        let sig_line = lines
+            .next()
+            .ok_or_else(|| SignatureError::Malformed("no signature line".into()))?;
+        let bin = base64::engine::general_purpose::STANDARD
+            .decode(sig_line.trim())
+            .map_err(|_| SignatureError::Malformed("signature line is not base64".into()))?;
+        if bin.len() != 74 {
+            return Err(SignatureError::Malformed(format!(
+                "signature line decodes to {} bytes, expected 74",
+                bin.len()
+            )));
+        }
+        let prehashed = match &bin[0..2] {
+            b"ED" => true,
+            b"Ed" => false,
+            _ => {
+                return Err(SignatureError::Malformed(
+                    "unknown signature algorithm".into(),
+                ))
+            }
+        };
+        let mut key_id = [0u8; 8];
+        key_id.copy_from_slice(&bin[2..10]);
+        let inner = minisign_verify::Signature::decode(text)
+            .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        Ok(SignatureFile {
+            inner,
+            key_id: KeyId(key_id),
+            prehashed,
+        })
+    }
+
+    /// The id of the key that made the signature (unverified until checked).
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// Whether the signature is in the prehashed mode slipway requires.
+    pub fn is_prehashed(&self) -> bool {
+        self.prehashed
+    }
+
+    /// The trusted comment. Only meaningful once [`StreamCheck::finish`]
+    /// succeeded: before that anyone could have written it.
+    pub fn trusted_comment(&self) -> &str {
+        self.inner.trusted_comment()
+    }
+
+    /// Starts checking the signed data in a stream: feed every byte to
+    /// [`StreamCheck::update`], then call [`StreamCheck::finish`].
+    pub fn start_check<'a>(
+        &'a self,
+        keys: &'a TrustedKeys,
+    ) -> Result<StreamCheck<'a>, SignatureError> {
+        if keys.is_empty() {
+            return Err(SignatureError::NoTrustedKeys);
+        }
+        if !self.prehashed {
+            return Err(SignatureError::Legacy);
+        }
+        let key = keys
+            .find(self.key_id)
+            .ok_or_else(|| SignatureError::UnknownKey {
+                key_id: self.key_id,
+                trusted: keys.describe(),
+            })?;
+        let verifier =
+            key.inner
+                .verify_stream(&self.inner)
+                .map_err(|_| SignatureError::Invalid {
+                    key_id: self.key_id,
+                })?;
+        Ok(StreamCheck { key, verifier })
+    }
+
+    /// Verifies data held in memory (indexes and other small metadata).
+    pub fn verify_bytes<'a>(
+        &'a self,
+        keys: &'a TrustedKeys,
+        data: &[u8],
+    ) -> Result<&'a PublicKey, SignatureError> {
+        let mut check = self.start_check(keys)?;
+        check.update(data);
+        check.finish()
+    }
+}
+
+/// A signature check in progress over streamed data.
+pub struct StreamCheck<'a> {
+    key: &'a PublicKey,
+    verifier: minisign_verify::StreamVerifier<'a>,
+}
+
+impl<'a> StreamCheck<'a> {
+    /// Feeds the next chunk of the signed data.
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.verifier.update(chunk);
+    }
+
+    /// Finishes: the data and the trusted comment are authentic and signed by
+    /// the returned key, or the error says why not.
+    pub fn finish(mut self) -> Result<&'a PublicKey, SignatureError> {
+        self.verifier
+            .finalize()
+            .map_err(|_| SignatureError::Invalid {
+                key_id: self.key.id,
+            })?;
+        Ok(self.key)
+    }
+}
+
+/// What a slipway trusted comment says: a kind word, then `key:value` fields
+/// separated by tabs, like minisign's own `timestamp:...\tfile:...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedComment {
+    pub kind: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+/// The kind word of a release archive's trusted comment.
+pub const RELEASE_COMMENT: &str = "slipway-release";
+/// The kind word of a channel index's trusted comment.
+pub const CHANNEL_COMMENT: &str = "slipway-channel";
+
+impl TrustedComment {
+    /// The comment signed with a release archive.
+    pub fn for_release(app: &str, version: &str, channel: &str, id: &ReleaseId) -> Self {
+        let mut fields = BTreeMap::new();
+        fields.insert("app".into(), app.into());
+        fields.insert("version".into(), version.into());
+        fields.insert("channel".into(), channel.into());
+        fields.insert("id".into(), id.to_string());
+        TrustedComment {
+            kind: RELEASE_COMMENT.into(),
+            fields,
+        }
+    }
+
+    /// The comment signed with a channel index.
+    pub fn for_channel(app: &str, channel: &str, version: u64) -> Self {
+        let mut fields = BTreeMap::new();
+        fields.insert("app".into(), app.into());
+        fields.insert("channel".into(), channel.into());
+        fields.insert("version".into(), version.to_string());
+        TrustedComment {
+            kind: CHANNEL_COMMENT.into(),
+            fields,
+        }
+    }
+
+    /// Parses a comment; fields must be unique and free of tabs.
+    pub fn parse(text: &str) -> Result<Self, SignatureError> {
+        let err = |reason: &str| SignatureError::Comment {
+            comment: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let mut parts = text.split('\t');
+        let kind = parts.next().unwrap_or_default().to_string();
+        if kind.is_empty() || kind.contains(':') {
+            return Err(err("not a slipway comment (no kind word)"));
+        }
+        let mut fields = BTreeMap::new();
+        for part in parts {
+            let (k, v) = part
+                .split_once(':')
+                .ok_or_else(|| err("a field has no ':'"))?;
+            if fields.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(err("a field is repeated"));
+            }
+        }
+        Ok(TrustedComment { kind, fields })
+    }
+
+    /// A field's value, or an error naming the missing field.
+    pub fn field(&self, key: &str) -> Result<&str, SignatureError> {
+        self.fields
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| SignatureError::Comment {
+                comment: self.to_string(),
+                reason: format!("no {key:?} field"),
+            })
+    }
+}
+
+impl fmt::Display for TrustedComment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.kind)?;
+        // Fields in a fixed order so signing is deterministic.
+        for (k, v) in &self.fields {
+            write!(f, "\t{k}:{v}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A key and signature produced by the stock minisign CLI (prehashed):
+    // `minisign -G -W`, then `minisign -Sm data -t 'slipway-release\t...'`.
+    // Tests that need fresh keys use the CLI in tests/; these pin the parsing.
+    const PUB: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+    const SIG: &str = "untrusted comment: signature from minisign secret key
+RUQf6LRCGA9i559r3g7V1qNyJDApGip8MfqcadIgT9CuhV3EMhHoN1mGTkUidF/z7SrlQgXdy8ofjb7bNJJylDOocrCo8KLzZwo=
+trusted comment: timestamp:1633700835\tfile:test\tprehashed
+wLMDjy9FLAuxZ3q4NlEvkgtyhrr0gtTu6KC4KBJdITbbOeAi1zBIYo0v4iTgt8jJpIidRJnp94ABQkJAgAooBQ==";
+
+    #[test]
+    fn verifies_a_known_prehashed_signature() {
+        let keys = TrustedKeys::parse_all(&[PUB]).expect("key");
+        let sig = SignatureFile::parse(SIG).expect("sig");
+        assert!(sig.is_prehashed());
+        assert_eq!(sig.key_id(), keys.keys()[0].id());
+        sig.verify_bytes(&keys, b"test").expect("valid");
+        assert!(matches!(
+            sig.verify_bytes(&keys, b"tesT"),
+            Err(SignatureError::Invalid { .. })
+        ));
+        assert!(sig.trusted_comment().starts_with("timestamp:1633700835"));
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_garbage() {
+        let sig = SignatureFile::parse(SIG).expect("sig");
+        let empty = TrustedKeys::default();
+        assert!(matches!(
+            sig.start_check(&empty),
+            Err(SignatureError::NoTrustedKeys)
+        ));
+        assert!(PublicKey::from_base64("RWnotakey").is_err());
+        assert!(SignatureFile::parse("junk").is_err());
+        assert!(SignatureFile::parse(&"x".repeat(10_000)).is_err());
+    }
+
+    #[test]
+    fn parses_pub_files_and_bare_keys() {
+        let k = PublicKey::parse(&format!("untrusted comment: minisign public key\n{PUB}\n"))
+            .expect("pub");
+        assert_eq!(k.to_base64(), PUB);
+        let again = PublicKey::parse(&k.to_pub_file()).expect("round trip");
+        assert_eq!(again.id(), k.id());
+        assert_eq!(k.id().to_string().len(), 16);
+    }
+
+    #[test]
+    fn trusted_comments_round_trip() {
+        let id = ReleaseId::of_bytes(b"a");
+        let c = TrustedComment::for_release("bot", "1.2.0", "stable", &id);
+        let text = c.to_string();
+        assert!(text.starts_with("slipway-release\t"));
+        let parsed = TrustedComment::parse(&text).expect("parse");
+        assert_eq!(parsed, c);
+        assert_eq!(parsed.field("id").expect("id"), id.to_string());
+        assert!(parsed.field("nope").is_err());
+        assert!(TrustedComment::parse("slipway-release\tapp:a\tapp:b").is_err());
+    }
+}
