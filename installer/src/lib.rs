@@ -1,1 +1,26 @@
-//! slipway installer library
+//! The on-host installer: verify, stage, switch, restart, health-gate, flip
+//! back, report. One module per step of the update transaction (SPEC §4),
+//! and [`transaction`] runs them in order, journaling each step before it
+//! starts so that `recover` knows exactly what to finish or undo.
+
+pub mod config;
+pub mod durable;
+pub mod layout;
+pub mod lock;
+
+/// The documented, stable exit codes (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done, or nothing to do.
+    Done = 0,
+    /// Failed; the old release is still running.
+    Failed = 1,
+    /// Bad usage or configuration.
+    Usage = 2,
+    /// Updated, found unhealthy, rolled back.
+    RolledBack = 3,
+    /// Skipped: not eligible (the message says why).
+    Skipped = 4,
+    /// Another run holds the lock.
+    Locked = 5,
+}

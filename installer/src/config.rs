@@ -1,0 +1,511 @@
+//! The host's configuration: `config/update.toml` (SPEC §5), extended.
+//!
+//! Loaded from `--config FILE`, else `$SLIPWAY_CONFIG`, else
+//! `./config/update.toml`, else `/etc/slipway/update.toml`. Every section and
+//! key is strict: an unknown key is an error naming the key and the file.
+//! Environment overrides are applied on top: the seed's `BOT_AUTO_UPDATE`,
+//! `BOT_UPDATE_INTERVAL`, `BOT_UPDATE_CHANNEL`, and `SLIPWAY_<SECTION>_<KEY>`
+//! for any key (the value is read as a TOML value, else as a string).
+//! Relative paths in the file are resolved against the file's directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why the configuration could not be used. Exit code 2.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("no configuration file: looked for {0}; pass --config FILE or set SLIPWAY_CONFIG")]
+    NotFound(String),
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+/// `[update]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Auto-update on/off (the seed's `BOT_AUTO_UPDATE`); `slipway update
+    /// --auto` skips when false. Manual commands still work.
+    pub enabled: bool,
+    pub channel: String,
+    /// URL or local path of the release repository.
+    pub source: Option<String>,
+    /// Trusted minisign public keys (base64, or paths to `.pub` files).
+    pub public_keys: Vec<String>,
+    pub interval_minutes: u32,
+    /// When false, an update is staged and checked, then waits for `slipway apply`.
+    pub auto_restart: bool,
+    pub require_signed: bool,
+    pub max_attempts_per_day: u32,
+    pub max_failures_per_day: u32,
+    pub keep_releases: u32,
+    /// Persistence snapshots kept in `backups/`.
+    pub keep_snapshots: u32,
+    /// A canary host takes every release at once, whatever its rollout.
+    pub canary: bool,
+    /// Overrides `/etc/machine-id` for the rollout bucket.
+    pub machine_id: Option<String>,
+    /// A file holding a read-only bearer token for the release host.
+    pub token_file: Option<PathBuf>,
+    /// Seconds a second run waits for the lock before exiting 5.
+    pub lock_wait_seconds: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            enabled: true,
+            channel: "stable".into(),
+            source: None,
+            public_keys: Vec::new(),
+            interval_minutes: 60,
+            auto_restart: true,
+            require_signed: true,
+            max_attempts_per_day: 3,
+            max_failures_per_day: 2,
+            keep_releases: 3,
+            keep_snapshots: 3,
+            canary: false,
+            machine_id: None,
+            token_file: None,
+            lock_wait_seconds: 0,
+        }
+    }
+}
+
+/// `[paths]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    pub root: PathBuf,
+    pub persistence: PathBuf,
+    /// The persistence save must be younger than this; 0 disables the check.
+    pub max_save_age_minutes: u32,
+    /// Free space kept on top of what an update needs, in MiB.
+    pub min_free_mib: u64,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        PathsConfig {
+            root: PathBuf::from("/opt/bot"),
+            persistence: PathBuf::from("/opt/bot/bot_persistence/default"),
+            max_save_age_minutes: 30,
+            min_free_mib: 64,
+        }
+    }
+}
+
+/// How the service is restarted and observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagerKind {
+    Systemd,
+    Command,
+    None,
+}
+
+/// `[service]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    pub manager: ManagerKind,
+    pub unit: String,
+    /// `manager = "command"`: argv that restarts the service.
+    pub restart: Vec<String>,
+    /// `manager = "command"`: argv whose exit status 0 means "running".
+    pub status: Vec<String>,
+    pub health_url: Option<String>,
+    pub health_timeout_seconds: u64,
+    pub healthy_polls: u32,
+    pub health_interval_ms: u64,
+    /// Require the health answer to report the new version (JSON `version`).
+    pub health_expect_version: bool,
+    pub quiesce_url: Option<String>,
+    pub quiesce: Vec<String>,
+    /// A signal name (e.g. "SIGUSR1") sent to the service's main process.
+    pub quiesce_signal: Option<String>,
+    /// With a quiesce signal: the file whose appearance acknowledges it.
+    pub quiesce_ack_file: Option<PathBuf>,
+    pub quiesce_timeout_seconds: u64,
+    pub resume_url: Option<String>,
+    pub resume: Vec<String>,
+    pub resume_signal: Option<String>,
+    /// Ask the app to persist now, before the snapshot.
+    pub save: Vec<String>,
+    pub save_url: Option<String>,
+    pub save_timeout_seconds: u64,
+    /// Unix user the update units run as (`slipway units`).
+    pub user: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            manager: ManagerKind::Systemd,
+            unit: "aibot.service".into(),
+            restart: Vec::new(),
+            status: Vec::new(),
+            health_url: None,
+            health_timeout_seconds: 60,
+            healthy_polls: 3,
+            health_interval_ms: 1000,
+            health_expect_version: false,
+            quiesce_url: None,
+            quiesce: Vec::new(),
+            quiesce_signal: None,
+            quiesce_ack_file: None,
+            quiesce_timeout_seconds: 30,
+            resume_url: None,
+            resume: Vec::new(),
+            resume_signal: None,
+            save: Vec::new(),
+            save_url: None,
+            save_timeout_seconds: 60,
+            user: None,
+        }
+    }
+}
+
+/// `[hooks]`: the host's own checks, run in the staged release.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    pub check: Vec<Vec<String>>,
+    pub timeout_seconds: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            check: Vec::new(),
+            timeout_seconds: 300,
+        }
+    }
+}
+
+/// `[report]`: where results are surfaced besides `status` and history.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Send a structured entry per attempt to journald (when its socket exists).
+    pub journald: bool,
+    /// Extra copy of the dashboard banner (besides `<root>/state/banner.txt`).
+    pub banner_file: Option<PathBuf>,
+    /// Prometheus textfile-collector file (besides `<root>/state/slipway.prom`).
+    pub metrics_file: Option<PathBuf>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            journald: true,
+            banner_file: None,
+            metrics_file: None,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub update: UpdateConfig,
+    pub paths: PathsConfig,
+    pub service: ServiceConfig,
+    pub hooks: HooksConfig,
+    pub report: ReportConfig,
+    /// The file this was loaded from (not a key).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+const SECTIONS: [&str; 5] = ["update", "paths", "service", "hooks", "report"];
+
+impl Config {
+    /// Finds the configuration file by the rule of SPEC §5.
+    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os("SLIPWAY_CONFIG").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        let candidates = [
+            PathBuf::from("config/update.toml"),
+            PathBuf::from("/etc/slipway/update.toml"),
+        ];
+        for c in &candidates {
+            if c.is_file() {
+                return Ok(c.clone());
+            }
+        }
+        Err(ConfigError::NotFound(
+            "$SLIPWAY_CONFIG, ./config/update.toml, /etc/slipway/update.toml".into(),
+        ))
+    }
+
+    /// Loads, applies the process environment, resolves and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path, std::env::vars())
+    }
+
+    /// Parses `text` (the contents of `path`) with `env` as the environment.
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        apply_env(&mut table, env)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        config.file = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.paths.root = resolve(base, &config.paths.root);
+        config.paths.persistence = resolve(base, &config.paths.persistence);
+        if let Some(t) = &config.update.token_file {
+            config.update.token_file = Some(resolve(base, t));
+        }
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Rules that serde cannot express.
+    fn validate(&self) -> Result<(), String> {
+        slipway_formats::manifest::validate_name(&self.update.channel)
+            .map_err(|e| format!("update.channel: {e}"))?;
+        if !self.update.require_signed {
+            return Err(
+                "update.require_signed = false is refused: slipway only installs signed releases"
+                    .into(),
+            );
+        }
+        if self.service.manager == ManagerKind::Command && self.service.restart.is_empty() {
+            return Err("service.manager = \"command\" needs service.restart = [argv]".into());
+        }
+        if self.service.manager == ManagerKind::Systemd && self.service.unit.is_empty() {
+            return Err("service.manager = \"systemd\" needs service.unit".into());
+        }
+        if self.service.healthy_polls == 0 {
+            return Err("service.healthy_polls must be at least 1".into());
+        }
+        if self.update.keep_releases < 2 {
+            return Err("update.keep_releases must be at least 2 (current and previous)".into());
+        }
+        for (i, argv) in self.hooks.check.iter().enumerate() {
+            slipway_formats::manifest::validate_argv(argv)
+                .map_err(|e| format!("hooks.check[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The trusted keys: each entry is a base64 key, or a path to a `.pub`
+    /// file (relative to the config file).
+    pub fn trusted_keys(&self) -> Result<slipway_formats::TrustedKeys, ConfigError> {
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        let mut texts = Vec::new();
+        for entry in &self.update.public_keys {
+            if entry.starts_with("RW") && !entry.contains('/') {
+                texts.push(entry.clone());
+            } else {
+                let p = resolve(base, Path::new(entry));
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                texts.push(text);
+            }
+        }
+        slipway_formats::TrustedKeys::parse_all(&texts).map_err(|e| ConfigError::Invalid {
+            path: self.file.clone(),
+            message: format!("update.public_keys: {e}"),
+        })
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Applies the seed's `BOT_*` names and `SLIPWAY_<SECTION>_<KEY>` overrides.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let (section, key) = match var.as_str() {
+            "BOT_AUTO_UPDATE" => ("update", "enabled".to_string()),
+            "BOT_UPDATE_INTERVAL" => ("update", "interval_minutes".to_string()),
+            "BOT_UPDATE_CHANNEL" => ("update", "channel".to_string()),
+            _ => {
+                let Some(rest) = var.strip_prefix("SLIPWAY_") else {
+                    continue;
+                };
+                let lower = rest.to_ascii_lowercase();
+                let Some(section) = SECTIONS
+                    .iter()
+                    .find(|s| lower.starts_with(&format!("{s}_")))
+                else {
+                    continue;
+                };
+                (*section, lower[section.len() + 1..].to_string())
+            }
+        };
+        let value = env_value(&var, &raw, &key)?;
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key, value);
+            }
+            _ => {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{section}] in the file is not a table"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads an environment value as TOML (numbers, booleans, arrays), the
+/// seed's `0`/`1` for booleans, or else as a plain string.
+fn env_value(var: &str, raw: &str, key: &str) -> Result<toml::Value, ConfigError> {
+    if key == "enabled" || key.ends_with("auto_restart") || key == "canary" {
+        return match raw.trim() {
+            "1" | "true" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "0" | "false" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            other => Err(ConfigError::Env {
+                var: var.to_string(),
+                message: format!("{other:?} is not a boolean (use 0 or 1)"),
+            }),
+        };
+    }
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => Ok(t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string()))),
+        Err(_) => Ok(toml::Value::String(raw.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Path::new("/etc/slipway/update.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = parse(
+            r#"
+[update]
+channel = "stable"
+source = "https://releases.example.com/bot"
+public_keys = ["RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"]
+interval_minutes = 60
+auto_restart = true
+require_signed = true
+max_attempts_per_day = 3
+max_failures_per_day = 2
+keep_releases = 3
+[paths]
+root = "/opt/bot"
+persistence = "/opt/bot/bot_persistence/default"
+max_save_age_minutes = 30
+[service]
+manager = "systemd"
+unit = "aibot.service"
+health_url = "http://127.0.0.1:8080/health"
+health_timeout_seconds = 60
+healthy_polls = 3
+quiesce_url = "http://127.0.0.1:8080/admin/quiesce"
+save = ["python3", "-m", "bot.save"]
+[hooks]
+check = [["python3", "-m", "compileall", "-q", "."]]
+"#,
+            &[],
+        )
+        .expect("spec example");
+        assert_eq!(c.service.unit, "aibot.service");
+        assert_eq!(c.hooks.check.len(), 1);
+        assert_eq!(c.trusted_keys().expect("keys").keys().len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_file() {
+        let err = parse("[update]\nchanel = \"x\"\n", &[]).expect_err("unknown");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("chanel") && msg.contains("/etc/slipway/update.toml"),
+            "{msg}"
+        );
+        let err = parse("[updates]\n", &[]).expect_err("unknown section");
+        assert!(err.to_string().contains("updates"));
+    }
+
+    #[test]
+    fn environment_overrides_apply() {
+        let c = parse(
+            "[update]\nchannel = \"stable\"\n",
+            &[
+                ("BOT_AUTO_UPDATE", "0"),
+                ("BOT_UPDATE_INTERVAL", "15"),
+                ("BOT_UPDATE_CHANNEL", "beta"),
+                ("SLIPWAY_SERVICE_HEALTHY_POLLS", "5"),
+                ("SLIPWAY_PATHS_ROOT", "/srv/bot"),
+                ("SLIPWAY_CONFIG", "/ignored"),
+            ],
+        )
+        .expect("env");
+        assert!(!c.update.enabled);
+        assert_eq!(c.update.interval_minutes, 15);
+        assert_eq!(c.update.channel, "beta");
+        assert_eq!(c.service.healthy_polls, 5);
+        assert_eq!(c.paths.root, PathBuf::from("/srv/bot"));
+        let err = parse("", &[("SLIPWAY_UPDATE_NO_SUCH_KEY", "1")]).expect_err("unknown env key");
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+        assert!(parse("", &[("BOT_AUTO_UPDATE", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn unsigned_is_refused_and_paths_resolve_relative_to_the_file() {
+        assert!(parse("[update]\nrequire_signed = false\n", &[]).is_err());
+        let c = parse("[paths]\nroot = \"root\"\n", &[]).expect("relative");
+        assert_eq!(c.paths.root, PathBuf::from("/etc/slipway/root"));
+    }
+}
