@@ -3,10 +3,27 @@
 //! and [`transaction`] runs them in order, journaling each step before it
 //! starts so that `recover` knows exactly what to finish or undo.
 
+pub mod commands;
 pub mod config;
+pub mod diff;
 pub mod durable;
+pub mod eligibility;
+pub mod fault;
+pub mod gc;
+pub mod health;
+pub mod hooks;
+pub mod journal;
 pub mod layout;
 pub mod lock;
+pub mod quiesce;
+pub mod report;
+pub mod service;
+pub mod snapshot;
+pub mod source;
+pub mod stage;
+pub mod state;
+pub mod transaction;
+pub mod verify;
 
 /// The documented, stable exit codes (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

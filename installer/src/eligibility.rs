@@ -1,0 +1,1 @@
+//! (transaction owner) eligibility

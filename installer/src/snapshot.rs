@@ -1,0 +1,1 @@
+//! (side effects owner) snapshot
