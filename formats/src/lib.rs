@@ -9,12 +9,14 @@
 //! - [`id`]: release ids (`sha256:<hex>` of the archive file).
 //! - [`version`]: semver parsing and ordering, tags `vX.Y.Z`.
 //! - [`manifest`]: `slipway/manifest.json`, strict.
+//! - [`diff`]: what changes between two releases, from their manifests.
 //! - [`channel`]: `channels/<channel>.json`, the signed channel index.
 //! - [`signature`]: minisign public keys, detached signatures, trusted comments.
 //! - [`state`]: the files slipway writes on a host for itself and the app.
 //! - [`rollout`]: the stable per-host bucket for staged rollouts.
 
 pub mod channel;
+pub mod diff;
 pub mod id;
 pub mod manifest;
 pub mod path;

@@ -46,6 +46,54 @@ pub enum AttemptResult {
     Ready,
 }
 
+impl AttemptResult {
+    /// Every result, in a fixed order (for one-hot metrics and docs).
+    pub const ALL: [AttemptResult; 6] = [
+        AttemptResult::Updated,
+        AttemptResult::UpToDate,
+        AttemptResult::Skipped,
+        AttemptResult::Failed,
+        AttemptResult::RolledBack,
+        AttemptResult::Ready,
+    ];
+
+    /// The name used in every file, metric label and journal field:
+    /// the same snake_case string serde writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Updated => "updated",
+            AttemptResult::UpToDate => "up_to_date",
+            AttemptResult::Skipped => "skipped",
+            AttemptResult::Failed => "failed",
+            AttemptResult::RolledBack => "rolled_back",
+            AttemptResult::Ready => "ready",
+        }
+    }
+
+    /// True for the results that went past eligibility and tried to change
+    /// something: they count against `max_attempts_per_day`.
+    pub fn is_attempt(self) -> bool {
+        matches!(
+            self,
+            AttemptResult::Updated
+                | AttemptResult::Failed
+                | AttemptResult::RolledBack
+                | AttemptResult::Ready
+        )
+    }
+
+    /// True for the results that count against `max_failures_per_day`.
+    pub fn is_failure(self) -> bool {
+        matches!(self, AttemptResult::Failed | AttemptResult::RolledBack)
+    }
+}
+
+impl std::fmt::Display for AttemptResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `<persistence>/meta/version.json`: what runs now, for the app's dashboard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionFile {
@@ -57,4 +105,89 @@ pub struct VersionFile {
     pub installed_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<Version>,
+}
+
+/// `<persistence>/meta/update_state.json`: the seed's "persisted state with
+/// last run, result, failure count", rewritten after every attempt so the
+/// app's dashboard can show what the updater did last and whether it is
+/// still allowed to act. A copy for readers: slipway's own counters live in
+/// `<root>/state/host.json` and are never read back from here.
+///
+/// Readers should ignore fields they do not know; new fields may be added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStateFile {
+    /// When the last attempt (of any result) finished.
+    pub last_run: Timestamp,
+    /// What ran: `install`, `update`, `rollback`, `apply` or `recover`.
+    pub last_op: String,
+    pub last_result: AttemptResult,
+    /// The version the last attempt tried to install, if it got that far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_version: Option<Version>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_release_id: Option<ReleaseId>,
+    /// One human sentence: what happened, or why the attempt was skipped.
+    pub message: String,
+    /// When an update last succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Timestamp>,
+    /// Counters for the UTC day `day`.
+    pub day: String,
+    pub attempts_today: u32,
+    pub failures_today: u32,
+    /// False when the configuration turns auto-update off or it disabled
+    /// itself after repeated failures (see `disabled_reason`).
+    pub auto_update_enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// A staged update waiting for `slipway apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_ready: Option<Version>,
+    /// The version running now, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<Version>,
+    /// Releases this host will never retry automatically.
+    #[serde(default)]
+    pub bad_releases: Vec<ReleaseId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_result_names_match_serde() {
+        for r in AttemptResult::ALL {
+            let json = serde_json::to_string(&r).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+        assert!(AttemptResult::Ready.is_attempt() && !AttemptResult::Skipped.is_attempt());
+        assert!(AttemptResult::RolledBack.is_failure() && !AttemptResult::Updated.is_failure());
+    }
+
+    #[test]
+    fn update_state_file_round_trips_and_tolerates_new_fields() {
+        let file = UpdateStateFile {
+            last_run: Timestamp::parse("2026-01-02T03:04:05Z").expect("time"),
+            last_op: "update".into(),
+            last_result: AttemptResult::RolledBack,
+            last_version: Some(Version::new(1, 2, 0)),
+            last_release_id: Some(ReleaseId::of_bytes(b"x")),
+            message: "health check failed".into(),
+            last_success: None,
+            day: "2026-01-02".into(),
+            attempts_today: 1,
+            failures_today: 1,
+            auto_update_enabled: true,
+            disabled_reason: None,
+            update_ready: None,
+            current_version: Some(Version::new(1, 1, 0)),
+            bad_releases: vec![ReleaseId::of_bytes(b"x")],
+        };
+        let mut value = serde_json::to_value(&file).expect("serialize");
+        assert_eq!(value["last_result"], "rolled_back");
+        value["added_later"] = serde_json::Value::Bool(true);
+        let back: UpdateStateFile = serde_json::from_value(value).expect("parse");
+        assert_eq!(back, file);
+    }
 }

@@ -1,1 +1,543 @@
-fn main() {}
+//! `slipway-pack`: the command line of the packager (SPEC §5).
+//!
+//! Exit codes: 0 done, 1 failed, 2 bad usage or configuration.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use slipway_formats::channel::Timestamp;
+use slipway_formats::{PublicKey, ReleaseId, TrustedKeys, Version};
+use slipway_pack::build::{build_release, BuildOptions};
+use slipway_pack::inspect::{diff_archives, inspect};
+use slipway_pack::keys::{self, SecretKeyFile, SigningKey, DEFAULT_KEY_NAME};
+use slipway_pack::repo::{self, IndexOptions, IndexUpdate, PublishOptions, Repo};
+use slipway_pack::verify::{verify_archive, verify_repo};
+use slipway_pack::PackError;
+
+#[derive(Parser)]
+#[command(
+    name = "slipway-pack",
+    version,
+    about = "Builds, signs and publishes slipway releases"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a minisign key pair: DIR/NAME.key (secret, 0600) and DIR/NAME.pub.
+    Keygen {
+        /// Where to write the key files.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Base name of the key files.
+        #[arg(long, default_value = DEFAULT_KEY_NAME)]
+        name: String,
+        /// Write the secret key without a password.
+        #[arg(long)]
+        unencrypted: bool,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build and sign a release archive into REPO_DIR/releases/.
+    Build(BuildArgs),
+    /// Add a release to a channel index and re-sign the index.
+    Publish {
+        #[command(flatten)]
+        index: IndexArgs,
+        /// Percent of hosts that take the release.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(0..=100))]
+        rollout: u8,
+        /// Release notes shown to operators.
+        #[arg(long)]
+        notes: Option<String>,
+        /// List only the newest N releases in the index (archives stay).
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Release id (sha256:<hex>), bare hex, or archive path.
+        release: String,
+    },
+    /// Mark a release yanked in a channel: hosts never install it again.
+    Yank {
+        #[command(flatten)]
+        index: IndexArgs,
+        /// Release id (sha256:<hex>), bare hex, or archive path.
+        release: String,
+    },
+    /// Re-sign a channel index with a new expiry (run it on a schedule).
+    Refresh {
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Verify an archive, or every index and listed archive of a repository.
+    Verify {
+        /// Trusted public key: a .pub file or the base64 key (repeatable).
+        #[arg(long = "pubkey", value_name = "PUB", required = true)]
+        pubkeys: Vec<String>,
+        /// Verify the repository at REPO_DIR.
+        #[arg(long, value_name = "REPO_DIR", conflicts_with = "archive")]
+        repo: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The archive to verify (its .minisig beside it).
+        #[arg(required_unless_present = "repo")]
+        archive: Option<PathBuf>,
+    },
+    /// Show what a release archive holds.
+    Inspect {
+        archive: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the file-level differences between two release archives.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the difference as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The source tree (app/ and schema/, or the whole directory as app/).
+    source_dir: PathBuf,
+    /// App name (else `app` in slipway.toml).
+    #[arg(long)]
+    app: Option<String>,
+    /// Release version X.Y.Z (else from --tag).
+    #[arg(long)]
+    version: Option<Version>,
+    /// Secret key file (password from SLIPWAY_KEY_PASSWORD or a prompt).
+    #[arg(long, value_name = "SECRET_KEY")]
+    key: PathBuf,
+    /// The release repository to write into.
+    #[arg(long, value_name = "REPO_DIR")]
+    out: PathBuf,
+    /// Schema directory, instead of SOURCE_DIR/schema.
+    #[arg(long, value_name = "DIR")]
+    schema: Option<PathBuf>,
+    /// Channel (else `channel` in slipway.toml, else "stable").
+    #[arg(long)]
+    channel: Option<String>,
+    /// Exclude glob (repeatable), added to slipway.toml's and .slipwayignore's.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Schema version (overrides slipway.toml).
+    #[arg(long)]
+    schema_version: Option<u32>,
+    /// Oldest compatible data schema (overrides slipway.toml).
+    #[arg(long)]
+    schema_min_compatible: Option<u32>,
+    /// The mtime of every entry and the manifest's `created`.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "N")]
+    source_date_epoch: Option<u64>,
+    /// Git commit recorded in the manifest.
+    #[arg(long, value_name = "SHA")]
+    commit: Option<String>,
+    /// Git tag vX.Y.Z recorded in the manifest (gives the version).
+    #[arg(long, value_name = "vX.Y.Z")]
+    tag: Option<String>,
+    /// zstd worker threads (default min(cores, 4)); the output is the same.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    zstd_workers: Option<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    /// The release repository.
+    #[arg(long, value_name = "REPO_DIR")]
+    repo: PathBuf,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// Secret key file (password from SLIPWAY_KEY_PASSWORD or a prompt).
+    #[arg(long, value_name = "SECRET_KEY")]
+    key: PathBuf,
+    /// How long the signed index stays valid (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_name = "DURATION")]
+    expires_in: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl IndexArgs {
+    fn options(&self) -> Result<IndexOptions> {
+        let mut opts = IndexOptions::new(&self.channel);
+        opts.expires_in = repo::parse_duration(&self.expires_in)?;
+        Ok(opts)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let code = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<PackError>())
+                .map_or(1, PackError::exit_code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Keygen {
+            out_dir,
+            name,
+            unencrypted,
+            force,
+        } => {
+            let password = if unencrypted {
+                None
+            } else {
+                Some(keys::password_from_env_or_prompt(
+                    "the new secret key",
+                    true,
+                )?)
+            };
+            let generated = keys::generate_key(&out_dir, &name, password.as_deref(), force)?;
+            println!("secret key: {}", generated.secret_path.display());
+            println!("public key: {}", generated.public_path.display());
+            println!("key id:     {}", generated.public.id());
+            println!(
+                "public key (for hosts' public_keys): {}",
+                generated.public.to_base64()
+            );
+        }
+        Command::Build(args) => build(args)?,
+        Command::Publish {
+            index,
+            rollout,
+            notes,
+            keep,
+            release,
+        } => {
+            let key = load_key(&index.key)?;
+            let opts = PublishOptions {
+                index: index.options()?,
+                rollout,
+                notes,
+                keep,
+            };
+            let repo = Repo::new(&index.repo);
+            let update = repo::publish(&repo, &key, &release, &opts)
+                .with_context(|| format!("publishing {release} to channel {:?}", index.channel))?;
+            report_update("published", &update, index.json)?;
+        }
+        Command::Yank { index, release } => {
+            let key = load_key(&index.key)?;
+            let repo = Repo::new(&index.repo);
+            let id = match ReleaseId::parse_loose(&release) {
+                Ok(id) => id,
+                Err(_) => repo::archive_id_from_name(Path::new(&release))?,
+            };
+            let update = repo::yank(&repo, &key, &id, &index.options()?)
+                .with_context(|| format!("yanking {id} from channel {:?}", index.channel))?;
+            report_update(
+                if update.changed {
+                    "yanked"
+                } else {
+                    "already yanked"
+                },
+                &update,
+                index.json,
+            )?;
+        }
+        Command::Refresh { index } => {
+            let key = load_key(&index.key)?;
+            let update = repo::refresh(&Repo::new(&index.repo), &key, &index.options()?)?;
+            report_update("refreshed", &update, index.json)?;
+        }
+        Command::Verify {
+            pubkeys,
+            repo,
+            json,
+            archive,
+        } => return verify(&pubkeys, repo, archive, json),
+        Command::Inspect { archive, json } => {
+            let info = inspect(&archive)?;
+            if json {
+                print!("{}", String::from_utf8_lossy(&info.manifest.to_bytes()));
+            } else {
+                print_inspection(&info);
+            }
+        }
+        Command::Diff { old, new, json } => {
+            let diff = diff_archives(&old, &new)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&diff)?);
+            } else {
+                print_diff(&diff);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_key(path: &Path) -> Result<SigningKey> {
+    let file = SecretKeyFile::read(path)?;
+    let password = if file.is_encrypted() {
+        Some(keys::password_from_env_or_prompt(
+            &format!("secret key {}", path.display()),
+            false,
+        )?)
+    } else {
+        None
+    };
+    Ok(file.unlock(password.as_deref())?)
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let key = load_key(&args.key)?;
+    let mut opts = BuildOptions::new(&args.source_dir, &args.out);
+    opts.app = args.app;
+    opts.version = args.version;
+    opts.tag = args.tag;
+    opts.commit = args.commit;
+    opts.channel = args.channel;
+    opts.schema_dir = args.schema;
+    opts.schema_version = args.schema_version;
+    opts.schema_min_compatible = args.schema_min_compatible;
+    opts.excludes = args.exclude;
+    opts.source_date_epoch = args.source_date_epoch.unwrap_or(0);
+    opts.zstd_workers = args.zstd_workers;
+    opts.progress = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let built = build_release(&opts, &key)
+        .with_context(|| format!("building {}", args.source_dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&built)?);
+    } else {
+        println!("{}", built.id);
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "{} {} ({}) : {} files, {} bytes -> {} ({} bytes) in {:.1?}",
+                built.app,
+                built.version,
+                built.channel,
+                built.files,
+                built.bytes,
+                built.archive.display(),
+                built.size,
+                started.elapsed()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn report_update(what: &str, update: &IndexUpdate, json: bool) -> Result<()> {
+    if json {
+        let value = serde_json::json!({
+            "result": what,
+            "changed": update.changed,
+            "index": update.path,
+            "channel": update.index.channel,
+            "app": update.index.app,
+            "version": update.index.version,
+            "expires": update.index.expires,
+            "release": update.release,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    match &update.release {
+        Some(r) => println!(
+            "{what} {} {} ({}) in channel {:?} ({}): index version {}, expires {}",
+            update.index.app,
+            r.version,
+            r.id,
+            update.index.channel,
+            update.path.display(),
+            update.index.version,
+            update.index.expires
+        ),
+        None => println!(
+            "{what} {}: index version {}, expires {}",
+            update.path.display(),
+            update.index.version,
+            update.index.expires
+        ),
+    }
+    Ok(())
+}
+
+fn parse_pubkeys(args: &[String]) -> Result<TrustedKeys> {
+    let mut keys = Vec::new();
+    for arg in args {
+        let path = Path::new(arg);
+        let key = if path.is_file() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading public key {arg}"))?;
+            PublicKey::parse(&text).with_context(|| format!("public key file {arg}"))?
+        } else {
+            PublicKey::from_base64(arg).map_err(|e| {
+                PackError::Usage(format!(
+                    "--pubkey {arg:?} is neither a readable .pub file nor a base64 key: {e}"
+                ))
+            })?
+        };
+        keys.push(key);
+    }
+    Ok(TrustedKeys::new(keys))
+}
+
+fn verify(
+    pubkeys: &[String],
+    repo: Option<PathBuf>,
+    archive: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode> {
+    let keys = parse_pubkeys(pubkeys)?;
+    if let Some(repo_dir) = repo {
+        let now = Timestamp(time::OffsetDateTime::now_utc());
+        let report = verify_repo(&Repo::new(&repo_dir), &keys, now)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            for c in &report.channels {
+                println!(
+                    "ok  channel {} ({}): index version {}, {} releases, signed by {}, expires {}",
+                    c.channel, c.app, c.version, c.releases, c.key_id, c.expires
+                );
+            }
+            for a in &report.archives {
+                println!(
+                    "ok  {} {} {} ({} entries, {} bytes), signed by {}",
+                    a.manifest.app,
+                    a.manifest.version,
+                    a.id,
+                    a.manifest.files.len(),
+                    a.size,
+                    a.key_id
+                );
+            }
+            for p in &report.problems {
+                eprintln!("error: {p}");
+            }
+        }
+        return Ok(if report.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let Some(archive) = archive else {
+        return Err(PackError::Usage("pass an ARCHIVE or --repo REPO_DIR".into()).into());
+    };
+    let verified = verify_archive(&archive, &keys)?;
+    if json {
+        let value = serde_json::json!({
+            "id": verified.id,
+            "path": verified.path,
+            "size": verified.size,
+            "key_id": verified.key_id.to_string(),
+            "app": verified.manifest.app,
+            "version": verified.manifest.version,
+            "channel": verified.manifest.channel,
+            "entries": verified.manifest.files.len(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "ok  {} {} ({}) {}: sha256 matches the name, signature by {} verified, {} entries match the manifest",
+            verified.manifest.app,
+            verified.manifest.version,
+            verified.manifest.channel,
+            verified.id,
+            verified.key_id,
+            verified.manifest.files.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_inspection(info: &slipway_pack::inspect::Inspection) {
+    let m = &info.manifest;
+    let (files, dirs, links) = info.counts();
+    println!("id:        {}", info.id);
+    println!("archive:   {} ({} bytes)", info.path.display(), info.size);
+    println!("app:       {}", m.app);
+    println!("version:   {}", m.version);
+    println!("channel:   {}", m.channel);
+    println!("created:   {}", m.created);
+    if let Some(src) = &m.source {
+        println!(
+            "source:    commit {} tag {}",
+            src.commit.as_deref().unwrap_or("-"),
+            src.tag.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "schema:    version {} (reads data from {})",
+        m.schema_version, m.schema_min_compatible
+    );
+    let hook = |h: &Option<Vec<String>>| h.as_ref().map_or("-".to_string(), |a| a.join(" "));
+    println!("hooks:     check: {}", hook(&m.hooks.check));
+    println!("           migrate: {}", hook(&m.hooks.migrate));
+    println!(
+        "entries:   {} files, {} directories, {} symlinks",
+        files, dirs, links
+    );
+    println!("size:      {} bytes unpacked", m.total_size());
+    match &info.signature {
+        Some((key, comment)) => {
+            println!("signature: key {key}, comment {comment:?} (not verified: use verify)")
+        }
+        None => println!("signature: none beside the archive"),
+    }
+}
+
+fn print_diff(d: &slipway_pack::inspect::ManifestDiff) {
+    println!(
+        "{} {} -> {} {}",
+        d.app.old, d.version.old, d.app.new, d.version.new
+    );
+    if d.channel.old != d.channel.new {
+        println!("channel: {} -> {}", d.channel.old, d.channel.new);
+    }
+    if let Some(s) = &d.schema_version {
+        println!("schema version: {} -> {}", s.old, s.new);
+    }
+    if let Some(s) = &d.schema_min_compatible {
+        println!("schema min compatible: {} -> {}", s.old, s.new);
+    }
+    if d.hooks.is_some() {
+        println!("hooks changed");
+    }
+    for p in &d.added {
+        println!("+ {p}");
+    }
+    for p in &d.removed {
+        println!("- {p}");
+    }
+    for c in &d.changed {
+        println!("~ {} ({})", c.path, c.changes.join(", "));
+    }
+    println!(
+        "{} added, {} removed, {} changed; {} -> {} bytes",
+        d.added.len(),
+        d.removed.len(),
+        d.changed.len(),
+        d.bytes.old,
+        d.bytes.new
+    );
+}
