@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Why the configuration could not be used. Exit code 2.
@@ -30,7 +30,7 @@ pub enum ConfigError {
 }
 
 /// `[update]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdateConfig {
     /// Auto-update on/off (the seed's `BOT_AUTO_UPDATE`); `slipway update
@@ -83,7 +83,7 @@ impl Default for UpdateConfig {
 }
 
 /// `[paths]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathsConfig {
     pub root: PathBuf,
@@ -106,7 +106,7 @@ impl Default for PathsConfig {
 }
 
 /// How the service is restarted and observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ManagerKind {
     Systemd,
@@ -115,7 +115,7 @@ pub enum ManagerKind {
 }
 
 /// `[service]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
     pub manager: ManagerKind,
@@ -177,7 +177,7 @@ impl Default for ServiceConfig {
 }
 
 /// `[hooks]`: the host's own checks, run in the staged release.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HooksConfig {
     pub check: Vec<Vec<String>>,
@@ -194,7 +194,7 @@ impl Default for HooksConfig {
 }
 
 /// `[report]`: where results are surfaced besides `status` and history.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
     /// Send a structured entry per attempt to journald (when its socket exists).
@@ -216,7 +216,7 @@ impl Default for ReportConfig {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub update: UpdateConfig,
@@ -286,6 +286,18 @@ impl Config {
         config.paths.persistence = resolve(base, &config.paths.persistence);
         if let Some(t) = &config.update.token_file {
             config.update.token_file = Some(resolve(base, t));
+        }
+        if let Some(a) = &config.service.quiesce_ack_file {
+            config.service.quiesce_ack_file = Some(resolve(base, a));
+        }
+        for file in [
+            &mut config.report.banner_file,
+            &mut config.report.metrics_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *file = resolve(base, file);
         }
         config.validate().map_err(invalid)?;
         Ok(config)
@@ -507,5 +519,27 @@ check = [["python3", "-m", "compileall", "-q", "."]]
         assert!(parse("[update]\nrequire_signed = false\n", &[]).is_err());
         let c = parse("[paths]\nroot = \"root\"\n", &[]).expect("relative");
         assert_eq!(c.paths.root, PathBuf::from("/etc/slipway/root"));
+    }
+    /// The reference in docs/configuration.md parses, and documents every key
+    /// the code knows.
+    #[test]
+    fn every_documented_key_parses() {
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("```toml\n").expect("toml block") + 8;
+        let end = start + doc[start..].find("```").expect("end of block");
+        parse(&doc[start..end], &[]).expect("documented example parses");
+        let defaults = serde_json::to_value(Config::default()).expect("json");
+        for (section, keys) in defaults.as_object().expect("sections") {
+            assert!(
+                doc.contains(&format!("[{section}]")),
+                "section [{section}] undocumented"
+            );
+            for key in keys.as_object().expect("keys").keys() {
+                assert!(
+                    doc.contains(&format!("{key} = ")),
+                    "key {section}.{key} is not in docs/configuration.md"
+                );
+            }
+        }
     }
 }

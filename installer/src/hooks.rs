@@ -1,1 +1,443 @@
-//! (side effects owner) hooks
+//! Running the commands a host or a release asks for: the release's `check`
+//! and `migrate` hooks, the host's `[hooks] check` list, and every other
+//! configured argv (restart, status, save, quiesce) (SPEC §4 steps 6 and 9).
+//!
+//! Every command runs in its own process group with stdin closed, its output
+//! captured in bounded tails, and a hard timeout: when the timeout passes,
+//! the whole group is killed with SIGKILL, so a hook that forked a
+//! background child (`sleep 60 & wait`) leaves nothing behind. A command is
+//! never run through a shell; an argv is an argv.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// How much of each output stream is kept: the last 16 KiB.
+pub const TAIL_BYTES: usize = 16 * 1024;
+
+/// The environment variables slipway passes to hooks. Inherited values of
+/// these names are removed, so a hook only ever sees what this run set.
+pub const HOOK_ENV_VARS: [&str; 5] = [
+    "SLIPWAY_RELEASE_DIR",
+    "SLIPWAY_VERSION",
+    "SLIPWAY_PERSISTENCE",
+    "SLIPWAY_SCHEMA_FROM",
+    "SLIPWAY_SCHEMA_TO",
+];
+
+/// After the command exits, how long its output pipes may stay open (held by
+/// a background child that escaped the group) before the tails are taken as
+/// they are.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// `start + d`, with `d` capped at ten years so that a huge configured
+/// timeout means "practically forever" instead of an overflow.
+pub fn deadline_after(start: Instant, d: Duration) -> Instant {
+    const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    start.checked_add(d.min(FOREVER)).unwrap_or(start)
+}
+
+/// What a finished command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Exit code; `None` when it was ended by a signal.
+    pub status: Option<i32>,
+    /// The last [`TAIL_BYTES`] of stdout (invalid UTF-8 replaced).
+    pub stdout_tail: String,
+    /// The last [`TAIL_BYTES`] of stderr (invalid UTF-8 replaced).
+    pub stderr_tail: String,
+    pub duration: Duration,
+}
+
+/// Why a command did not succeed.
+#[derive(Debug, Error)]
+pub enum HookError {
+    #[error("an empty command was configured; give an argv list such as [\"python3\", \"-m\", \"compileall\", \".\"]")]
+    EmptyArgv,
+    #[error("cannot start {program} in {}: {source}; check that it is installed and on PATH and that the directory exists", cwd.display())]
+    Spawn {
+        program: String,
+        cwd: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{argv} did not finish within {}s and was killed with its process group; fix the command or raise its timeout{}", timeout.as_secs_f64(), tail_suffix(stderr_tail))]
+    Timeout {
+        argv: String,
+        timeout: Duration,
+        stderr_tail: String,
+    },
+    #[error("{argv} failed ({}){}", describe_status(*status), tail_suffix(stderr_tail))]
+    Failed {
+        argv: String,
+        status: Option<i32>,
+        stderr_tail: String,
+    },
+    #[error("while running {argv}: {source}")]
+    Io {
+        argv: String,
+        source: std::io::Error,
+    },
+}
+
+fn describe_status(status: Option<i32>) -> String {
+    match status {
+        Some(code) => format!("exit status {code}"),
+        None => "killed by a signal".to_string(),
+    }
+}
+
+fn tail_suffix(tail: &str) -> String {
+    let t = tail.trim();
+    if t.is_empty() {
+        String::new()
+    } else {
+        // The last few lines are what an operator needs in a one-line error.
+        let lines: Vec<&str> = t.lines().collect();
+        let start = lines.len().saturating_sub(5);
+        format!("; stderr: {}", lines[start..].join(" | "))
+    }
+}
+
+/// An argv as an operator would type it: words joined by spaces, quoted
+/// where needed. For messages only; commands never go through a shell.
+pub fn display_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+            if plain {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The last `TAIL_BYTES` of a stream, shared between its reader thread and
+/// the caller (who may stop waiting for the thread).
+#[derive(Default)]
+struct Tail {
+    bytes: Vec<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, chunk: &[u8]) {
+        self.bytes.extend_from_slice(chunk);
+        // Trim in batches so a chatty command costs O(n), not O(n²).
+        if self.bytes.len() > 2 * TAIL_BYTES {
+            let cut = self.bytes.len() - TAIL_BYTES;
+            self.bytes.drain(..cut);
+        }
+    }
+
+    fn text(&self) -> String {
+        let start = self.bytes.len().saturating_sub(TAIL_BYTES);
+        String::from_utf8_lossy(&self.bytes[start..]).into_owned()
+    }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(mut stream: R, tail: Arc<Mutex<Tail>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Ok(mut t) = tail.lock() {
+                        t.push(&buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+fn take_tail(tail: &Arc<Mutex<Tail>>) -> String {
+    match tail.lock() {
+        Ok(t) => t.text(),
+        Err(poisoned) => poisoned.into_inner().text(),
+    }
+}
+
+/// Kills every process in the group led by `child` (its pid is the pgid).
+fn kill_group(child: &Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        // ESRCH (the group is already gone) is fine.
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Runs `argv` in `cwd` with `env` added to the inherited environment (minus
+/// inherited [`HOOK_ENV_VARS`]), stdin closed, in its own process group, and
+/// waits at most `timeout`.
+///
+/// Succeeds only on exit status 0. Background processes the command left in
+/// its group are killed when it exits: a hook never outlives its run. At the
+/// timeout the whole process group is killed (SIGKILL) and
+/// [`HookError::Timeout`] is returned; a non-zero exit
+/// (or death by a signal) is [`HookError::Failed`] with the stderr tail; a
+/// program that cannot be started is [`HookError::Spawn`].
+pub fn run_command(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<CommandOutput, HookError> {
+    let output = run_process(argv, cwd, env, timeout, false)?;
+    match output.status {
+        Some(0) => Ok(output),
+        status => Err(HookError::Failed {
+            argv: display_argv(argv),
+            status,
+            stderr_tail: output.stderr_tail,
+        }),
+    }
+}
+
+/// Like [`run_command`], but a command that ran to completion is `Ok`
+/// whatever its exit status (for status probes, where non-zero is an answer).
+pub fn run_command_status(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<CommandOutput, HookError> {
+    run_process(argv, cwd, env, timeout, false)
+}
+
+/// Like [`run_command`], but processes the command started in the
+/// background are left running when it exits (they are still killed at the
+/// timeout). For a restart command that starts the service itself.
+pub fn run_service_command(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<CommandOutput, HookError> {
+    let output = run_process(argv, cwd, env, timeout, true)?;
+    match output.status {
+        Some(0) => Ok(output),
+        status => Err(HookError::Failed {
+            argv: display_argv(argv),
+            status,
+            stderr_tail: output.stderr_tail,
+        }),
+    }
+}
+
+fn run_process(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    leave_children: bool,
+) -> Result<CommandOutput, HookError> {
+    let (program, args) = argv.split_first().ok_or(HookError::EmptyArgv)?;
+    let started = Instant::now();
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for name in HOOK_ENV_VARS {
+        command.env_remove(name);
+    }
+    command.envs(
+        env.iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+    );
+    let mut child = command.spawn().map_err(|source| HookError::Spawn {
+        program: program.clone(),
+        cwd: cwd.to_path_buf(),
+        source,
+    })?;
+
+    let out_tail = Arc::new(Mutex::new(Tail::default()));
+    let err_tail = Arc::new(Mutex::new(Tail::default()));
+    let mut readers = Vec::with_capacity(2);
+    if let Some(s) = child.stdout.take() {
+        readers.push(spawn_reader(s, Arc::clone(&out_tail)));
+    }
+    if let Some(s) = child.stderr.take() {
+        readers.push(spawn_reader(s, Arc::clone(&err_tail)));
+    }
+
+    let deadline = deadline_after(started, timeout);
+    let exited = match wait_until(&child, deadline) {
+        Ok(exited) => exited,
+        Err(source) => {
+            kill_group(&child);
+            let _ = child.wait();
+            return Err(HookError::Io {
+                argv: display_argv(argv),
+                source,
+            });
+        }
+    };
+    // At the timeout the whole group goes. After a normal exit, so do any
+    // background children it left behind, unless the command is allowed to
+    // start long-lived processes (a restart command starting the service).
+    if !exited || !leave_children {
+        kill_group(&child);
+    }
+    let status = child.wait().map_err(|source| HookError::Io {
+        argv: display_argv(argv),
+        source,
+    })?;
+    let timed_out = !exited;
+
+    // The pipes close when every process holding them is gone. A child that
+    // left the group (setsid) could hold them forever: wait briefly, then
+    // take the tails as they are and leave the reader threads to finish.
+    let grace_end = Instant::now() + PIPE_GRACE;
+    for reader in readers {
+        while !reader.is_finished() && Instant::now() < grace_end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if reader.is_finished() {
+            let _ = reader.join();
+        }
+    }
+
+    let output = CommandOutput {
+        status: status_code(status),
+        stdout_tail: take_tail(&out_tail),
+        stderr_tail: take_tail(&err_tail),
+        duration: started.elapsed(),
+    };
+    if timed_out {
+        return Err(HookError::Timeout {
+            argv: display_argv(argv),
+            timeout,
+            stderr_tail: output.stderr_tail,
+        });
+    }
+    Ok(output)
+}
+
+fn status_code(status: ExitStatus) -> Option<i32> {
+    if status.signal().is_some() {
+        None
+    } else {
+        status.code()
+    }
+}
+
+/// Polls until the child has exited (`true`) or the deadline passes
+/// (`false`), without reaping it: while it is unreaped its pid, which is
+/// also the group id, cannot be reused, so the group can still be killed
+/// safely.
+fn wait_until(child: &Child, deadline: Instant) -> std::io::Result<bool> {
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+    let pid = Pid::from_raw(child.id() as i32)
+        .ok_or_else(|| std::io::Error::other("child has no valid pid"))?;
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match waitid(WaitId::Pid(pid), options) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Runs the release's `check` hook, then each of the host's checks, all in
+/// `release_dir`, each with `timeout`; stops at the first failure.
+///
+/// Returns the outputs of all checks when every one passed. A failure here
+/// happens before anything is switched: the running release is untouched.
+pub fn run_checks(
+    release_dir: &Path,
+    release_check: Option<&[String]>,
+    host_checks: &[Vec<String>],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<Vec<CommandOutput>, HookError> {
+    let mut outputs = Vec::with_capacity(host_checks.len() + 1);
+    for argv in release_check
+        .into_iter()
+        .chain(host_checks.iter().map(Vec::as_slice))
+    {
+        outputs.push(run_command(argv, release_dir, env, timeout)?);
+    }
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn tail_keeps_only_the_last_bytes() {
+        let mut t = Tail::default();
+        for i in 0..10_000u32 {
+            t.push(format!("line {i}\n").as_bytes());
+        }
+        let text = t.text();
+        assert_eq!(text.len(), TAIL_BYTES);
+        assert!(text.ends_with("line 9999\n"));
+    }
+
+    #[test]
+    fn argv_is_displayed_with_quotes_where_needed() {
+        assert_eq!(
+            display_argv(&argv(&["python3", "-m", "compileall", "-q", "."])),
+            "python3 -m compileall -q ."
+        );
+        assert_eq!(
+            display_argv(&argv(&["sh", "-c", "echo it's"])),
+            r"sh -c 'echo it'\''s'"
+        );
+    }
+
+    #[test]
+    fn empty_argv_is_an_error() {
+        let err =
+            run_command(&[], Path::new("/"), &[], Duration::from_secs(1)).expect_err("empty argv");
+        assert!(matches!(err, HookError::EmptyArgv));
+    }
+
+    #[test]
+    fn hook_sees_the_variables_it_is_given() {
+        // Unset names stay unset; given names arrive.
+        let out = run_command(
+            &argv(&[
+                "sh",
+                "-c",
+                "echo \"[${SLIPWAY_SCHEMA_FROM-unset}] [$SLIPWAY_VERSION]\"",
+            ]),
+            Path::new("/"),
+            &[("SLIPWAY_VERSION".into(), "2.0.0".into())],
+            Duration::from_secs(10),
+        )
+        .expect("runs");
+        assert_eq!(out.stdout_tail.trim(), "[unset] [2.0.0]");
+    }
+}

@@ -1,1 +1,329 @@
-//! (transaction owner) journal
+//! The journal of the transaction in flight: `<root>/state/journal.json`.
+//!
+//! The transaction is an explicit state machine (SPEC §4). Before a step
+//! starts, the journal naming that step is written durably (temp file,
+//! fsync, rename, fsync of `state/`), so that a run killed at any instant
+//! leaves a journal saying which step was about to run or running, and what
+//! the transaction had done so far: the staged release, the links before
+//! the switch, the persistence snapshot, whether the app was quiesced.
+//! `slipway recover` reads it and decides by step, never by guessing from
+//! the file system (see `docs/transaction.md` for the table). When the
+//! transaction ends, the journal is removed durably.
+//!
+//! The journal is slipway's own state: it lives under `<root>/state/`,
+//! never in the persistence directory, so restoring a snapshot never
+//! rewinds it.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use slipway_formats::channel::Timestamp;
+use slipway_formats::{ReleaseId, Version};
+use thiserror::Error;
+
+use crate::durable;
+use crate::layout::Layout;
+use crate::snapshot::Snapshot;
+
+/// The journal format this slipway writes and reads.
+pub const JOURNAL_FORMAT: u32 = 1;
+
+/// The steps of a transaction, in the order they run. The step recorded in
+/// the journal is the one about to run (or running when the process died).
+///
+/// `Fetch` (download into `downloads/`) arrives with the HTTP source and
+/// will sit between `Verify`'s discovery and the archive check; a journal
+/// written by a later slipway with a step this one does not know is refused
+/// with a clear message rather than misread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Step {
+    /// Check the archive (or the staged tree, for `apply` and `rollback`).
+    Verify,
+    /// Unpack into `releases/.staging-*`, then rename into `releases/`.
+    Stage,
+    /// Run the release's and the host's checks in the staged directory.
+    Check,
+    /// Ask the app to persist now.
+    Save,
+    /// Archive the persistence directory into `backups/<txn>/`.
+    Snapshot,
+    /// Ask the app to pause its work loops and wait for the acknowledgement.
+    Quiesce,
+    /// Run the release's migrate hook when its schema is above the data's.
+    Migrate,
+    /// `previous` → old current, `current` → the new release.
+    Switch,
+    /// Restart the service.
+    Restart,
+    /// Wait for the service to be up and healthy.
+    HealthGate,
+    /// The new release is healthy: record it everywhere.
+    Commit,
+    /// The new release failed: put the old one back.
+    FlipBack,
+    /// History, dashboard files, journald, metrics.
+    Report,
+    /// Remove old releases and snapshots.
+    Collect,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Step; 14] = [
+        Step::Verify,
+        Step::Stage,
+        Step::Check,
+        Step::Save,
+        Step::Snapshot,
+        Step::Quiesce,
+        Step::Migrate,
+        Step::Switch,
+        Step::Restart,
+        Step::HealthGate,
+        Step::Commit,
+        Step::FlipBack,
+        Step::Report,
+        Step::Collect,
+    ];
+
+    /// The step's name, as written in the journal and accepted by
+    /// `SLIPWAY_FAULT_AFTER`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Verify => "Verify",
+            Step::Stage => "Stage",
+            Step::Check => "Check",
+            Step::Save => "Save",
+            Step::Snapshot => "Snapshot",
+            Step::Quiesce => "Quiesce",
+            Step::Migrate => "Migrate",
+            Step::Switch => "Switch",
+            Step::Restart => "Restart",
+            Step::HealthGate => "HealthGate",
+            Step::Commit => "Commit",
+            Step::FlipBack => "FlipBack",
+            Step::Report => "Report",
+            Step::Collect => "Collect",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Step {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Step::ALL
+            .into_iter()
+            .find(|step| step.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a transaction step (one of {})",
+                    Step::ALL.map(Step::name).join(", ")
+                )
+            })
+    }
+}
+
+/// The result a transaction decided on at `Commit` or `FlipBack`, kept so
+/// that a run killed during `Report` reports the same thing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// `updated`, `rolled_back` or `failed` (AttemptResult's names).
+    pub result: slipway_formats::state::AttemptResult,
+    pub message: String,
+    /// When the attempt is recorded in host state, at this instant (used to
+    /// recognise it when a killed run already recorded it).
+    pub at: Timestamp,
+}
+
+/// `<root>/state/journal.json`: one transaction in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    pub format: u32,
+    /// The transaction id: a UTC timestamp and the pid, also the name of
+    /// its snapshot in `backups/`.
+    pub txn: String,
+    /// `install`, `update`, `apply` or `rollback`.
+    pub op: String,
+    /// The step about to run, or running.
+    pub step: Step,
+    pub started_at: Timestamp,
+    /// `slipway update --auto` (the timer).
+    pub auto: bool,
+    /// The release being installed (or rolled back to), once known.
+    pub release_id: Option<ReleaseId>,
+    pub version: Option<Version>,
+    /// Its directory under `releases/`, once known.
+    pub release_dir: Option<PathBuf>,
+    /// Whether this transaction created `release_dir` (so an abandoned
+    /// transaction removes it); false when it reused a staged one.
+    pub staged_here: bool,
+    /// `current`'s target when the transaction started (as stored).
+    pub old_release: Option<PathBuf>,
+    /// `previous`'s target when the transaction started (as stored).
+    pub old_previous: Option<PathBuf>,
+    /// The running version when the transaction started.
+    pub from_version: Option<Version>,
+    /// The data's schema when the transaction started, and the release's.
+    pub schema_from: Option<u32>,
+    pub schema_to: Option<u32>,
+    pub snapshot: Option<Snapshot>,
+    /// The migrate hook ran (or started).
+    pub data_changed: bool,
+    /// The app acknowledged a quiesce and was not resumed or restarted since.
+    pub quiesced: bool,
+    /// Why the health gate (or the restart) failed, once it did.
+    pub failure: Option<String>,
+    /// What `Commit` or `FlipBack` decided.
+    pub decision: Option<Decision>,
+}
+
+impl Journal {
+    /// A fresh journal at step `Verify`.
+    pub fn new(txn: String, op: &str, started_at: Timestamp, auto: bool) -> Journal {
+        Journal {
+            format: JOURNAL_FORMAT,
+            txn,
+            op: op.to_string(),
+            step: Step::Verify,
+            started_at,
+            auto,
+            release_id: None,
+            version: None,
+            release_dir: None,
+            staged_here: false,
+            old_release: None,
+            old_previous: None,
+            from_version: None,
+            schema_from: None,
+            schema_to: None,
+            snapshot: None,
+            data_changed: false,
+            quiesced: false,
+            failure: None,
+            decision: None,
+        }
+    }
+}
+
+/// Why the journal could not be read or written.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("cannot write the transaction journal {path}: {source}; check free space and permissions of {}, then run `slipway recover`", .path.parent().unwrap_or(Path::new(".")).display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read the transaction journal {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("the transaction journal {path} is unreadable ({message}); it was written by a newer slipway or damaged: inspect it, run the slipway that wrote it, or move it away and check `current`, `previous` and the service by hand")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot remove the transaction journal {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+/// A transaction id: `YYYYMMDDTHHMMSSZ-<pid>`, sortable and unique per run.
+pub fn new_txn_id(now: Timestamp) -> String {
+    let t = now.0.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        std::process::id()
+    )
+}
+
+/// Records `journal` durably (its `step` is the one about to run), then
+/// gives the crash tests their chance ([`crate::fault::after_journal`]).
+pub fn record(layout: &Layout, journal: &Journal) -> Result<(), JournalError> {
+    let path = layout.journal_file();
+    durable::create_dirs(&layout.state_dir())
+        .and_then(|()| durable::write_json_atomic(&path, journal))
+        .map_err(|source| JournalError::Write { path, source })?;
+    crate::fault::after_journal(journal.step);
+    Ok(())
+}
+
+/// Reads the journal of a transaction in flight, `None` when there is none.
+pub fn load(layout: &Layout) -> Result<Option<Journal>, JournalError> {
+    let path = layout.journal_file();
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(JournalError::Read { path, source }),
+    };
+    let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if journal.format != JOURNAL_FORMAT {
+        return Err(JournalError::Corrupt {
+            path,
+            message: format!(
+                "format {} (this slipway reads format {JOURNAL_FORMAT})",
+                journal.format
+            ),
+        });
+    }
+    Ok(Some(journal))
+}
+
+/// Removes the journal durably: the transaction is over.
+pub fn finish(layout: &Layout) -> Result<(), JournalError> {
+    let path = layout.journal_file();
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(JournalError::Remove { path, source }),
+    }
+    durable::fsync_dir(&layout.state_dir()).map_err(|source| JournalError::Remove { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_round_trip_by_name_and_keep_their_order() {
+        for (i, step) in Step::ALL.iter().enumerate() {
+            assert_eq!(step.name().parse::<Step>(), Ok(*step));
+            let json = serde_json::to_string(step).expect("json");
+            assert_eq!(json, format!("\"{}\"", step.name()));
+            if i > 0 {
+                assert!(Step::ALL[i - 1] < *step);
+            }
+        }
+        assert!("Fetch".parse::<Step>().is_err());
+    }
+
+    #[test]
+    fn record_load_finish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        assert_eq!(load(&layout).expect("none"), None);
+        let now = Timestamp::parse("2026-03-01T10:20:30Z").expect("time");
+        let mut j = Journal::new(new_txn_id(now), "install", now, false);
+        assert!(j.txn.starts_with("20260301T102030Z-"));
+        j.step = Step::Switch;
+        j.old_release = Some("releases/1.0.0-abc".into());
+        record(&layout, &j).expect("record");
+        assert_eq!(load(&layout).expect("load"), Some(j));
+        finish(&layout).expect("finish");
+        assert_eq!(load(&layout).expect("gone"), None);
+        finish(&layout).expect("finish twice");
+        std::fs::write(layout.journal_file(), b"{\"format\": 9}").expect("write");
+        assert!(matches!(load(&layout), Err(JournalError::Corrupt { .. })));
+    }
+}

@@ -22,6 +22,7 @@ pub mod snapshot;
 pub mod source;
 pub mod stage;
 pub mod state;
+pub mod switch;
 pub mod transaction;
 pub mod verify;
 

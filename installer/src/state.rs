@@ -1,1 +1,339 @@
-//! (transaction owner) state
+//! The host's own state: `<root>/state/host.json`.
+//!
+//! Daily attempt and failure counters, the self-disable switch, the bad list
+//! (releases never retried automatically), the last attempt and success, and
+//! an update staged for `slipway apply`. It lives under `<root>/state/`,
+//! never inside the persistence directory, so restoring a persistence
+//! snapshot can never rewind the failure count or forget a bad release.
+//!
+//! The transaction loads it once, [`HostState::roll_day`]s it to today,
+//! checks eligibility against it, [`HostState::record`]s the attempt and
+//! [`HostState::save`]s it, always under the transaction lock. Every save is
+//! an atomic, durable replace ([`durable::write_json_atomic`]).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use slipway_formats::channel::Timestamp;
+use slipway_formats::state::AttemptResult;
+use slipway_formats::{ReleaseId, Version};
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::durable;
+use crate::layout::Layout;
+
+/// Who disabled auto-update: the operator (`slipway disable`).
+pub const DISABLED_BY_OPERATOR: &str = "operator";
+/// Who disabled auto-update: slipway itself, after too many failures in a day.
+pub const DISABLED_BY_FAILURES: &str = "failures";
+
+/// Why the host state could not be read or written.
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read host state {path}: {source}; check the permissions of {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "host state {path} is corrupt ({message}); move it away (`mv {path} {path}.corrupt`) \
+         and run again: slipway then starts with empty counters, auto-update enabled and \
+         an empty bad list"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot write host state {path}: {source}; check free space and permissions")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Auto-update is off until `slipway enable`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disabled {
+    pub at: Timestamp,
+    pub reason: String,
+    /// [`DISABLED_BY_OPERATOR`] or [`DISABLED_BY_FAILURES`].
+    pub by: String,
+}
+
+/// A release that failed on this host and is never retried automatically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BadRelease {
+    pub id: ReleaseId,
+    pub version: Version,
+    pub at: Timestamp,
+    pub reason: String,
+}
+
+/// One attempt, as kept in `host.json` and appended to the history.
+///
+/// Unknown fields are tolerated so that a history written by a newer slipway
+/// stays readable by an older one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// `install`, `update`, `rollback`, `apply` or `recover`.
+    pub op: String,
+    /// When the attempt finished.
+    pub at: Timestamp,
+    pub result: AttemptResult,
+    /// The version running before the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<Version>,
+    /// The version the attempt tried to install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<ReleaseId>,
+    /// One human sentence: what happened, or why it was skipped.
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+/// An update staged with `auto_restart = false`, waiting for `slipway apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pending {
+    pub release_id: ReleaseId,
+    pub version: Version,
+    /// The staged release directory.
+    pub dir: PathBuf,
+    pub staged_at: Timestamp,
+}
+
+/// `<root>/state/host.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostState {
+    /// The UTC day (`YYYY-MM-DD`) the counters are for.
+    pub day: String,
+    /// Attempts that got past eligibility today.
+    pub attempts_today: u32,
+    /// Attempts that failed or rolled back today.
+    pub failures_today: u32,
+    /// Set: auto-update is off until `slipway enable`.
+    pub disabled: Option<Disabled>,
+    pub bad_releases: Vec<BadRelease>,
+    pub last_attempt: Option<Attempt>,
+    /// The last attempt whose result was [`AttemptResult::Updated`].
+    pub last_success: Option<Attempt>,
+    pub pending: Option<Pending>,
+}
+
+impl HostState {
+    /// Reads `host.json`. A missing file is a fresh host ([`Default`]); an
+    /// unreadable or corrupt one is an error naming the file and the fix.
+    pub fn load(layout: &Layout) -> Result<HostState, StateError> {
+        let path = layout.host_state_file();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostState::default()),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// [`HostState::load`], then [`HostState::roll_day`] to the UTC day of `now`.
+    pub fn load_at(layout: &Layout, now: Timestamp) -> Result<HostState, StateError> {
+        let mut state = Self::load(layout)?;
+        state.roll_day(&today(now));
+        Ok(state)
+    }
+
+    /// Replaces `host.json` atomically and durably, creating `state/` if needed.
+    pub fn save(&self, layout: &Layout) -> Result<(), StateError> {
+        let path = layout.host_state_file();
+        let write = || {
+            durable::create_dirs(&layout.state_dir())?;
+            durable::write_json_atomic(&path, self)
+        };
+        write().map_err(|source| StateError::Write {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// Starts new counters when `today` is not the day they are for. The
+    /// disabled flag, bad list and pending update are kept: only an operator
+    /// clears those.
+    pub fn roll_day(&mut self, today: &str) {
+        if self.day != today {
+            self.day = today.to_string();
+            self.attempts_today = 0;
+            self.failures_today = 0;
+        }
+    }
+
+    /// The bad-list entry for `id`, if the release failed here before.
+    pub fn bad(&self, id: &ReleaseId) -> Option<&BadRelease> {
+        self.bad_releases.iter().find(|b| &b.id == id)
+    }
+
+    /// Adds `id` to the bad list (once: a second failure keeps the first entry).
+    pub fn mark_bad(
+        &mut self,
+        id: ReleaseId,
+        version: Version,
+        reason: impl Into<String>,
+        at: Timestamp,
+    ) {
+        if self.bad(&id).is_none() {
+            self.bad_releases.push(BadRelease {
+                id,
+                version,
+                at,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Removes `id` from the bad list (an operator forgives a release after
+    /// fixing the host); returns the entry that was removed.
+    pub fn clear_bad(&mut self, id: &ReleaseId) -> Option<BadRelease> {
+        let pos = self.bad_releases.iter().position(|b| &b.id == id)?;
+        Some(self.bad_releases.remove(pos))
+    }
+
+    /// Counts `attempt` and remembers it.
+    ///
+    /// The counters first roll to the attempt's UTC day. Results that got
+    /// past eligibility (updated, failed, rolled back, ready) count as
+    /// attempts; failed and rolled back also count as failures. When a
+    /// failure brings `failures_today` to `max_failures_per_day`, auto-update
+    /// disables itself (the seed's "repeated failures: disable auto-update
+    /// and require manual intervention") until `slipway enable`. An operator's
+    /// own `disable` is never overwritten.
+    pub fn record(&mut self, attempt: Attempt, max_failures_per_day: u32) {
+        self.roll_day(&today(attempt.at));
+        let result = attempt.result;
+        if result.is_attempt() {
+            self.attempts_today = self.attempts_today.saturating_add(1);
+        }
+        if result.is_failure() {
+            self.failures_today = self.failures_today.saturating_add(1);
+            if self.failures_today >= max_failures_per_day && self.disabled.is_none() {
+                self.disabled = Some(Disabled {
+                    at: attempt.at,
+                    reason: format!(
+                        "{} failed updates today (max_failures_per_day = {}); run `slipway enable` after fixing the cause",
+                        self.failures_today, max_failures_per_day
+                    ),
+                    by: DISABLED_BY_FAILURES.to_string(),
+                });
+            }
+        }
+        if result == AttemptResult::Updated {
+            self.last_success = Some(attempt.clone());
+        }
+        self.last_attempt = Some(attempt);
+    }
+
+    /// `slipway enable`: auto-update back on, today's failure count reset
+    /// (otherwise the next failure would disable it again at once).
+    pub fn enable(&mut self) {
+        self.disabled = None;
+        self.failures_today = 0;
+    }
+
+    /// `slipway disable`: auto-update off until `slipway enable`.
+    pub fn disable(&mut self, reason: impl Into<String>, at: Timestamp) {
+        self.disabled = Some(Disabled {
+            at,
+            reason: reason.into(),
+            by: DISABLED_BY_OPERATOR.to_string(),
+        });
+    }
+}
+
+/// The UTC day of `now`, `YYYY-MM-DD`: the key of the daily counters.
+pub fn today(now: Timestamp) -> String {
+    let date = now.0.to_offset(time::UtcOffset::UTC).date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Where "now" comes from: the system clock, or a fixed instant in tests of
+/// day rollover, expiry and save age.
+pub trait Clock {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock, in whole seconds (UTC).
+///
+/// Test-only: when slipway is built with the `fault-injection` feature, the
+/// `SLIPWAY_TEST_NOW` environment variable (an RFC 3339 time) replaces the
+/// system time, so end-to-end tests can cross midnight or age a save. A
+/// release build ignores the variable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        #[cfg(feature = "fault-injection")]
+        if let Some(t) = std::env::var("SLIPWAY_TEST_NOW")
+            .ok()
+            .and_then(|v| Timestamp::parse(v.trim()).ok())
+        {
+            return t;
+        }
+        let now = OffsetDateTime::now_utc();
+        // Nanosecond 0 is always valid; keep the precise time if it were not.
+        Timestamp(now.replace_nanosecond(0).unwrap_or(now))
+    }
+}
+
+/// A clock that always says the same instant.
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        Timestamp::parse(s).expect("time")
+    }
+
+    #[test]
+    fn today_is_the_utc_date() {
+        assert_eq!(today(at("2026-03-01T23:30:00-02:00")), "2026-03-02");
+        assert_eq!(today(at("2026-03-01T00:00:00Z")), "2026-03-01");
+    }
+
+    #[test]
+    fn operator_disable_is_not_overwritten_by_failures() {
+        let mut s = HostState::default();
+        s.disable("maintenance", at("2026-03-01T10:00:00Z"));
+        let failed = Attempt {
+            op: "update".into(),
+            at: at("2026-03-01T11:00:00Z"),
+            result: AttemptResult::Failed,
+            from_version: None,
+            version: None,
+            release_id: None,
+            message: "x".into(),
+            duration_ms: 1,
+        };
+        s.record(failed, 1);
+        assert_eq!(
+            s.disabled.as_ref().map(|d| d.by.as_str()),
+            Some(DISABLED_BY_OPERATOR)
+        );
+    }
+}

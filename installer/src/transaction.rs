@@ -1,1 +1,2140 @@
-//! (transaction owner) transaction
+//! The update transaction (SPEC §4 steps 2 and 4–15) as an explicit state
+//! machine, and its recovery.
+//!
+//! Every step is recorded in the journal ([`crate::journal`]) before it
+//! starts. The steps, in order:
+//!
+//! ```text
+//! Verify → Stage → Check → Save → Snapshot → Quiesce → Migrate → Switch
+//!        → Restart → HealthGate → Commit → Report → Collect
+//!                              ↘ FlipBack → Report → Collect
+//! ```
+//!
+//! - Before `Quiesce` the service is untouched: a failure removes what the
+//!   transaction staged and exits 1.
+//! - From `Quiesce` on the app is paused: a failure before the switch
+//!   restores the persistence snapshot if the data changed and resumes the
+//!   app (exit 1).
+//! - A failed restart or health gate flips back: `current` and `previous`
+//!   are put back, the snapshot is restored if the data changed, the old
+//!   release is restarted and health-gated, the release goes on the bad
+//!   list, the failure is counted and a critical alert is sent (exit 3).
+//! - `auto_restart = false` stops after `Check` and records a pending
+//!   update; [`apply`] finishes it from `Save` on.
+//!
+//! [`recover`] reads a journal left by a killed run and finishes or undoes
+//! the transaction by its step (see `docs/transaction.md`).
+//!
+//! Every function here expects the caller to hold the transaction lock.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use slipway_formats::channel::Timestamp;
+use slipway_formats::diff::{diff_manifests, ManifestDiff};
+use slipway_formats::state::AttemptResult;
+use slipway_formats::{Manifest, ReleaseId, Version, MANIFEST_PATH, MAX_MANIFEST_BYTES};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::diff::verify_installed;
+use crate::durable;
+use crate::eligibility::{check_eligibility, EligibilityInput, Ineligible};
+use crate::gc;
+use crate::health::{health_gate, HealthPolicy};
+use crate::hooks;
+use crate::journal::{self, Decision, Journal, JournalError, Step};
+use crate::layout::Layout;
+use crate::quiesce::{self, QuiesceMethod, ResumeMethod};
+use crate::report;
+use crate::service::Service;
+use crate::snapshot::{self, Snapshot};
+use crate::source::Candidate;
+use crate::stage;
+use crate::state::{Attempt, Clock, HostState, Pending, StateError};
+use crate::switch::{self, SwitchError};
+use crate::verify::{self, VerifiedArchive, VerifyError};
+use crate::Exit;
+
+// ---------------------------------------------------------------------------
+// What a transaction needs and what it returns
+// ---------------------------------------------------------------------------
+
+/// How chatty progress messages on stderr are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+/// Progress and diagnostics on stderr (results go to stdout).
+#[derive(Debug, Clone, Copy)]
+pub struct Log {
+    pub verbosity: Verbosity,
+}
+
+impl Log {
+    /// A step or decision an operator watching the run wants to see.
+    pub fn info(&self, msg: impl AsRef<str>) {
+        if self.verbosity >= Verbosity::Normal {
+            eprintln!("slipway: {}", msg.as_ref());
+        }
+    }
+
+    /// Detail for `--verbose`: timings, paths, command output.
+    pub fn debug(&self, msg: impl AsRef<str>) {
+        if self.verbosity >= Verbosity::Verbose {
+            eprintln!("slipway: debug: {}", msg.as_ref());
+        }
+    }
+
+    /// Something went wrong but the run goes on; shown unless `--quiet`.
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        if self.verbosity >= Verbosity::Normal {
+            eprintln!("slipway: warning: {}", msg.as_ref());
+        }
+    }
+}
+
+/// Everything a transaction works with on this host.
+pub struct Host<'a> {
+    pub config: &'a Config,
+    pub layout: Layout,
+    pub service: Service,
+    pub clock: &'a dyn Clock,
+    pub log: Log,
+}
+
+impl<'a> Host<'a> {
+    /// The host described by `config`.
+    pub fn new(config: &'a Config, clock: &'a dyn Clock, log: Log) -> Host<'a> {
+        Host {
+            config,
+            layout: Layout::new(&config.paths.root),
+            service: Service::from_config(&config.service),
+            clock,
+            log,
+        }
+    }
+
+    fn persistence(&self) -> &Path {
+        &self.config.paths.persistence
+    }
+}
+
+/// What went wrong, for the `slipway: error: <what>: <why>` line and its
+/// `hint:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub what: String,
+    pub why: String,
+    pub hint: String,
+}
+
+impl Failure {
+    pub fn new(what: impl Into<String>, why: impl ToString, hint: impl Into<String>) -> Failure {
+        Failure {
+            what: what.into(),
+            why: why.to_string(),
+            hint: hint.into(),
+        }
+    }
+}
+
+/// How a transaction (or a command around one) ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub op: String,
+    pub result: AttemptResult,
+    #[serde(skip)]
+    pub exit: Exit,
+    pub exit_code: i32,
+    /// One line for the operator.
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<Version>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<ReleaseId>,
+    /// The eligibility rule that said no (exit 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The swap of `current` to the new release, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switch_us: Option<u64>,
+    /// The swap of `current` back to the old release, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flip_back_us: Option<u64>,
+    pub duration_ms: u64,
+    /// The step a recovered transaction was interrupted at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_at: Option<Step>,
+    /// After a flip back, the old release is not healthy either: the
+    /// service needs a human now.
+    pub critical: bool,
+    /// The persistence snapshot this transaction took (`backups/<txn>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
+}
+
+impl Outcome {
+    /// An outcome with nothing but a result and a message.
+    pub fn simple(
+        op: &str,
+        result: AttemptResult,
+        exit: Exit,
+        message: impl Into<String>,
+    ) -> Outcome {
+        Outcome::new(op, result, exit, message)
+    }
+
+    fn new(op: &str, result: AttemptResult, exit: Exit, message: impl Into<String>) -> Outcome {
+        Outcome {
+            op: op.to_string(),
+            result,
+            exit,
+            exit_code: exit as i32,
+            message: message.into(),
+            failure: None,
+            from_version: None,
+            version: None,
+            release_id: None,
+            rule: None,
+            switch_us: None,
+            flip_back_us: None,
+            duration_ms: 0,
+            interrupted_at: None,
+            critical: false,
+            snapshot: None,
+        }
+    }
+}
+
+/// A failure of slipway's own machinery (its state files, the journal, the
+/// links), as opposed to a release or app failing, which ends in an
+/// [`Outcome`]. The journal stays, so the next run recovers.
+#[derive(Debug, Error)]
+pub enum TxnError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    #[error("{what}: {why}")]
+    Host {
+        what: String,
+        why: String,
+        hint: String,
+    },
+}
+
+impl TxnError {
+    fn host(what: impl Into<String>, why: impl ToString, hint: impl Into<String>) -> TxnError {
+        TxnError::Host {
+            what: what.into(),
+            why: why.to_string(),
+            hint: hint.into(),
+        }
+    }
+
+    /// The `hint:` line for this error.
+    pub fn hint(&self) -> String {
+        match self {
+            TxnError::Host { hint, .. } => hint.clone(),
+            _ => "fix the cause named above, then run `slipway recover` (every mutating command runs it first)".into(),
+        }
+    }
+}
+
+/// Options of an install or update.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// `install` or `update`.
+    pub op: String,
+    /// `update --auto`: every eligibility rule applies.
+    pub auto: bool,
+    /// `--force`: the bad list and the clean-tree rule do not apply.
+    pub force: bool,
+    pub allow_downgrade: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Installed releases: ids and install times (state/releases.json)
+// ---------------------------------------------------------------------------
+
+/// What slipway remembers of a staged release: the manifest has no id (the
+/// id is the archive's hash), so it is kept here, by directory name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRecord {
+    pub id: ReleaseId,
+    pub version: Version,
+    pub staged_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<Timestamp>,
+}
+
+/// `<root>/state/releases.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRecords {
+    pub releases: BTreeMap<String, ReleaseRecord>,
+}
+
+/// Where [`ReleaseRecords`] live.
+pub fn records_file(layout: &Layout) -> PathBuf {
+    layout.state_dir().join("releases.json")
+}
+
+impl ReleaseRecords {
+    /// Loads the records; a missing or unreadable file is an empty record
+    /// set (the ids are then unknown, which only costs detail in reports).
+    pub fn load(layout: &Layout) -> ReleaseRecords {
+        std::fs::read(records_file(layout))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The record of the release in `dir`.
+    pub fn get(&self, dir: &Path) -> Option<&ReleaseRecord> {
+        let name = dir.file_name()?.to_str()?;
+        self.releases.get(name)
+    }
+
+    fn update(
+        layout: &Layout,
+        dir: &Path,
+        change: impl FnOnce(Option<ReleaseRecord>) -> Option<ReleaseRecord>,
+    ) -> Result<(), TxnError> {
+        let mut records = ReleaseRecords::load(layout);
+        let releases = layout.releases_dir();
+        records
+            .releases
+            .retain(|name, _| releases.join(name).is_dir());
+        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+            if let Some(r) = change(records.releases.remove(name)) {
+                records.releases.insert(name.to_string(), r);
+            }
+        }
+        let path = records_file(layout);
+        durable::write_json_atomic(&path, &records).map_err(|e| {
+            TxnError::host(
+                format!("cannot write {}", path.display()),
+                e,
+                "check free space and permissions of the state directory",
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The running release and the data
+// ---------------------------------------------------------------------------
+
+/// A release installed under `releases/`.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub id: Option<ReleaseId>,
+    pub installed_at: Option<Timestamp>,
+}
+
+/// Reads `<dir>/slipway/manifest.json` (capped) and the release's record.
+pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure> {
+    let path = dir.join(MANIFEST_PATH);
+    let bytes =
+        crate::source::read_capped(&path, MAX_MANIFEST_BYTES, "release manifest").map_err(|e| {
+            Failure::new(
+                format!("cannot read the installed release {}", dir.display()),
+                e,
+                "run `slipway verify`; reinstall the release with `slipway install --force`",
+            )
+        })?;
+    let manifest = Manifest::parse(&bytes).map_err(|e| {
+        Failure::new(
+            format!("the manifest {} is not valid", path.display()),
+            e,
+            "the release was modified on the host; reinstall it with `slipway install --force`",
+        )
+    })?;
+    let records = ReleaseRecords::load(layout);
+    let record = records.get(dir);
+    let installed_at = record.and_then(|r| r.installed_at).or_else(|| {
+        // The link's own mtime is when the switch made it.
+        std::fs::symlink_metadata(layout.current_link())
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| Timestamp::from_unix(d.as_secs() as i64))
+    });
+    Ok(Installed {
+        dir: dir.to_path_buf(),
+        manifest,
+        id: record.map(|r| r.id),
+        installed_at,
+    })
+}
+
+/// The release `current` points at, if any.
+pub fn running_release(layout: &Layout) -> Result<Option<Installed>, Failure> {
+    let dir = switch::current_dir(layout).map_err(|e| {
+        Failure::new(
+            "cannot read the current release",
+            e,
+            "check the install root",
+        )
+    })?;
+    match dir {
+        Some(dir) => read_installed(layout, &dir).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The data's schema version: `<persistence>/schema_version` (decimal text,
+/// written by the app and the migrate hook), else the running release's
+/// `schema_version`, else unknown (a fresh host: nothing to migrate).
+pub fn data_schema(persistence: &Path, running: Option<&Manifest>) -> Result<Option<u32>, Failure> {
+    let path = persistence.join("schema_version");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u32>().map(Some).map_err(|_| {
+            Failure::new(
+                format!("cannot read the data schema {}", path.display()),
+                format!("{:?} is not an integer", text.trim()),
+                "the file holds the schema version of the persisted data (e.g. 1); fix or restore it",
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(running.map(|m| m.schema_version))
+        }
+        Err(e) => Err(Failure::new(
+            format!("cannot read the data schema {}", path.display()),
+            e,
+            "check the permissions of the persistence directory",
+        )),
+    }
+}
+
+/// Bytes under `dir` (regular files), for the disk-space rule.
+fn tree_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Where the service's own commands (save, quiesce, resume) run: the
+/// running release's `app/`, so `python3 -m bot.save` imports.
+fn app_cwd(layout: &Layout, running: Option<&Path>) -> PathBuf {
+    let dir = running
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| layout.root().to_path_buf());
+    let app = dir.join("app");
+    if app.is_dir() {
+        app
+    } else if dir.is_dir() {
+        dir
+    } else {
+        PathBuf::from("/")
+    }
+}
+
+/// The environment hooks get (SPEC §4 steps 6 and 9). Python bytecode is
+/// redirected to `pycache` (a throwaway directory): a release tree is
+/// read-only and verified against its manifest, and a check such as
+/// `python3 -m compileall` run as root would otherwise write into it.
+fn hook_env(
+    release_dir: &Path,
+    manifest: &Manifest,
+    persistence: &Path,
+    schema: Option<(u32, u32)>,
+    pycache: &Path,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "SLIPWAY_RELEASE_DIR".to_string(),
+            release_dir.display().to_string(),
+        ),
+        ("SLIPWAY_VERSION".to_string(), manifest.version.to_string()),
+        (
+            "SLIPWAY_PERSISTENCE".to_string(),
+            persistence.display().to_string(),
+        ),
+        ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
+        (
+            "PYTHONPYCACHEPREFIX".to_string(),
+            pycache.display().to_string(),
+        ),
+    ];
+    if let Some((from, to)) = schema {
+        env.push(("SLIPWAY_SCHEMA_FROM".to_string(), from.to_string()));
+        env.push(("SLIPWAY_SCHEMA_TO".to_string(), to.to_string()));
+    }
+    env
+}
+
+/// A throwaway directory for hook bytecode, outside the install root.
+fn pycache_dir() -> Option<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("slipway-pycache-")
+        .tempdir()
+        .ok()
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+// ---------------------------------------------------------------------------
+// The transaction
+// ---------------------------------------------------------------------------
+
+/// The release a transaction switches to.
+#[derive(Debug, Clone)]
+struct Target {
+    dir: PathBuf,
+    manifest: Manifest,
+    id: Option<ReleaseId>,
+}
+
+/// A transaction in flight: the journal and what it has learned so far.
+struct Txn<'h, 'a> {
+    host: &'h Host<'a>,
+    journal: Journal,
+    started: Instant,
+    running: Option<Installed>,
+    switch_latency: Option<Duration>,
+    flip_back_latency: Option<Duration>,
+    /// Whether the service was up when the transaction reached `Save`.
+    service_was_running: bool,
+}
+
+impl<'h, 'a> Txn<'h, 'a> {
+    /// Starts a transaction: reads the links and the running release and
+    /// records step `Verify`.
+    fn begin(host: &'h Host<'a>, op: &str, auto: bool) -> Result<Self, Box<Outcome>> {
+        let now = host.clock.now();
+        let mut journal = Journal::new(journal::new_txn_id(now), op, now, auto);
+        let fail = |f: Failure| {
+            let mut o = Outcome::new(op, AttemptResult::Failed, Exit::Failed, f.why.clone());
+            o.failure = Some(f);
+            Box::new(o)
+        };
+        let links = switch::read_links(&host.layout).map_err(|e| {
+            fail(Failure::new(
+                "cannot read the links",
+                e,
+                "check the install root",
+            ))
+        })?;
+        let running = running_release(&host.layout).map_err(fail)?;
+        journal.old_release = links.current;
+        journal.old_previous = links.previous;
+        journal.from_version = running.as_ref().map(|r| r.manifest.version.clone());
+        journal.schema_from =
+            data_schema(host.persistence(), running.as_ref().map(|r| &r.manifest)).map_err(fail)?;
+        let txn = Txn {
+            host,
+            journal,
+            started: Instant::now(),
+            running,
+            switch_latency: None,
+            flip_back_latency: None,
+            service_was_running: false,
+        };
+        txn.record_now(Step::Verify).map_err(|e| {
+            fail(Failure::new(
+                "cannot start the transaction",
+                e,
+                "check free space and permissions of the state directory",
+            ))
+        })?;
+        Ok(txn)
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.host.layout
+    }
+
+    fn log(&self) -> Log {
+        self.host.log
+    }
+
+    fn record_now(&self, step: Step) -> Result<(), JournalError> {
+        let mut j = self.journal.clone();
+        j.step = step;
+        journal::record(&self.host.layout, &j)
+    }
+
+    /// Records `step` as the one about to run.
+    fn enter(&mut self, step: Step) -> Result<(), TxnError> {
+        self.journal.step = step;
+        journal::record(&self.host.layout, &self.journal)?;
+        self.host.log.debug(format!(
+            "txn {}: step {step} ({} ms in)",
+            self.journal.txn,
+            ms(self.started.elapsed())
+        ));
+        Ok(())
+    }
+
+    fn outcome(&self, result: AttemptResult, exit: Exit, message: impl Into<String>) -> Outcome {
+        let mut o = Outcome::new(&self.journal.op, result, exit, message);
+        o.from_version = self.journal.from_version.clone();
+        o.version = self.journal.version.clone();
+        o.release_id = self.journal.release_id;
+        o.switch_us = self.switch_latency.map(us);
+        o.flip_back_us = self.flip_back_latency.map(us);
+        o.duration_ms = ms(self.started.elapsed());
+        o.snapshot = self.journal.snapshot.as_ref().map(|s| s.dir.clone());
+        o
+    }
+
+    fn attempt(&self, result: AttemptResult, message: &str, at: Timestamp) -> Attempt {
+        Attempt {
+            op: self.journal.op.clone(),
+            at,
+            result,
+            from_version: self.journal.from_version.clone(),
+            version: self.journal.version.clone(),
+            release_id: self.journal.release_id,
+            message: message.to_string(),
+            duration_ms: ms(self.started.elapsed()),
+        }
+    }
+
+    /// Ends a transaction that did not reach `Commit`/`FlipBack` (refused,
+    /// failed before the switch, skipped, up to date, ready): records and
+    /// reports the attempt and removes the journal.
+    fn conclude(
+        self,
+        result: AttemptResult,
+        exit: Exit,
+        message: String,
+        failure: Option<Failure>,
+    ) -> Result<Outcome, TxnError> {
+        let at = self.host.clock.now();
+        let attempt = self.attempt(result, &message, at);
+        record_and_report(self.host, attempt, None)?;
+        journal::finish(self.layout())?;
+        let mut o = self.outcome(result, exit, message);
+        o.failure = failure;
+        Ok(o)
+    }
+
+    fn fail(self, failure: Failure) -> Result<Outcome, TxnError> {
+        let message = format!("{}: {}", failure.what, failure.why);
+        self.conclude(AttemptResult::Failed, Exit::Failed, message, Some(failure))
+    }
+
+    /// Removes the release directory this transaction staged, unless
+    /// something still points at it.
+    fn discard_staged(&self) {
+        if self.journal.staged_here {
+            if let Some(dir) = &self.journal.release_dir {
+                discard_release_dir(self.host, dir);
+            }
+        }
+    }
+}
+
+/// Records an attempt that ended before a transaction began (discovery:
+/// up to date, skipped, a refused channel index) and reports it.
+pub fn record_attempt(host: &Host, attempt: Attempt) -> Result<(), TxnError> {
+    record_and_report(host, attempt, None)
+}
+
+/// Records `attempt` in the host state (unless it is already the last one
+/// recorded: a killed run may have got that far) and reports it.
+fn record_and_report(
+    host: &Host,
+    attempt: Attempt,
+    mark_bad: Option<(ReleaseId, Version, String)>,
+) -> Result<(), TxnError> {
+    let mut state = HostState::load_at(&host.layout, host.clock.now())?;
+    if let Some((id, version, reason)) = mark_bad {
+        state.mark_bad(id, version, reason, attempt.at);
+    }
+    let already = state.last_attempt.as_ref().is_some_and(|a| {
+        a.at == attempt.at
+            && a.op == attempt.op
+            && a.result == attempt.result
+            && a.release_id == attempt.release_id
+            && a.message == attempt.message
+    });
+    if !already {
+        state.record(attempt.clone(), host.config.update.max_failures_per_day);
+    }
+    state.save(&host.layout)?;
+    report_with_current(host, &state, &attempt);
+    Ok(())
+}
+
+/// Reports `attempt` with whatever `current` now points at.
+fn report_with_current(host: &Host, state: &HostState, attempt: &Attempt) {
+    let running = running_release(&host.layout).ok().flatten();
+    let previous_version = switch::read_links(&host.layout)
+        .ok()
+        .and_then(|l| l.previous)
+        .map(|t| switch::resolve_target(&host.layout, &t))
+        .and_then(|d| read_installed(&host.layout, &d).ok())
+        .map(|r| r.manifest.version);
+    let current = running.as_ref().and_then(|r| {
+        Some(report::Current {
+            manifest: &r.manifest,
+            id: r.id?,
+            dir: &r.dir,
+            installed_at: r.installed_at.unwrap_or(attempt.at),
+            previous_version: previous_version.clone(),
+        })
+    });
+    if let Err(e) = report::report_attempt(&host.layout, host.config, state, attempt, current) {
+        host.log.warn(format!("reporting the attempt: {e}"));
+    }
+}
+
+/// Removes a release directory unless `current`, `previous` or the pending
+/// update point at it.
+fn discard_release_dir(host: &Host, dir: &Path) {
+    let links = switch::read_links(&host.layout).unwrap_or_default();
+    let pinned = [links.current, links.previous]
+        .into_iter()
+        .flatten()
+        .map(|t| switch::resolve_target(&host.layout, &t))
+        .any(|t| t == dir);
+    let pending = HostState::load(&host.layout)
+        .ok()
+        .and_then(|s| s.pending)
+        .is_some_and(|p| p.dir == dir);
+    if pinned || pending {
+        return;
+    }
+    match durable::remove_tree(dir) {
+        Ok(()) => host.log.debug(format!("removed {}", dir.display())),
+        Err(e) => host.log.warn(format!(
+            "cannot remove {}: {e}; `slipway gc` retries",
+            dir.display()
+        )),
+    }
+}
+
+/// Installs the release `candidate` names (`slipway install`, `slipway
+/// update`): SPEC §4 steps 2 and 4–15.
+pub fn install(
+    host: &Host,
+    candidate: &Candidate,
+    opts: &InstallOptions,
+) -> Result<Outcome, TxnError> {
+    let mut t = match Txn::begin(host, &opts.op, opts.auto) {
+        Ok(t) => t,
+        Err(o) => return Ok(*o),
+    };
+    let log = t.log();
+
+    // Step 4: Verify (recorded by begin).
+    log.info(format!("verifying {}", candidate.archive.display()));
+    let keys = match host.config.trusted_keys() {
+        Ok(k) => k,
+        Err(e) => {
+            return t.fail(Failure::new(
+                "cannot load the trusted keys",
+                e,
+                "fix update.public_keys in the configuration",
+            ))
+        }
+    };
+    let mut verified = match verify::verify_archive(
+        &candidate.archive,
+        &candidate.signature,
+        &keys,
+        &candidate.expect,
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            return t.fail(Failure::new(
+                format!("release {} refused", candidate.archive.display()),
+                e,
+                "nothing was installed; check the source and the trusted keys",
+            ))
+        }
+    };
+    let id = verified.id;
+    t.journal.release_id = Some(id);
+    t.journal.version = Some(verified.manifest.version.clone());
+    t.journal.schema_to = Some(verified.manifest.schema_version);
+    let release_dir = host.layout.release_dir(&verified.manifest, &id);
+    let name = format!(
+        "{} {} ({})",
+        verified.manifest.app,
+        verified.manifest.version,
+        id.short()
+    );
+    log.debug(format!(
+        "verified {name}, signed by key {}",
+        verified.signer
+    ));
+
+    if let Some(r) = &t.running {
+        if r.dir == release_dir {
+            let msg = format!("{name} is already running; nothing to do");
+            return t.conclude(AttemptResult::UpToDate, Exit::Done, msg, None);
+        }
+    }
+    let state = HostState::load_at(&host.layout, host.clock.now())?;
+    if !opts.force {
+        if let Some(bad) = state.bad(&id) {
+            let msg = format!(
+                "{name} is on this host's bad list since {} ({}); it is never retried automatically",
+                bad.at, bad.reason
+            );
+            let f = Failure::new(
+                format!("release {name} refused"),
+                format!("it is on this host's bad list since {} ({})", bad.at, bad.reason),
+                "fix the release and publish a new version, or retry this one with `slipway install --force`",
+            );
+            let mut o = t.conclude(AttemptResult::Skipped, Exit::Skipped, msg, Some(f))?;
+            o.rule = Some("bad_release".into());
+            return Ok(o);
+        }
+    }
+    if let Err(e) = verify::check_upgrade(
+        &verified.manifest,
+        t.running.as_ref().map(|r| &r.manifest),
+        t.journal.schema_from,
+        opts.allow_downgrade,
+    ) {
+        let hint = match e {
+            VerifyError::Downgrade { .. } | VerifyError::AlreadyInstalled { .. } => {
+                "pass --allow-downgrade to install it anyway"
+            }
+            _ => "nothing was changed",
+        };
+        return t.fail(Failure::new(format!("release {name} refused"), e, hint));
+    }
+    // Step 2: Eligibility, now that the sizes are known.
+    if let Err(ineligible) = eligibility(host, &t, &state, &verified.manifest, opts) {
+        return skipped(t, ineligible);
+    }
+
+    // Step 5: Stage.
+    t.journal.staged_here = !release_dir.exists();
+    t.journal.release_dir = Some(release_dir.clone());
+    t.enter(Step::Stage)?;
+    log.info(format!("staging {name}"));
+    if let Err(e) = durable::create_dirs(&host.layout.releases_dir()) {
+        return t.fail(Failure::new(
+            "cannot create the releases directory",
+            e,
+            "check permissions of the install root",
+        ));
+    }
+    let staged = match stage::stage_release(&mut verified, &host.layout.releases_dir()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            t.discard_staged();
+            return t.fail(Failure::new(
+                format!("release {name} refused while unpacking"),
+                e,
+                "nothing was installed; the release archive is damaged or hostile",
+            ));
+        }
+    };
+    let now = host.clock.now();
+    ReleaseRecords::update(&host.layout, &staged, |old| {
+        Some(ReleaseRecord {
+            id,
+            version: verified.manifest.version.clone(),
+            staged_at: old.as_ref().map_or(now, |o| o.staged_at),
+            installed_at: old.and_then(|o| o.installed_at),
+        })
+    })?;
+    let target = Target {
+        dir: staged,
+        manifest: verified.manifest.clone(),
+        id: Some(id),
+    };
+    drop(verified);
+
+    // Step 6: Check.
+    t.enter(Step::Check)?;
+    if let Some(failure) = run_checks(&t, &target)? {
+        return t.fail(failure);
+    }
+
+    if !host.config.update.auto_restart {
+        return make_pending(t, &target);
+    }
+    from_save(t, &target)
+}
+
+/// The eligibility rules of SPEC §4 step 2 for this release.
+fn eligibility(
+    host: &Host,
+    t: &Txn,
+    state: &HostState,
+    manifest: &Manifest,
+    opts: &InstallOptions,
+) -> Result<(), Ineligible> {
+    let persistence_bytes = tree_bytes(host.persistence());
+    let needed = manifest.total_size().saturating_add(persistence_bytes);
+    let running = if opts.force {
+        None
+    } else {
+        t.running.as_ref().map(|r| (r.dir.as_path(), &r.manifest))
+    };
+    check_eligibility(&EligibilityInput {
+        config: host.config,
+        layout: &host.layout,
+        state,
+        running,
+        needed_bytes: needed,
+        auto: opts.auto,
+        now: host.clock.now(),
+    })
+}
+
+fn skipped(t: Txn, ineligible: Ineligible) -> Result<Outcome, TxnError> {
+    let msg = format!("skipped ({}): {}", ineligible.rule, ineligible.reason);
+    let f = Failure::new(
+        "update skipped",
+        format!("{} ({})", ineligible.reason, ineligible.rule),
+        "the reason above says what to change; nothing was touched",
+    );
+    let mut o = t.conclude(AttemptResult::Skipped, Exit::Skipped, msg, Some(f))?;
+    o.rule = Some(ineligible.rule.to_string());
+    Ok(o)
+}
+
+/// Step 6: the release's check hook and the host's checks, in the staged
+/// directory. A failure ends the transaction with the service untouched.
+fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
+    let host = t.host;
+    let release_check = target.manifest.hooks.check.as_deref();
+    if release_check.is_none() && host.config.hooks.check.is_empty() {
+        return Ok(None);
+    }
+    host.log
+        .info(format!("running checks in {}", target.dir.display()));
+    let pycache = pycache_dir();
+    let env = hook_env(
+        &target.dir,
+        &target.manifest,
+        host.persistence(),
+        None,
+        pycache
+            .as_ref()
+            .map_or(Path::new("/nonexistent"), |d| d.path()),
+    );
+    let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
+    match hooks::run_checks(
+        &target.dir,
+        release_check,
+        &host.config.hooks.check,
+        &env,
+        timeout,
+    ) {
+        Ok(outputs) => {
+            for o in outputs {
+                host.log
+                    .debug(format!("check passed in {} ms", ms(o.duration)));
+            }
+            Ok(None)
+        }
+        Err(e) => {
+            let version = target.manifest.version.clone();
+            let reason = format!("check failed: {e}");
+            if let Some(id) = target.id {
+                let mut state = HostState::load_at(&host.layout, host.clock.now())?;
+                state.mark_bad(id, version.clone(), reason.clone(), host.clock.now());
+                state.save(&host.layout)?;
+            }
+            t.discard_staged();
+            Ok(Some(Failure::new(
+                format!("{} {} failed its checks", target.manifest.app, version),
+                e,
+                "the service was not touched; fix the release (it is on the bad list; `slipway install --force` retries it)",
+            )))
+        }
+    }
+}
+
+/// `auto_restart = false`: the release is staged and checked; record it as
+/// pending for `slipway apply`.
+fn make_pending(t: Txn, target: &Target) -> Result<Outcome, TxnError> {
+    let host = t.host;
+    let Some(id) = target.id else {
+        return t.fail(Failure::new(
+            "cannot record the pending update",
+            "the release id is unknown",
+            "install it again",
+        ));
+    };
+    let mut state = HostState::load_at(&host.layout, host.clock.now())?;
+    state.pending = Some(Pending {
+        release_id: id,
+        version: target.manifest.version.clone(),
+        dir: target.dir.clone(),
+        staged_at: host.clock.now(),
+    });
+    state.save(&host.layout)?;
+    let msg = format!(
+        "update ready: {} {} is staged and checked; run `slipway apply` to switch to it (auto_restart = false)",
+        target.manifest.app, target.manifest.version
+    );
+    t.conclude(AttemptResult::Ready, Exit::Done, msg, None)
+}
+
+/// `slipway apply`: finishes an update staged with `auto_restart = false`,
+/// from `Save` on, after checking the staged tree again.
+pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
+    let state = HostState::load_at(&host.layout, host.clock.now())?;
+    let Some(pending) = state.pending.clone() else {
+        return Ok(Outcome::new(
+            "apply",
+            AttemptResult::UpToDate,
+            Exit::Done,
+            "no update is pending; nothing to apply",
+        ));
+    };
+    let mut t = match Txn::begin(host, "apply", false) {
+        Ok(t) => t,
+        Err(o) => return Ok(*o),
+    };
+    t.journal.release_id = Some(pending.release_id);
+    t.journal.version = Some(pending.version.clone());
+    t.journal.release_dir = Some(pending.dir.clone());
+    let installed = match read_installed(&host.layout, &pending.dir) {
+        Ok(i) => i,
+        Err(f) => return clear_pending_and_fail(t, f),
+    };
+    t.journal.schema_to = Some(installed.manifest.schema_version);
+    match verify_installed(&pending.dir, &installed.manifest) {
+        Ok(drift) if drift.is_empty() => {}
+        Ok(drift) => {
+            let list: Vec<String> = drift.iter().take(5).map(|d| d.to_string()).collect();
+            let f = Failure::new(
+                format!(
+                    "the staged release {} changed since it was checked",
+                    pending.dir.display()
+                ),
+                list.join("; "),
+                "run `slipway update` (or `slipway install`) again to stage it afresh",
+            );
+            return clear_pending_and_fail(t, f);
+        }
+        Err(e) => {
+            return t.fail(Failure::new(
+                format!("cannot check the staged release {}", pending.dir.display()),
+                e,
+                "check the permissions of the install root",
+            ))
+        }
+    }
+    if let Err(e) = verify::check_upgrade(
+        &installed.manifest,
+        t.running.as_ref().map(|r| &r.manifest),
+        t.journal.schema_from,
+        false,
+    ) {
+        return clear_pending_and_fail(
+            t,
+            Failure::new(
+                "the pending update no longer applies",
+                e,
+                "run `slipway update` again",
+            ),
+        );
+    }
+    let opts = InstallOptions {
+        op: "apply".into(),
+        ..InstallOptions::default()
+    };
+    if let Err(ineligible) = eligibility(host, &t, &state, &installed.manifest, &opts) {
+        return skipped(t, ineligible);
+    }
+    let target = Target {
+        dir: pending.dir,
+        manifest: installed.manifest,
+        id: Some(pending.release_id),
+    };
+    from_save(t, &target)
+}
+
+fn clear_pending_and_fail(t: Txn, f: Failure) -> Result<Outcome, TxnError> {
+    let mut state = HostState::load_at(&t.host.layout, t.host.clock.now())?;
+    state.pending = None;
+    state.save(&t.host.layout)?;
+    t.fail(f)
+}
+
+/// `slipway rollback`: back to `previous` with the same snapshot, quiesce,
+/// restart and health gate as an update. The release rolled back from goes
+/// on the bad list (so auto-update does not reinstall it); on failure the
+/// links flip forward again and the command exits 1.
+pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
+    let links = switch::read_links(&host.layout)?;
+    let Some(prev) = links.previous.clone() else {
+        let mut o = Outcome::new(
+            "rollback",
+            AttemptResult::Failed,
+            Exit::Failed,
+            "there is no previous release to roll back to",
+        );
+        o.failure = Some(Failure::new(
+            "cannot roll back",
+            format!("{} does not exist", host.layout.previous_link().display()),
+            "install the release you want with `slipway install --allow-downgrade SOURCE`",
+        ));
+        return Ok(o);
+    };
+    let mut t = match Txn::begin(host, "rollback", false) {
+        Ok(t) => t,
+        Err(o) => return Ok(*o),
+    };
+    let dir = switch::resolve_target(&host.layout, &prev);
+    let installed = match read_installed(&host.layout, &dir) {
+        Ok(i) => i,
+        Err(f) => return t.fail(f),
+    };
+    t.journal.release_id = installed.id;
+    t.journal.version = Some(installed.manifest.version.clone());
+    t.journal.release_dir = Some(dir.clone());
+    t.journal.schema_to = Some(installed.manifest.schema_version);
+    match verify_installed(&dir, &installed.manifest) {
+        Ok(drift) if drift.is_empty() => {}
+        Ok(drift) => {
+            let list: Vec<String> = drift.iter().take(5).map(|d| d.to_string()).collect();
+            return t.fail(Failure::new(
+                format!(
+                    "the previous release {} was modified on the host",
+                    dir.display()
+                ),
+                list.join("; "),
+                "reinstall it with `slipway install --allow-downgrade --force SOURCE`",
+            ));
+        }
+        Err(e) => {
+            return t.fail(Failure::new(
+                format!("cannot check the previous release {}", dir.display()),
+                e,
+                "check the permissions of the install root",
+            ))
+        }
+    }
+    if let Err(e) = verify::check_upgrade(
+        &installed.manifest,
+        t.running.as_ref().map(|r| &r.manifest),
+        t.journal.schema_from,
+        true,
+    ) {
+        return t.fail(Failure::new(
+            format!("cannot roll back to {}", installed.manifest.version),
+            e,
+            "restore the snapshot in backups/ taken before the update that migrated the data, then roll back",
+        ));
+    }
+    let target = Target {
+        dir,
+        manifest: installed.manifest,
+        id: installed.id,
+    };
+    from_save(t, &target)
+}
+
+/// Steps 7–15, shared by install, apply and rollback.
+fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
+    let host = t.host;
+    let log = t.log();
+    let cfg = host.config;
+    let running_dir = t.running.as_ref().map(|r| r.dir.clone());
+    let cwd = app_cwd(&host.layout, running_dir.as_deref());
+    let name = format!("{} {}", target.manifest.app, target.manifest.version);
+
+    // Step 7a: Save.
+    t.enter(Step::Save)?;
+    t.service_was_running = match host.service.status() {
+        Ok(s) => s.is_running(),
+        Err(e) => {
+            log.warn(format!("cannot read the service state: {e}"));
+            false
+        }
+    };
+    if t.service_was_running {
+        log.info("asking the app to save");
+        let timeout = Duration::from_secs(cfg.service.save_timeout_seconds);
+        if let Err(e) = snapshot::request_save(&cfg.service, &cwd, timeout) {
+            t.discard_staged();
+            return t.fail(Failure::new(
+                "the app did not save before the update",
+                e,
+                "the service was not touched; check that it runs and that service.save / save_url work",
+            ));
+        }
+    } else {
+        log.debug(format!(
+            "{} is not running: no save, no quiesce",
+            host.service.describe()
+        ));
+    }
+
+    // Step 7b: Snapshot.
+    t.enter(Step::Snapshot)?;
+    log.info(format!("snapshotting {}", host.persistence().display()));
+    let snap = match snapshot::take_snapshot(
+        host.persistence(),
+        &host.layout.backups_dir(),
+        &t.journal.txn,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            t.discard_staged();
+            return t.fail(Failure::new(
+                "cannot snapshot the persistence",
+                e,
+                "the service was not touched; check free space in the install root",
+            ));
+        }
+    };
+    log.debug(format!(
+        "snapshot {}: {} files, {} bytes",
+        snap.dir.display(),
+        snap.files,
+        snap.bytes
+    ));
+    t.journal.snapshot = Some(snap);
+
+    // Step 8: Quiesce.
+    t.enter(Step::Quiesce)?;
+    let quiesce_method = match QuiesceMethod::from_config(&cfg.service) {
+        Ok(m) => m,
+        Err(e) => {
+            t.discard_staged();
+            return t.fail(Failure::new(
+                "the quiesce configuration is invalid",
+                e,
+                "fix [service] quiesce_* in the configuration",
+            ));
+        }
+    };
+    if t.service_was_running && quiesce_method != QuiesceMethod::None {
+        log.info(format!("quiescing the app ({})", quiesce_method.describe()));
+        let timeout = Duration::from_secs(cfg.service.quiesce_timeout_seconds);
+        match quiesce::quiesce_in(&quiesce_method, &host.service, timeout, &cwd) {
+            Ok(ack) => {
+                log.info(format!(
+                    "quiesce acknowledged in {} ms ({} {})",
+                    ack.duration_ms, ack.method, ack.target
+                ));
+                t.journal.quiesced = true;
+                refresh_snapshot(&mut t)?;
+            }
+            Err(e) => {
+                // It may have half-paused: resume it either way.
+                resume_app(host, &cwd);
+                t.discard_staged();
+                return t.fail(Failure::new(
+                    "the app did not acknowledge the quiesce",
+                    e,
+                    "the service was not restarted and was asked to resume; check the app and service.quiesce_*",
+                ));
+            }
+        }
+    }
+
+    // Step 9: Migrate.
+    let schema_from = t.journal.schema_from;
+    let schema_to = target.manifest.schema_version;
+    let migrate = match (schema_from, &target.manifest.hooks.migrate) {
+        (Some(from), Some(argv)) if schema_to > from => Some((from, argv.clone())),
+        (Some(from), None) if schema_to > from => {
+            log.warn(format!(
+                "{name} raises the data schema from {from} to {schema_to} but has no migrate hook; the app must migrate on start"
+            ));
+            None
+        }
+        _ => None,
+    };
+    t.journal.data_changed = migrate.is_some();
+    t.enter(Step::Migrate)?;
+    if let Some((from, argv)) = migrate {
+        log.info(format!(
+            "migrating the data from schema {from} to {schema_to}"
+        ));
+        let pycache = pycache_dir();
+        let env = hook_env(
+            &target.dir,
+            &target.manifest,
+            host.persistence(),
+            Some((from, schema_to)),
+            pycache
+                .as_ref()
+                .map_or(Path::new("/nonexistent"), |d| d.path()),
+        );
+        let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
+        if let Err(e) = hooks::run_command(&argv, &target.dir, &env, timeout) {
+            undo_before_switch(&t, &cwd);
+            if let (Some(id), "install" | "update" | "apply") = (target.id, t.journal.op.as_str()) {
+                let mut state = HostState::load_at(&host.layout, host.clock.now())?;
+                state.mark_bad(
+                    id,
+                    target.manifest.version.clone(),
+                    format!("migrate hook failed: {e}"),
+                    host.clock.now(),
+                );
+                state.save(&host.layout)?;
+            }
+            t.discard_staged();
+            return t.fail(Failure::new(
+                format!("the migrate hook of {name} failed"),
+                e,
+                "the data was restored from the snapshot and the app resumed; fix the migration (the release is on the bad list)",
+            ));
+        }
+    }
+
+    // Step 10: Switch.
+    t.enter(Step::Switch)?;
+    match switch::switch_to(&host.layout, &target.dir) {
+        Ok(timing) => {
+            t.switch_latency = Some(timing.current_swap);
+            log.info(format!(
+                "switched current to {} in {} µs (rename; the directory fsync took {} µs more)",
+                target.dir.display(),
+                us(timing.current_swap),
+                us(timing.fsync)
+            ));
+        }
+        Err(e) => {
+            let _ = switch::restore_links(
+                &host.layout,
+                t.journal.old_release.as_deref(),
+                t.journal.old_previous.as_deref(),
+            );
+            undo_before_switch(&t, &cwd);
+            return t.fail(Failure::new(
+                "cannot switch to the new release",
+                e,
+                "the old release is still current; check the install root's permissions and free space",
+            ));
+        }
+    }
+
+    // Step 11: Restart.
+    t.enter(Step::Restart)?;
+    log.info(format!("restarting {}", host.service.describe()));
+    if let Err(e) = host.service.restart() {
+        return flip_back(t, target, format!("restart failed: {e}"));
+    }
+    t.journal.quiesced = false;
+    let baseline = host.service.status().ok().map(|s| s.restarts);
+
+    // Step 12: Health gate.
+    t.enter(Step::HealthGate)?;
+    let policy = HealthPolicy::from_config(&cfg.service, Some(target.manifest.version.to_string()));
+    log.info("waiting for the health gate");
+    match health_gate(&host.service, baseline, &policy) {
+        Ok(report) => log.debug(format!(
+            "healthy after {} polls in {} ms",
+            report.polls,
+            ms(report.elapsed)
+        )),
+        Err(e) => return flip_back(t, target, e.to_string()),
+    }
+
+    // Step 13: Commit.
+    commit(t, target)
+}
+
+/// After the quiesce acknowledged: if the app wrote since the snapshot (it
+/// saves when it pauses), snapshot again, so that a flip back restores the
+/// data exactly as the app left it when it paused and loses nothing.
+fn refresh_snapshot(t: &mut Txn) -> Result<(), TxnError> {
+    let host = t.host;
+    let Some(old) = t.journal.snapshot.clone() else {
+        return Ok(());
+    };
+    let digest = match snapshot::tree_digest(host.persistence()) {
+        Ok(d) => d,
+        Err(e) => {
+            host.log.warn(format!(
+                "cannot digest the persistence after the quiesce: {e}"
+            ));
+            return Ok(());
+        }
+    };
+    if digest == old.digest {
+        return Ok(());
+    }
+    let stamp = format!("{}-paused", t.journal.txn);
+    match snapshot::take_snapshot(host.persistence(), &host.layout.backups_dir(), &stamp) {
+        Ok(fresh) => {
+            t.journal.snapshot = Some(fresh);
+            // The journal must name the new snapshot before the old one goes.
+            let step = t.journal.step;
+            t.enter(step)?;
+            if let Err(e) = durable::remove_tree(&old.dir) {
+                host.log
+                    .warn(format!("cannot remove {}: {e}", old.dir.display()));
+            }
+            host.log
+                .debug("data changed while quiescing: snapshot taken again");
+        }
+        Err(e) => host.log.warn(format!(
+            "cannot snapshot the paused data again ({e}); a flip back restores the earlier snapshot"
+        )),
+    }
+    Ok(())
+}
+
+/// Best-effort resume of a paused app (`resume` configured, else nothing).
+fn resume_app(host: &Host, cwd: &Path) {
+    let method = match ResumeMethod::from_config(&host.config.service) {
+        Ok(m) => m,
+        Err(e) => {
+            host.log.warn(format!("cannot resume the app: {e}"));
+            return;
+        }
+    };
+    if method == ResumeMethod::None {
+        return;
+    }
+    let timeout = Duration::from_secs(host.config.service.quiesce_timeout_seconds);
+    match quiesce::resume_in(&method, &host.service, timeout, cwd) {
+        Ok(()) => host
+            .log
+            .info(format!("resumed the app ({})", method.describe())),
+        Err(e) => host.log.warn(format!(
+            "cannot resume the app: {e}; restart the service to unpause it"
+        )),
+    }
+}
+
+/// Restores the snapshot when the data no longer matches it.
+fn restore_if_changed(host: &Host, snap: Option<&Snapshot>) -> Result<bool, String> {
+    let Some(snap) = snap else {
+        return Ok(false);
+    };
+    let digest = snapshot::tree_digest(host.persistence()).map_err(|e| e.to_string())?;
+    if digest == snap.digest {
+        return Ok(false);
+    }
+    host.log.info(format!(
+        "restoring the persistence from {}",
+        snap.dir.display()
+    ));
+    snapshot::restore_snapshot(snap, host.persistence()).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// A failure after the quiesce and before the restart: the old release is
+/// still current and still running, paused. Put the data back if it
+/// changed, then resume it.
+fn undo_before_switch(t: &Txn, cwd: &Path) {
+    let host = t.host;
+    if let Err(e) = restore_if_changed(host, t.journal.snapshot.as_ref()) {
+        host.log.warn(format!(
+            "cannot restore the persistence snapshot: {e}; restore it by hand before resuming the app"
+        ));
+        return;
+    }
+    if t.journal.quiesced {
+        resume_app(host, cwd);
+    }
+}
+
+/// Step 13, success: the new release is healthy.
+fn commit(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
+    let host = t.host;
+    let now = host.clock.now();
+    let message = format!(
+        "updated {} {} → {} ({} ms; switch {} µs)",
+        target.manifest.app,
+        t.journal
+            .from_version
+            .as_ref()
+            .map_or_else(|| "(none)".to_string(), |v| v.to_string()),
+        target.manifest.version,
+        ms(t.started.elapsed()),
+        t.switch_latency.map_or(0, us)
+    );
+    let result = AttemptResult::Updated;
+    t.journal.decision = Some(Decision {
+        result,
+        message: message.clone(),
+        at: now,
+    });
+    t.enter(Step::Commit)?;
+    finish_commit(host, &t.journal)?;
+    t.enter(Step::Report)?;
+    report_decision(host, &t.journal, ms(t.started.elapsed()))?;
+    t.enter(Step::Collect)?;
+    collect(host);
+    journal::finish(&host.layout)?;
+    host.log.info(&message);
+    Ok(t.outcome(result, Exit::Done, message))
+}
+
+/// The idempotent part of a commit: clear the pending update, take the
+/// release off the bad list (`--force`), stamp its install time. For a
+/// rollback, the release rolled back from goes on the bad list.
+fn finish_commit(host: &Host, j: &Journal) -> Result<(), TxnError> {
+    let now = j.decision.as_ref().map_or(host.clock.now(), |d| d.at);
+    let mut state = HostState::load_at(&host.layout, now)?;
+    if let Some(id) = j.release_id {
+        if state.pending.as_ref().is_some_and(|p| p.release_id == id) {
+            state.pending = None;
+        }
+        // Installing with --force, or rolling back to it, says the
+        // operator trusts this release again.
+        state.clear_bad(&id);
+    }
+    if j.op == "rollback" {
+        if let Some(old) = &j.old_release {
+            let old_dir = switch::resolve_target(&host.layout, old);
+            if let Ok(inst) = read_installed(&host.layout, &old_dir) {
+                if let Some(id) = inst.id {
+                    state.mark_bad(
+                        id,
+                        inst.manifest.version,
+                        "rolled back by the operator (`slipway rollback`)",
+                        now,
+                    );
+                }
+            }
+        }
+    }
+    state.save(&host.layout)?;
+    if let Some(dir) = &j.release_dir {
+        ReleaseRecords::update(&host.layout, dir, |old| {
+            old.map(|mut r| {
+                r.installed_at = Some(now);
+                r
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// Step 14 for a decided transaction: record the attempt (once) and report.
+fn report_decision(host: &Host, j: &Journal, duration_ms: u64) -> Result<(), TxnError> {
+    let Some(decision) = &j.decision else {
+        return Ok(());
+    };
+    let attempt = Attempt {
+        op: j.op.clone(),
+        at: decision.at,
+        result: decision.result,
+        from_version: j.from_version.clone(),
+        version: j.version.clone(),
+        release_id: j.release_id,
+        message: decision.message.clone(),
+        duration_ms,
+    };
+    let bad = match (decision.result, j.release_id, &j.version) {
+        (AttemptResult::RolledBack, Some(id), Some(v)) => Some((
+            id,
+            v.clone(),
+            j.failure
+                .clone()
+                .unwrap_or_else(|| "failed the health gate".to_string()),
+        )),
+        _ => None,
+    };
+    record_and_report(host, attempt, bad)
+}
+
+/// Step 15: keep the newest releases and snapshots.
+fn collect(host: &Host) {
+    let protected: Vec<PathBuf> = HostState::load(&host.layout)
+        .ok()
+        .and_then(|s| s.pending)
+        .map(|p| vec![p.dir])
+        .unwrap_or_default();
+    let cfg = &host.config.update;
+    match gc::collect(
+        &host.layout,
+        cfg.keep_releases as usize,
+        cfg.keep_snapshots as usize,
+        &protected,
+    ) {
+        Ok(r) => host.log.debug(format!(
+            "collected {} releases, {} snapshots",
+            r.removed_releases.len(),
+            r.removed_snapshots.len()
+        )),
+        Err(e) => host.log.warn(format!("collecting old releases: {e}")),
+    }
+}
+
+/// Step 13, failure: put the old release back.
+fn flip_back(mut t: Txn, target: &Target, reason: String) -> Result<Outcome, TxnError> {
+    let host = t.host;
+    host.log.warn(format!(
+        "{} {} is unhealthy: {reason}; flipping back",
+        target.manifest.app, target.manifest.version
+    ));
+    t.journal.failure = Some(reason.clone());
+    t.enter(Step::FlipBack)?;
+    let result = flip_back_actions(host, &t.journal)?;
+    t.flip_back_latency = result.latency;
+    let rolled_back_op = t.journal.op != "rollback";
+    let old = t
+        .journal
+        .from_version
+        .as_ref()
+        .map_or_else(|| "nothing (first install)".to_string(), |v| v.to_string());
+    let mut message = if rolled_back_op {
+        format!(
+            "{} {} failed ({reason}); flipped back to {old} and put {} on the bad list",
+            target.manifest.app,
+            target.manifest.version,
+            target.id.map_or_else(|| "it".to_string(), |i| i.short())
+        )
+    } else {
+        format!(
+            "rollback to {} failed ({reason}); flipped forward to {old} again",
+            target.manifest.version
+        )
+    };
+    if let Some(problem) = &result.old_unhealthy {
+        message.push_str(&format!(
+            "; CRITICAL: the old release is not healthy either: {problem}"
+        ));
+    }
+    let decision = if rolled_back_op {
+        AttemptResult::RolledBack
+    } else {
+        AttemptResult::Failed
+    };
+    t.journal.decision = Some(Decision {
+        result: decision,
+        message: message.clone(),
+        at: host.clock.now(),
+    });
+    t.enter(Step::Report)?;
+    report_decision(host, &t.journal, ms(t.started.elapsed()))?;
+    t.enter(Step::Collect)?;
+    collect(host);
+    journal::finish(&host.layout)?;
+    let exit = if rolled_back_op {
+        Exit::RolledBack
+    } else {
+        Exit::Failed
+    };
+    let mut o = t.outcome(decision, exit, message.clone());
+    o.critical = result.old_unhealthy.is_some();
+    o.failure = Some(Failure::new(
+        if rolled_back_op {
+            format!(
+                "{} {} failed after the switch and was rolled back",
+                target.manifest.app, target.manifest.version
+            )
+        } else {
+            "the rollback failed".to_string()
+        },
+        message,
+        if result.old_unhealthy.is_some() {
+            "the service needs attention now: see `slipway status` and the service's log"
+        } else if rolled_back_op {
+            "the old release runs again; fix the release and publish a new version (`slipway install --force` retries this one)"
+        } else {
+            "the release you rolled back from runs again; see `slipway status`"
+        },
+    ));
+    Ok(o)
+}
+
+/// What a flip back did.
+struct FlippedBack {
+    latency: Option<Duration>,
+    /// Why the old release is not healthy either, when it is not.
+    old_unhealthy: Option<String>,
+}
+
+/// Puts the old release back: stop the failing one (or, when the backend
+/// cannot stop it, quiesce it, so that it stops writing), restore both
+/// links, restore the snapshot when the data changed, start the old release
+/// and health-gate it. Idempotent, for `recover`.
+fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack, TxnError> {
+    let log = host.log;
+    let cwd = app_cwd(&host.layout, switch::current_dir(&host.layout)?.as_deref());
+    let stopped = match host.service.stop() {
+        Ok(s) => s,
+        Err(e) => {
+            log.warn(format!("cannot stop {}: {e}", host.service.describe()));
+            false
+        }
+    };
+    if !stopped {
+        // A command backend cannot stop the service: pause the failing app
+        // so that it does not write over the restored data on its way out.
+        if let Ok(method) = QuiesceMethod::from_config(&host.config.service) {
+            let running = host.service.status().is_ok_and(|s| s.is_running());
+            if method != QuiesceMethod::None && running {
+                let timeout =
+                    Duration::from_secs(host.config.service.quiesce_timeout_seconds.min(10));
+                if let Err(e) = quiesce::quiesce_in(&method, &host.service, timeout, &cwd) {
+                    log.debug(format!("the failing release did not quiesce: {e}"));
+                }
+            }
+        }
+    }
+    let timing = switch::restore_links(
+        &host.layout,
+        j.old_release.as_deref(),
+        j.old_previous.as_deref(),
+    )?;
+    log.info(format!(
+        "flipped current back to {} in {} µs (rename; the directory fsync took {} µs more)",
+        j.old_release
+            .as_ref()
+            .map_or_else(|| "(nothing)".to_string(), |p| p.display().to_string()),
+        us(timing.current_swap),
+        us(timing.fsync)
+    ));
+    if let Err(e) = restore_if_changed(host, j.snapshot.as_ref()) {
+        return Err(TxnError::host(
+            "cannot restore the persistence snapshot after the flip back",
+            e,
+            format!(
+                "restore {} into {} by hand, then start the service; `slipway recover` retries",
+                j.snapshot.as_ref().map_or_else(
+                    || "the snapshot".to_string(),
+                    |s| s.dir.display().to_string()
+                ),
+                host.persistence().display()
+            ),
+        ));
+    }
+    let mut old_unhealthy = None;
+    if j.old_release.is_some() {
+        let started = if stopped {
+            host.service.start()
+        } else {
+            host.service.restart()
+        };
+        match started {
+            Err(e) => old_unhealthy = Some(format!("restart failed: {e}")),
+            Ok(()) => {
+                let baseline = host.service.status().ok().map(|s| s.restarts);
+                let policy = HealthPolicy::from_config(
+                    &host.config.service,
+                    j.from_version.as_ref().map(|v| v.to_string()),
+                );
+                match health_gate(&host.service, baseline, &policy) {
+                    Ok(_) => log.info("the old release is healthy again"),
+                    Err(e) => old_unhealthy = Some(e.to_string()),
+                }
+            }
+        }
+    } else {
+        log.warn("there was no release before this one: nothing to start");
+        if !stopped {
+            // The backend cannot stop the failing release: its restart
+            // command, with no `current` to start, at least ends it.
+            if let Err(e) = host.service.restart() {
+                log.debug(format!("restart without a release: {e}"));
+            }
+        }
+    }
+    Ok(FlippedBack {
+        latency: Some(timing.current_swap),
+        old_unhealthy,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Recovery
+// ---------------------------------------------------------------------------
+
+/// `slipway recover` (run first by every mutating command, under the lock):
+/// finishes or undoes the transaction a killed run left in the journal,
+/// deciding by its step. `Ok(None)`: there was nothing to recover.
+pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
+    let Some(j) = journal::load(&host.layout)? else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let log = host.log;
+    log.warn(format!(
+        "recovering transaction {} ({} of {}), interrupted at step {}",
+        j.txn,
+        j.op,
+        j.version
+            .as_ref()
+            .map_or_else(|| "an unknown release".to_string(), |v| v.to_string()),
+        j.step
+    ));
+    let cwd = app_cwd(&host.layout, switch::current_dir(&host.layout)?.as_deref());
+    let mut critical = false;
+    let (result, message, flip_latency) = match j.step {
+        Step::Verify | Step::Stage | Step::Check | Step::Save | Step::Snapshot => {
+            cleanup_abandoned(host, &j, true);
+            (
+                AttemptResult::Failed,
+                format!(
+                    "interrupted at step {} before the service was touched; cleaned up",
+                    j.step
+                ),
+                None,
+            )
+        }
+        Step::Quiesce | Step::Migrate => {
+            // Only the migrate hook changes the data on slipway's behalf. At
+            // Quiesce the only writer was the app itself (it saves when it
+            // pauses): restoring would throw its latest state away.
+            if j.step == Step::Migrate {
+                if let Err(e) = restore_if_changed(host, j.snapshot.as_ref()) {
+                    return Err(TxnError::host(
+                        "cannot restore the persistence snapshot",
+                        e,
+                        "restore the snapshot named in the journal by hand, then run `slipway recover` again",
+                    ));
+                }
+            }
+            // At Quiesce the pause may or may not have happened: resume
+            // either way (resuming a running app is harmless).
+            if j.step == Step::Quiesce || j.quiesced {
+                resume_app(host, &cwd);
+            }
+            cleanup_abandoned(host, &j, false);
+            (
+                AttemptResult::Failed,
+                format!(
+                    "interrupted at step {} before the switch; data restored if it changed, app resumed",
+                    j.step
+                ),
+                None,
+            )
+        }
+        Step::Switch | Step::Restart | Step::HealthGate | Step::FlipBack => {
+            let flipped = flip_back_actions(host, &j)?;
+            let health_failed = j.step == Step::FlipBack && j.op != "rollback";
+            let mut message = if health_failed {
+                format!(
+                    "interrupted while flipping back from {} ({}); flipped back",
+                    version_text(j.version.as_ref()),
+                    j.failure.clone().unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "interrupted at step {}; flipped back to {}",
+                    j.step,
+                    version_text(j.from_version.as_ref())
+                )
+            };
+            if let Some(problem) = &flipped.old_unhealthy {
+                critical = true;
+                message.push_str(&format!(
+                    "; CRITICAL: the old release is not healthy: {problem}"
+                ));
+            }
+            if health_failed {
+                if let (Some(id), Some(v)) = (j.release_id, j.version.clone()) {
+                    let mut state = HostState::load_at(&host.layout, host.clock.now())?;
+                    state.mark_bad(
+                        id,
+                        v,
+                        j.failure
+                            .clone()
+                            .unwrap_or_else(|| "failed the health gate".into()),
+                        host.clock.now(),
+                    );
+                    state.save(&host.layout)?;
+                }
+            }
+            let result = if health_failed {
+                AttemptResult::RolledBack
+            } else {
+                AttemptResult::Failed
+            };
+            (result, message, flipped.latency)
+        }
+        Step::Commit | Step::Report | Step::Collect => {
+            let decided = j.decision.clone();
+            let result = decided
+                .as_ref()
+                .map_or(AttemptResult::Updated, |d| d.result);
+            if result == AttemptResult::Updated {
+                finish_commit(host, &j)?;
+            }
+            if j.step != Step::Collect {
+                let mut jd = j.clone();
+                if jd.decision.is_none() {
+                    jd.decision = Some(Decision {
+                        result,
+                        message: format!(
+                            "updated to {} (finished by recover)",
+                            version_text(j.version.as_ref())
+                        ),
+                        at: host.clock.now(),
+                    });
+                }
+                report_decision(host, &jd, ms(started.elapsed()))?;
+            }
+            collect(host);
+            (
+                result,
+                format!(
+                    "interrupted at step {} after the decision ({result}); finished it",
+                    j.step
+                ),
+                None,
+            )
+        }
+    };
+    let at = host.clock.now();
+    let attempt = Attempt {
+        op: "recover".into(),
+        at,
+        result,
+        from_version: j.from_version.clone(),
+        version: j.version.clone(),
+        release_id: j.release_id,
+        message: format!("{} of txn {}: {message}", j.op, j.txn),
+        duration_ms: ms(started.elapsed()),
+    };
+    // Past Commit the decided attempt is (now) counted: the recover entry
+    // is shown as the last attempt but not counted again.
+    if j.step >= Step::Commit && j.step != Step::FlipBack {
+        let mut state = HostState::load_at(&host.layout, at)?;
+        state.last_attempt = Some(attempt.clone());
+        state.save(&host.layout)?;
+        report_with_current(host, &state, &attempt);
+    } else {
+        record_and_report(host, attempt, None)?;
+    }
+    journal::finish(&host.layout)?;
+    log.info(format!("recovered: {message}"));
+    let exit = match result {
+        AttemptResult::Updated => Exit::Done,
+        AttemptResult::RolledBack => Exit::RolledBack,
+        _ => Exit::Failed,
+    };
+    let mut o = Outcome::new("recover", result, exit, message);
+    o.from_version = j.from_version.clone();
+    o.version = j.version.clone();
+    o.release_id = j.release_id;
+    o.flip_back_us = flip_latency.map(us);
+    o.duration_ms = ms(started.elapsed());
+    o.interrupted_at = Some(j.step);
+    o.critical = critical;
+    o.snapshot = j.snapshot.as_ref().map(|s| s.dir.clone());
+    Ok(Some(o))
+}
+
+fn version_text(v: Option<&Version>) -> String {
+    v.map_or_else(|| "nothing".to_string(), |v| v.to_string())
+}
+
+/// Removes what an abandoned transaction left: staging directories, its
+/// staged release (unless something points at it), its partial snapshots,
+/// and (`drop_snapshot`) its complete ones, which no step needs any more.
+fn cleanup_abandoned(host: &Host, j: &Journal, drop_snapshot: bool) {
+    let log = host.log;
+    if let Ok(entries) = std::fs::read_dir(host.layout.releases_dir()) {
+        for e in entries.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(gc::STAGING_PREFIX)
+            {
+                if let Err(err) = durable::remove_tree(&e.path()) {
+                    log.warn(format!("cannot remove {}: {err}", e.path().display()));
+                }
+            }
+        }
+    }
+    if j.staged_here {
+        if let Some(dir) = &j.release_dir {
+            discard_release_dir(host, dir);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(host.layout.backups_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(&j.txn);
+            let kept = !drop_snapshot && j.snapshot.as_ref().is_some_and(|s| s.dir == e.path());
+            if (ours && !kept) || name.ends_with(gc::PARTIAL_SUFFIX) {
+                if let Err(err) = durable::remove_tree(&e.path()) {
+                    log.warn(format!("cannot remove {}: {err}", e.path().display()));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Dry run and check (nothing under the root changes)
+// ---------------------------------------------------------------------------
+
+/// What `install --dry-run` and `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub app: String,
+    pub version: Version,
+    pub release_id: ReleaseId,
+    pub size: u64,
+    pub signer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_version: Option<Version>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_schema: Option<u32>,
+    pub schema_version: u32,
+    pub migrates: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<ManifestDiff>,
+    /// Why it would be refused (upgrade rules, bad list), if it would.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// The eligibility rule that would skip it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ineligible: Option<String>,
+    /// Whether the checks ran (dry run) and passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks_passed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks_error: Option<String>,
+}
+
+/// Verifies the candidate and compares it with the running release; with
+/// `stage_and_check`, also unpacks it into a throwaway directory outside the
+/// root and runs the checks there. Writes nothing under the root.
+pub fn preview(
+    host: &Host,
+    candidate: &Candidate,
+    opts: &InstallOptions,
+    stage_and_check: bool,
+) -> Result<Preview, Failure> {
+    let keys = host.config.trusted_keys().map_err(|e| {
+        Failure::new(
+            "cannot load the trusted keys",
+            e,
+            "fix update.public_keys in the configuration",
+        )
+    })?;
+    let mut verified: VerifiedArchive = verify::verify_archive(
+        &candidate.archive,
+        &candidate.signature,
+        &keys,
+        &candidate.expect,
+    )
+    .map_err(|e| {
+        Failure::new(
+            format!("release {} refused", candidate.archive.display()),
+            e,
+            "check the source and the trusted keys",
+        )
+    })?;
+    let running = running_release(&host.layout)?;
+    let schema = data_schema(host.persistence(), running.as_ref().map(|r| &r.manifest))?;
+    let state = HostState::load_at(&host.layout, host.clock.now())
+        .map_err(|e| Failure::new("cannot read the host state", e, "see the message above"))?;
+    let mut refused = verify::check_upgrade(
+        &verified.manifest,
+        running.as_ref().map(|r| &r.manifest),
+        schema,
+        opts.allow_downgrade,
+    )
+    .err()
+    .map(|e| e.to_string());
+    if !opts.force {
+        if let Some(bad) = state.bad(&verified.id) {
+            refused.get_or_insert_with(|| {
+                format!("on this host's bad list since {} ({})", bad.at, bad.reason)
+            });
+        }
+    }
+    let needed = verified
+        .manifest
+        .total_size()
+        .saturating_add(tree_bytes(host.persistence()));
+    let ineligible = check_eligibility(&EligibilityInput {
+        config: host.config,
+        layout: &host.layout,
+        state: &state,
+        running: if opts.force {
+            None
+        } else {
+            running.as_ref().map(|r| (r.dir.as_path(), &r.manifest))
+        },
+        needed_bytes: needed,
+        auto: opts.auto,
+        now: host.clock.now(),
+    })
+    .err()
+    .map(|i| format!("{} ({})", i.reason, i.rule));
+    let diff = running
+        .as_ref()
+        .map(|r| diff_manifests(&r.manifest, &verified.manifest));
+    let migrates = schema.is_some_and(|s| verified.manifest.schema_version > s);
+    let (mut checks_passed, mut checks_error) = (None, None);
+    if stage_and_check {
+        let tmp = tempfile::Builder::new()
+            .prefix("slipway-dry-run-")
+            .tempdir()
+            .map_err(|e| Failure::new("cannot create a temporary directory", e, "check $TMPDIR"))?;
+        let releases = tmp.path().join("releases");
+        std::fs::create_dir(&releases)
+            .map_err(|e| Failure::new("cannot create a temporary directory", e, "check $TMPDIR"))?;
+        let dir = stage::stage_release(&mut verified, &releases).map_err(|e| {
+            Failure::new(
+                "the release was refused while unpacking (dry run)",
+                e,
+                "the archive is damaged or hostile",
+            )
+        })?;
+        let pycache = tmp.path().join("pycache");
+        let env = hook_env(&dir, &verified.manifest, host.persistence(), None, &pycache);
+        let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
+        match hooks::run_checks(
+            &dir,
+            verified.manifest.hooks.check.as_deref(),
+            &host.config.hooks.check,
+            &env,
+            timeout,
+        ) {
+            Ok(_) => checks_passed = Some(true),
+            Err(e) => {
+                checks_passed = Some(false);
+                checks_error = Some(e.to_string());
+            }
+        }
+        if let Err(e) = durable::remove_tree(tmp.path()) {
+            host.log
+                .warn(format!("cannot remove {}: {e}", tmp.path().display()));
+        }
+    }
+    Ok(Preview {
+        app: verified.manifest.app.clone(),
+        version: verified.manifest.version.clone(),
+        release_id: verified.id,
+        size: verified.size,
+        signer: verified.signer.to_string(),
+        running_version: running.map(|r| r.manifest.version),
+        data_schema: schema,
+        schema_version: verified.manifest.schema_version,
+        migrates,
+        diff,
+        refused,
+        ineligible,
+        checks_passed,
+        checks_error,
+    })
+}
