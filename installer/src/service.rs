@@ -109,10 +109,15 @@ impl Service {
         match self {
             Service::Systemd { unit } => format!("systemd unit {unit}"),
             Service::Command { restart, .. } => {
-                format!(
-                    "the service (restarted by `{}`)",
-                    hooks::display_argv(restart)
-                )
+                // The program's name, not the whole argv: messages repeat it,
+                // and `env VAR=...` prefixes would drown the point.
+                let program = restart
+                    .iter()
+                    .find(|a| !a.contains('=') && a.as_str() != "env")
+                    .or(restart.first())
+                    .map(|p| p.rsplit('/').next().unwrap_or(p).to_string())
+                    .unwrap_or_default();
+                format!("the service ({program})")
             }
             Service::None => "the service (no service manager configured)".to_string(),
         }
