@@ -3,16 +3,14 @@
 //! so only a few KiB are decompressed). Neither checks a signature: use
 //! `verify` for that.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use slipway_formats::{
-    EntryType, FileEntry, Hooks, Manifest, ReleaseId, SignatureFile, Version, MAX_SIGNATURE_BYTES,
-};
+pub use slipway_formats::diff::{diff_manifests, ManifestDiff};
+use slipway_formats::{EntryType, Manifest, ReleaseId, SignatureFile, MAX_SIGNATURE_BYTES};
 
 use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
@@ -85,117 +83,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     })
 }
 
-/// One path present in both releases but different.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChangedEntry {
-    pub path: String,
-    /// What differs: `type`, `content`, `mode`, `target`.
-    pub changes: Vec<&'static str>,
-}
-
-/// A change of a scalar between the two releases.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Change<T> {
-    pub old: T,
-    pub new: T,
-}
-
-/// File-level difference between two releases.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ManifestDiff {
-    pub app: Change<String>,
-    pub version: Change<Version>,
-    pub channel: Change<String>,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub changed: Vec<ChangedEntry>,
-    /// Set when `schema_version` or `schema_min_compatible` differ.
-    pub schema_version: Option<Change<u32>>,
-    pub schema_min_compatible: Option<Change<u32>>,
-    /// Set when the hooks differ.
-    pub hooks: Option<Change<Hooks>>,
-    /// Total file bytes.
-    pub bytes: Change<u64>,
-}
-
-impl ManifestDiff {
-    /// Whether the payloads are identical (metadata aside).
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
-    }
-}
-
-/// Compares two manifests entry by entry.
-pub fn diff_manifests(old: &Manifest, new: &Manifest) -> ManifestDiff {
-    let old_map: BTreeMap<&str, &FileEntry> =
-        old.files.iter().map(|e| (e.path.as_str(), e)).collect();
-    let new_map: BTreeMap<&str, &FileEntry> =
-        new.files.iter().map(|e| (e.path.as_str(), e)).collect();
-    let mut added = Vec::new();
-    let mut changed = Vec::new();
-    for (path, n) in &new_map {
-        match old_map.get(path) {
-            None => added.push(path.to_string()),
-            Some(o) => {
-                let mut changes = Vec::new();
-                if o.kind != n.kind {
-                    changes.push("type");
-                } else {
-                    if o.sha256 != n.sha256 || o.size != n.size {
-                        changes.push("content");
-                    }
-                    if o.target != n.target {
-                        changes.push("target");
-                    }
-                }
-                if o.mode != n.mode {
-                    changes.push("mode");
-                }
-                if !changes.is_empty() {
-                    changed.push(ChangedEntry {
-                        path: path.to_string(),
-                        changes,
-                    });
-                }
-            }
-        }
-    }
-    let removed = old_map
-        .keys()
-        .filter(|p| !new_map.contains_key(*p))
-        .map(|p| p.to_string())
-        .collect();
-    let change = |a: u32, b: u32| (a != b).then_some(Change { old: a, new: b });
-    ManifestDiff {
-        app: Change {
-            old: old.app.clone(),
-            new: new.app.clone(),
-        },
-        version: Change {
-            old: old.version.clone(),
-            new: new.version.clone(),
-        },
-        channel: Change {
-            old: old.channel.clone(),
-            new: new.channel.clone(),
-        },
-        added,
-        removed,
-        changed,
-        schema_version: change(old.schema_version, new.schema_version),
-        schema_min_compatible: change(old.schema_min_compatible, new.schema_min_compatible),
-        hooks: (old.hooks != new.hooks).then(|| Change {
-            old: old.hooks.clone(),
-            new: new.hooks.clone(),
-        }),
-        bytes: Change {
-            old: old.total_size(),
-            new: new.total_size(),
-        },
-    }
-}
-
-/// Reads both archives' manifests and compares them.
+/// The file-level differences between two archives' manifests (the same
+/// diff the installer shows before it switches).
 pub fn diff_archives(old: &Path, new: &Path) -> Result<ManifestDiff> {
     Ok(diff_manifests(&read_manifest(old)?, &read_manifest(new)?))
 }

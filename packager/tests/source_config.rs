@@ -260,23 +260,26 @@ fn diff_lists_added_removed_changed_and_schema() {
         .expect("diff");
     assert!(out.status.success(), "{:?}", text(&out));
     let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let paths = |key: &str| -> Vec<String> {
+        d[key]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| e["path"].as_str().expect("path").to_string())
+            .collect()
+    };
     assert_eq!(
-        d["added"],
-        serde_json::json!(["app/bot/new.py", "schema/migrations/002.sql"])
+        paths("added"),
+        ["app/bot/new.py", "schema/migrations/002.sql"]
     );
-    assert_eq!(d["removed"], serde_json::json!(["app/bot/__init__.py"]));
-    assert_eq!(
-        d["changed"],
-        serde_json::json!([
-            {"path": "app/bot/main.py", "changes": ["content"]},
-            {"path": "schema/VERSION", "changes": ["mode"]}
-        ])
-    );
-    assert_eq!(d["schema_version"], serde_json::json!({"old": 1, "new": 2}));
-    assert_eq!(
-        d["version"],
-        serde_json::json!({"old": "1.0.0", "new": "1.1.0"})
-    );
+    assert_eq!(paths("removed"), ["app/bot/__init__.py"]);
+    assert_eq!(paths("changed"), ["app/bot/main.py", "schema/VERSION"]);
+    assert_eq!(d["changed"][0]["changes"][0]["what"], "content");
+    assert_eq!(d["changed"][1]["changes"][0]["what"], "mode");
+    assert_eq!(d["schema"]["old_version"], 1);
+    assert_eq!(d["schema"]["new_version"], 2);
+    assert_eq!(d["old_version"], "1.0.0");
+    assert_eq!(d["new_version"], "1.1.0");
     let out = pack()
         .arg("diff")
         .arg(archive(&repo, &old))
