@@ -507,37 +507,5 @@ fn print_inspection(info: &slipway_pack::inspect::Inspection) {
 }
 
 fn print_diff(d: &slipway_pack::inspect::ManifestDiff) {
-    println!(
-        "{} {} -> {} {}",
-        d.app.old, d.version.old, d.app.new, d.version.new
-    );
-    if d.channel.old != d.channel.new {
-        println!("channel: {} -> {}", d.channel.old, d.channel.new);
-    }
-    if let Some(s) = &d.schema_version {
-        println!("schema version: {} -> {}", s.old, s.new);
-    }
-    if let Some(s) = &d.schema_min_compatible {
-        println!("schema min compatible: {} -> {}", s.old, s.new);
-    }
-    if d.hooks.is_some() {
-        println!("hooks changed");
-    }
-    for p in &d.added {
-        println!("+ {p}");
-    }
-    for p in &d.removed {
-        println!("- {p}");
-    }
-    for c in &d.changed {
-        println!("~ {} ({})", c.path, c.changes.join(", "));
-    }
-    println!(
-        "{} added, {} removed, {} changed; {} -> {} bytes",
-        d.added.len(),
-        d.removed.len(),
-        d.changed.len(),
-        d.bytes.old,
-        d.bytes.new
-    );
+    print!("{d}");
 }
