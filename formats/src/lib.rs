@@ -14,13 +14,17 @@
 //! - [`signature`]: minisign public keys, detached signatures, trusted comments.
 //! - [`state`]: the files slipway writes on a host for itself and the app.
 //! - [`rollout`]: the stable per-host bucket for staged rollouts.
+//! - [`rotation`]: key rotation statements (`keys/rotation-<KEYID>.json`).
+//! - [`bundle`]: the offline bundle's checksum list and its signed comment.
 
+pub mod bundle;
 pub mod channel;
 pub mod diff;
 pub mod id;
 pub mod manifest;
 pub mod path;
 pub mod rollout;
+pub mod rotation;
 pub mod signature;
 pub mod state;
 pub mod version;

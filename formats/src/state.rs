@@ -20,12 +20,35 @@ pub struct ChannelTrust {
     pub latest_time_seen: Timestamp,
 }
 
+/// A release key a host learned from a key rotation statement
+/// ([`crate::rotation`]). It is trusted only while the key that introduced
+/// it is: the installer recomputes that from the configured keys on every
+/// run, so removing a key from the configuration also drops what it
+/// introduced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnedKey {
+    /// The public key, base64 (`RW...`).
+    pub key: String,
+    /// Its id, as minisign displays it.
+    pub key_id: String,
+    /// The id of the key that signed the rotation statement.
+    pub introduced_by: String,
+    /// The app the statement was for.
+    pub app: String,
+    /// When this host verified the statement.
+    pub learned_at: Timestamp,
+}
+
 /// `<root>/state/trust.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustState {
     /// Per `<app>/<channel>`.
     pub channels: BTreeMap<String, ChannelTrust>,
+    /// Keys introduced by rotation statements, in the order learned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned_keys: Vec<LearnedKey>,
 }
 
 /// The outcome of one update attempt, as reported everywhere.

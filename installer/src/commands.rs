@@ -30,11 +30,12 @@ use slipway_formats::{ReleaseId, Version};
 use crate::config::{Config, ConfigError, ManagerKind};
 use crate::diff::{verify_installed, Drift};
 use crate::eligibility::{check_eligibility, EligibilityInput};
+use crate::fetch::HttpClient;
 use crate::journal;
 use crate::layout::Layout;
 use crate::lock::{LockError, TransactionLock};
 use crate::report;
-use crate::source::{self, Candidate, Discovery, Selection, Source, SourceError};
+use crate::source::{self, Candidate, Discovery, Repository, Selection, Source, SourceError};
 use crate::state::{Attempt, HostState, SystemClock};
 use crate::switch;
 use crate::transaction::{
@@ -94,6 +95,10 @@ pub enum Command {
         /// Accept an expired channel index (repositories and bundles).
         #[arg(long)]
         allow_expired: bool,
+        /// Show the verified release and its file-level diff, run its
+        /// checks, and switch only after a "y" on stdin.
+        #[arg(long, conflicts_with = "dry_run")]
+        interactive: bool,
         #[command(flatten)]
         lock: LockArgs,
         /// Print the result as JSON.
@@ -114,6 +119,11 @@ pub enum Command {
         /// Accept an expired channel index.
         #[arg(long)]
         allow_expired: bool,
+        /// The seed's manual mode: show the verified release and its
+        /// file-level diff, run its checks, and switch only after a "y" on
+        /// stdin.
+        #[arg(long, conflicts_with_all = ["dry_run", "auto"])]
+        interactive: bool,
         #[command(flatten)]
         lock: LockArgs,
         #[arg(long)]
@@ -171,11 +181,15 @@ pub enum Command {
     Gc {
         #[command(flatten)]
         lock: LockArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Turn automatic updates back on (after repeated failures or `disable`).
     Enable {
         #[command(flatten)]
         lock: LockArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Turn automatic updates off until `slipway enable`.
     Disable {
@@ -184,6 +198,8 @@ pub enum Command {
         reason: Option<String>,
         #[command(flatten)]
         lock: LockArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Print (or write) the systemd service and timer that run `update --auto`.
     Units {
@@ -194,6 +210,15 @@ pub enum Command {
     /// Print the compile-time features of this binary (for tests).
     #[command(hide = true, name = "debug-features")]
     DebugFeatures,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (slipway.1 and one per command) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// An error that ends the command, with its exit code.
@@ -266,6 +291,26 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
             let config = load_config(cli)?;
             return units(&config, write.as_deref());
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "slipway", &mut std::io::stdout());
+            return Ok(Exit::Done);
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let pages = crate::term::write_man_pages(cmd, out).map_err(|e| {
+                CommandError::new(
+                    Exit::Failed,
+                    format!("cannot write the man pages into {}", out.display()),
+                    e,
+                    "check that the directory is writable",
+                )
+            })?;
+            for p in pages {
+                println!("wrote {}", p.display());
+            }
+            return Ok(Exit::Done);
+        }
         _ => {}
     }
     let config = load_config(cli)?;
@@ -278,6 +323,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
             allow_downgrade,
             force,
             allow_expired,
+            interactive,
             lock,
             json,
         } => {
@@ -289,9 +335,15 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 allow_downgrade: *allow_downgrade,
             };
             if *dry_run {
+                // A bundle tar is unpacked outside the root: nothing there changes.
+                let (src, _scratch) = open_bundle_tar(src, &std::env::temp_dir())?;
                 return dry_run_cmd(&host, &src, &opts, *allow_expired, *json);
             }
             let _lock = lock_and_recover(&host, *lock)?;
+            let (src, _scratch) = open_bundle_tar(src, &host.layout.downloads_dir())?;
+            if *interactive {
+                return install_interactive(&host, &src, &opts, *allow_expired, *json);
+            }
             install_from(&host, &src, &opts, *allow_expired, *json)
         }
         Command::Update {
@@ -299,6 +351,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
             auto,
             force,
             allow_expired,
+            interactive,
             lock,
             json,
         } => {
@@ -317,6 +370,9 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 if let Some(o) = auto_precheck(&host)? {
                     return Ok(emit(&o, *json));
                 }
+            }
+            if *interactive {
+                return install_interactive(&host, &src, &opts, *allow_expired, *json);
             }
             install_from(&host, &src, &opts, *allow_expired, *json)
         }
@@ -359,26 +415,27 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 }
             }
         }
-        Command::Gc { lock } => {
+        Command::Gc { lock, json } => {
             let _lock = lock_and_recover(&host, *lock)?;
-            gc_cmd(&host)
+            gc_cmd(&host, *json)
         }
-        Command::Enable { lock } => {
+        Command::Enable { lock, json } => {
             let _lock = lock_and_recover(&host, *lock)?;
             let mut state = load_state(&host)?;
             state.enable();
             state.save(&host.layout).map_err(TxnError::from)?;
-            if config.update.enabled {
-                println!("auto-update enabled");
+            let message = if config.update.enabled {
+                "auto-update enabled".to_string()
             } else {
-                println!(
+                format!(
                     "auto-update re-armed, but [update] enabled = false in {} (or BOT_AUTO_UPDATE=0) still keeps it off",
                     config.file.display()
-                );
-            }
+                )
+            };
+            print_switch_result(*json, config.update.enabled, &message);
             Ok(Exit::Done)
         }
-        Command::Disable { reason, lock } => {
+        Command::Disable { reason, lock, json } => {
             let _lock = lock_and_recover(&host, *lock)?;
             let mut state = load_state(&host)?;
             let reason = reason
@@ -386,10 +443,17 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 .unwrap_or_else(|| "disabled with `slipway disable`".to_string());
             state.disable(reason.clone(), host.clock.now());
             state.save(&host.layout).map_err(TxnError::from)?;
-            println!("auto-update disabled: {reason}; `slipway enable` turns it back on");
+            print_switch_result(
+                *json,
+                false,
+                &format!("auto-update disabled: {reason}; `slipway enable` turns it back on"),
+            );
             Ok(Exit::Done)
         }
-        Command::Units { .. } | Command::DebugFeatures => Ok(Exit::Done),
+        Command::Units { .. }
+        | Command::DebugFeatures
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(Exit::Done),
     }
 }
 
@@ -415,7 +479,13 @@ fn load_config(cli: &Cli) -> Result<Config, CommandError> {
 
 fn source_error(e: SourceError, exit: Exit) -> CommandError {
     let hint = match &e {
-        SourceError::Http { .. } => "copy or mount the repository on this host and give its path",
+        SourceError::BadUrl { .. } => {
+            "give the repository's base URL (the directory holding channels/ and releases/)"
+        }
+        SourceError::Fetch { .. } => "nothing was installed; the message above says what to check",
+        SourceError::UntrustedKey { .. } => {
+            "add the key to update.public_keys only if you trust it; nothing was installed"
+        }
         SourceError::NotFound { .. } | SourceError::Unrecognized { .. } => {
             "give an archive path, or a directory with channels/ and releases/"
         }
@@ -455,7 +525,7 @@ fn configured_source(config: &Config) -> Result<Source, CommandError> {
         }
     };
     Source::parse(&resolved).map_err(|e| match e {
-        SourceError::Http { .. } => source_error(e, Exit::Usage),
+        SourceError::BadUrl { .. } => source_error(e, Exit::Usage),
         other => source_error(other, Exit::Failed),
     })
 }
@@ -604,118 +674,274 @@ fn resolve(
     let app = running.as_ref().map(|r| r.manifest.app.clone());
     let channel = host.config.update.channel.clone();
     match src {
-        Source::Archive { archive, signature } => Ok(Resolved::Install(Box::new(Candidate {
-            archive: archive.clone(),
-            signature: signature.clone(),
-            expect: Expectations {
-                app,
-                channel: Some(channel),
-                id: None,
-                max_size: None,
-            },
-            listed: None,
-        }))),
+        Source::Archive { archive, signature } => {
+            let keys = configured_keys(host)?;
+            let keys = source::trusted_keys_for_archives(&keys, &host.layout)
+                .map_err(|e| source_error(e, Exit::Failed))?;
+            Ok(Resolved::Install(Box::new(Candidate {
+                archive: archive.clone(),
+                signature: signature.clone(),
+                expect: Expectations {
+                    app,
+                    channel: Some(channel),
+                    id: None,
+                    max_size: None,
+                },
+                listed: None,
+                keys,
+                remote: None,
+            })))
+        }
         Source::Repo { dir } => {
-            let keys = host.config.trusted_keys().map_err(|e| {
+            if let Some(r) = refuse_changed_bundle(host, dir, opts, persist_trust)? {
+                return Ok(r);
+            }
+            let keys = configured_keys(host)?;
+            let repo = Repository::Dir(dir);
+            resolve_listed(
+                host,
+                &repo,
+                &keys,
+                running,
+                opts,
+                allow_expired,
+                persist_trust,
+            )
+        }
+        Source::Http { base } => {
+            let keys = configured_keys(host)?;
+            let progress = host.log.verbosity >= Verbosity::Normal;
+            let client = HttpClient::from_config(&host.config.update, progress).map_err(|e| {
                 CommandError::new(
                     Exit::Usage,
-                    "cannot load the trusted keys",
+                    "cannot set up the HTTP client",
                     e,
-                    "fix update.public_keys",
+                    "fix update.token_file in the configuration",
                 )
             })?;
-            let now = host.clock.now();
-            let refused = |e: SourceError| -> Result<Resolved, CommandError> {
-                let err = source_error(e, Exit::Failed);
-                if persist_trust {
-                    let mut o = Outcome::simple(
-                        &opts.op,
-                        AttemptResult::Failed,
-                        Exit::Failed,
-                        format!("{}: {}", err.failure.what, err.failure.why),
-                    );
-                    o.failure = Some(err.failure);
-                    return record(host, o).map(|o| Resolved::Nothing(Box::new(o)));
-                }
-                Err(err)
+            let repo = Repository::Http {
+                base,
+                client: &client,
             };
-            let verified = match source::read_index(dir, &channel, app.as_deref(), &keys) {
-                Ok(v) => v,
-                Err(e) => return refused(e),
-            };
-            let mut trust =
-                source::load_trust(&host.layout).map_err(|e| source_error(e, Exit::Failed))?;
-            if let Err(e) = source::check_freshness(&verified, &trust, now, allow_expired) {
-                return refused(e);
-            }
-            if persist_trust {
-                source::advance_trust(&mut trust, &verified, now);
-                source::save_trust(&host.layout, &trust)
-                    .map_err(|e| source_error(e, Exit::Failed))?;
-            }
-            let state = load_state(host)?;
-            let machine = source::machine_id(host.config.update.machine_id.as_deref());
-            let running_version = running.as_ref().map(|r| r.manifest.version.clone());
-            let sel = Selection {
-                running: running_version.as_ref(),
-                state: &state,
-                machine_id: machine.as_deref(),
-                canary: host.config.update.canary,
-                force: opts.force,
-            };
-            let discovery = match source::select_release(&verified.index, &sel) {
-                (Some(release), _) => Discovery::Candidate(Box::new(source::listed_candidate(
-                    dir,
-                    &verified.index,
-                    release,
-                ))),
-                (None, skipped) => Discovery::UpToDate {
-                    newest: verified.index.releases.first().map(|r| r.version.clone()),
-                    skipped,
-                },
-            };
-            match discovery {
-                Discovery::Candidate(c) => {
-                    // A release already staged and waiting for `apply`.
-                    if let (Some(p), Some(listed)) = (&state.pending, &c.listed) {
-                        if p.release_id == listed.id && !host.config.update.auto_restart {
-                            let o = Outcome::simple(
-                                &opts.op,
-                                AttemptResult::Ready,
-                                Exit::Done,
-                                format!(
-                                    "update ready: {} is staged and checked; run `slipway apply`",
-                                    p.version
-                                ),
-                            );
-                            return Ok(Resolved::Nothing(Box::new(o)));
-                        }
-                    }
-                    Ok(Resolved::Install(c))
-                }
-                Discovery::UpToDate { newest, skipped } => {
-                    let mut msg = format!(
-                        "up to date: running {}, channel {} (index v{}) offers {}",
-                        running_version
-                            .as_ref()
-                            .map_or_else(|| "nothing".into(), |v| v.to_string()),
-                        channel,
-                        verified.index.version,
-                        newest.map_or_else(|| "no release".into(), |v| v.to_string()),
-                    );
-                    if !skipped.is_empty() {
-                        msg.push_str(&format!("; passed over: {}", skipped.join("; ")));
-                    }
-                    let mut o = Outcome::simple(&opts.op, AttemptResult::UpToDate, Exit::Done, msg);
-                    o.from_version = running_version;
-                    if persist_trust {
-                        o = record(host, o)?;
-                    }
-                    Ok(Resolved::Nothing(Box::new(o)))
-                }
-            }
+            resolve_listed(
+                host,
+                &repo,
+                &keys,
+                running,
+                opts,
+                allow_expired,
+                persist_trust,
+            )
         }
     }
+}
+
+/// `[update] public_keys`.
+fn configured_keys(host: &Host) -> Result<slipway_formats::TrustedKeys, CommandError> {
+    host.config.trusted_keys().map_err(|e| {
+        CommandError::new(
+            Exit::Usage,
+            "cannot load the trusted keys",
+            e,
+            "fix update.public_keys",
+        )
+    })
+}
+
+/// A refused or unreadable repository: under the lock the attempt is
+/// recorded (a transient network failure without counting it against the
+/// daily limits) and becomes the outcome; a read-only command just fails.
+fn refuse(
+    host: &Host,
+    opts: &InstallOptions,
+    persist: bool,
+    err: CommandError,
+    transient: bool,
+) -> Result<Resolved, CommandError> {
+    if !persist {
+        return Err(err);
+    }
+    let mut o = Outcome::simple(
+        &opts.op,
+        AttemptResult::Failed,
+        Exit::Failed,
+        format!("{}: {}", err.failure.what, err.failure.why),
+    );
+    o.failure = Some(err.failure);
+    if transient {
+        let attempt = Attempt {
+            op: o.op.clone(),
+            at: host.clock.now(),
+            result: o.result,
+            from_version: None,
+            version: None,
+            release_id: None,
+            message: o.message.clone(),
+            duration_ms: 0,
+        };
+        transaction::record_attempt_uncounted(host, attempt)?;
+        return Ok(Resolved::Nothing(Box::new(o)));
+    }
+    record(host, o).map(|o| Resolved::Nothing(Box::new(o)))
+}
+
+/// Discovery in a repository (a directory, a bundle or HTTP): the channel
+/// index through [`source::read_channel`] (every check of SPEC §6; the
+/// trust state, learned keys and index cache advance only under the lock),
+/// then the release this host takes.
+fn resolve_listed(
+    host: &Host,
+    repo: &Repository,
+    keys: &slipway_formats::TrustedKeys,
+    running: Option<transaction::Installed>,
+    opts: &InstallOptions,
+    allow_expired: bool,
+    persist_trust: bool,
+) -> Result<Resolved, CommandError> {
+    let app = running.as_ref().map(|r| r.manifest.app.clone());
+    let channel = host.config.update.channel.clone();
+    let options = source::ReadOptions {
+        layout: &host.layout,
+        channel: &channel,
+        app: app.as_deref(),
+        configured_keys: keys,
+        now: host.clock.now(),
+        allow_expired,
+        persist: persist_trust,
+    };
+    let read = match source::read_channel(repo, &options) {
+        Ok(r) => r,
+        Err(e) => {
+            let transient = e.is_transient();
+            let err = source_error(e, Exit::Failed);
+            return refuse(host, opts, persist_trust, err, transient);
+        }
+    };
+    for k in &read.learned {
+        host.log.info(format!(
+            "trusting release key {} {}: introduced by trusted key {} ({})",
+            k.key_id,
+            if persist_trust {
+                "from now on"
+            } else {
+                "for this read-only run"
+            },
+            k.introduced_by,
+            repo.location(&format!("keys/rotation-{}.json", k.key_id))
+        ));
+    }
+    if read.not_modified {
+        host.log
+            .debug(format!("{}: not modified (304)", read.verified.location));
+    }
+    let verified = &read.verified;
+    let state = load_state(host)?;
+    let machine = source::machine_id(host.config.update.machine_id.as_deref());
+    let running_version = running.as_ref().map(|r| r.manifest.version.clone());
+    let sel = Selection {
+        running: running_version.as_ref(),
+        state: &state,
+        machine_id: machine.as_deref(),
+        canary: host.config.update.canary,
+        force: opts.force,
+    };
+    let discovery = match source::select_release(&verified.index, &sel) {
+        (Some(release), _) => Discovery::Candidate(Box::new(source::listed_candidate(
+            repo,
+            &verified.index,
+            release,
+            &read.keys,
+            &host.layout.downloads_dir(),
+        ))),
+        (None, skipped) => Discovery::UpToDate {
+            newest: verified.index.releases.first().map(|r| r.version.clone()),
+            skipped,
+        },
+    };
+    match discovery {
+        Discovery::Candidate(c) => {
+            // A release already staged and waiting for `apply`.
+            if let (Some(p), Some(listed)) = (&state.pending, &c.listed) {
+                if p.release_id == listed.id && !host.config.update.auto_restart {
+                    let o = Outcome::simple(
+                        &opts.op,
+                        AttemptResult::Ready,
+                        Exit::Done,
+                        format!(
+                            "update ready: {} is staged and checked; run `slipway apply`",
+                            p.version
+                        ),
+                    );
+                    return Ok(Resolved::Nothing(Box::new(o)));
+                }
+            }
+            Ok(Resolved::Install(c))
+        }
+        Discovery::UpToDate { newest, skipped } => {
+            let mut msg = format!(
+                "up to date: running {}, channel {} (index v{}) offers {}",
+                running_version
+                    .as_ref()
+                    .map_or_else(|| "nothing".into(), |v| v.to_string()),
+                channel,
+                verified.index.version,
+                newest.map_or_else(|| "no release".into(), |v| v.to_string()),
+            );
+            if !skipped.is_empty() {
+                msg.push_str(&format!("; passed over: {}", skipped.join("; ")));
+            }
+            let mut o = Outcome::simple(&opts.op, AttemptResult::UpToDate, Exit::Done, msg);
+            o.from_version = running_version;
+            if persist_trust {
+                o = record(host, o)?;
+            }
+            Ok(Resolved::Nothing(Box::new(o)))
+        }
+    }
+}
+
+/// An offline bundle (a directory with `SHA256SUMS`) whose files do not
+/// match their signed checksums is refused before its index is read
+/// ([`crate::bundle::check_bundle`]), and the refusal recorded like a
+/// refused index. `Ok(None)`: a plain repository, or a bundle that checks.
+fn refuse_changed_bundle(
+    host: &Host,
+    dir: &Path,
+    opts: &InstallOptions,
+    persist_trust: bool,
+) -> Result<Option<Resolved>, CommandError> {
+    // The configured keys and those learned from rotation statements: a
+    // bundle's SHA256SUMS must be signed by one of them.
+    let keys = source::trusted_keys_for_archives(&configured_keys(host)?, &host.layout)
+        .map_err(|e| source_error(e, Exit::Failed))?;
+    let e = match crate::bundle::check_bundle(dir, &keys) {
+        Ok(Some(b)) => {
+            host.log.debug(format!(
+                "bundle {}: {} files match SHA256SUMS{}",
+                dir.display(),
+                b.files,
+                b.signed_by
+                    .map(|k| format!(", signed by key {k}"))
+                    .unwrap_or_default()
+            ));
+            return Ok(None);
+        }
+        Ok(None) => return Ok(None),
+        Err(e) => e,
+    };
+    let hint = e.hint();
+    let err = CommandError::new(Exit::Failed, "offline bundle refused", e, hint);
+    if !persist_trust {
+        return Err(err);
+    }
+    let mut o = Outcome::simple(
+        &opts.op,
+        AttemptResult::Failed,
+        Exit::Failed,
+        format!("{}: {}", err.failure.what, err.failure.why),
+    );
+    o.failure = Some(err.failure);
+    record(host, o).map(|o| Some(Resolved::Nothing(Box::new(o))))
 }
 
 fn install_from(
@@ -731,6 +957,133 @@ fn install_from(
             let o = transaction::install(host, &c, opts)?;
             Ok(emit(&o, json))
         }
+    }
+}
+
+/// A `.tar` offline bundle becomes the bundle directory it holds, unpacked
+/// into a scratch directory under `scratch` (removed when the returned
+/// guard drops); every other source is returned as it is.
+fn open_bundle_tar(
+    src: Source,
+    scratch: &Path,
+) -> Result<(Source, Option<tempfile::TempDir>), CommandError> {
+    let Source::Archive { archive, .. } = &src else {
+        return Ok((src, None));
+    };
+    if !crate::bundle::is_bundle_tar(archive) {
+        return Ok((src, None));
+    }
+    let (guard, dir) = crate::bundle::unpack_bundle_tar(archive, scratch).map_err(|e| {
+        let hint = e.hint();
+        CommandError::new(Exit::Failed, "offline bundle refused", e, hint)
+    })?;
+    let src = Source::parse(&dir.to_string_lossy()).map_err(|e| source_error(e, Exit::Failed))?;
+    Ok((src, Some(guard)))
+}
+
+/// `install --interactive` / `update --interactive`, the seed's phase 0
+/// manual mode: discover and verify, stage and check the release in a
+/// scratch directory, show the file-level diff, and run the transaction
+/// only after the operator answers `y` on stdin. Any other answer, or end
+/// of input, changes nothing and exits 4 (skipped).
+fn install_interactive(
+    host: &Host,
+    src: &Source,
+    opts: &InstallOptions,
+    allow_expired: bool,
+    json: bool,
+) -> Result<Exit, CommandError> {
+    let candidate = match resolve(host, src, opts, allow_expired, true)? {
+        Resolved::Nothing(o) => return Ok(emit(&o, json)),
+        Resolved::Install(c) => c,
+    };
+    host.log
+        .info("verifying, staging and checking in a scratch directory");
+    let preview = transaction::preview(host, &candidate, opts, true).map_err(|f| CommandError {
+        exit: Exit::Failed,
+        failure: f,
+    })?;
+    // With --json, stdout carries only the final result.
+    if json {
+        write_preview(&mut std::io::stderr().lock(), &preview, false);
+    } else {
+        write_preview(&mut std::io::stdout().lock(), &preview, false);
+    }
+    if preview.refused.is_some() || preview.checks_passed == Some(false) {
+        let why = preview
+            .refused
+            .clone()
+            .or_else(|| preview.checks_error.clone())
+            .unwrap_or_default();
+        return Err(CommandError::new(
+            Exit::Failed,
+            format!("{} {} cannot be installed", preview.app, preview.version),
+            why,
+            "nothing was changed",
+        ));
+    }
+    if let Some(i) = &preview.ineligible {
+        return Err(CommandError::new(
+            Exit::Skipped,
+            format!("{} {} would be skipped", preview.app, preview.version),
+            i,
+            "the reason above says what to change; nothing was changed",
+        ));
+    }
+    let question = format!(
+        "Switch to {} {} ({})? [y/N] ",
+        preview.app,
+        preview.version,
+        preview.release_id.short()
+    );
+    if !ask_yes(&question) {
+        let message = format!(
+            "not switched to {} {}: declined; nothing was changed",
+            preview.app, preview.version
+        );
+        if json {
+            print_json(&serde_json::json!({
+                "result": "declined",
+                "exit_code": Exit::Skipped as i32,
+                "version": preview.version,
+                "release_id": preview.release_id,
+                "message": message,
+            }));
+        } else {
+            println!("{message}");
+        }
+        return Ok(Exit::Skipped);
+    }
+    let o = transaction::install(host, &candidate, opts)?;
+    Ok(emit(&o, json))
+}
+
+/// Asks `question` on stderr and reads one line from stdin: true only for
+/// `y` or `yes` (any case). End of input is a no.
+fn ask_yes(question: &str) -> bool {
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{question}");
+    let _ = err.flush();
+    drop(err);
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(0) | Err(_) => {
+            eprintln!();
+            false
+        }
+        Ok(_) => matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+    }
+}
+
+/// `enable` / `disable` output: one line, or JSON with `--json`.
+fn print_switch_result(json: bool, enabled: bool, message: &str) {
+    if json {
+        print_json(&serde_json::json!({
+            "auto_update_enabled": enabled,
+            "message": message,
+        }));
+    } else {
+        println!("{message}");
     }
 }
 
@@ -779,7 +1132,10 @@ struct DryRun<'a> {
 }
 
 fn print_preview(p: &Preview, dry_run: bool) {
-    let mut out = std::io::stdout().lock();
+    write_preview(&mut std::io::stdout().lock(), p, dry_run);
+}
+
+fn write_preview(out: &mut dyn Write, p: &Preview, dry_run: bool) {
     let _ = writeln!(
         out,
         "{}{} {} ({}), {} bytes, signed by key {}",
@@ -996,11 +1352,12 @@ fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         print_json(&view);
         return Ok(Exit::Done);
     }
+    let paint = crate::term::Paint::stdout();
     let mut out = std::io::stdout().lock();
     let rel = |r: &Option<ReleaseView>| match r {
         Some(r) => format!(
             "{} ({}){}",
-            r.version,
+            paint.bold(&r.version.to_string()),
             r.id12,
             r.installed_at
                 .map(|t| format!(", installed {t}"))
@@ -1022,10 +1379,16 @@ fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
     }
     match &view.last_attempt {
         Some(a) => {
+            let result = a.result.to_string();
+            let result = match a.result {
+                AttemptResult::Updated | AttemptResult::UpToDate => paint.good(&result),
+                AttemptResult::Failed | AttemptResult::RolledBack => paint.bad(&result),
+                _ => paint.warn(&result),
+            };
             let _ = writeln!(
                 out,
                 "last attempt: {} {} at {}: {}",
-                a.op, a.result, a.at, a.message
+                a.op, result, a.at, a.message
             );
         }
         None => {
@@ -1045,9 +1408,9 @@ fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         out,
         "auto-update: {}{}",
         if view.auto_update.enabled {
-            "enabled"
+            paint.good("enabled")
         } else {
-            "DISABLED"
+            paint.bad("DISABLED")
         },
         view.auto_update
             .reason
@@ -1063,7 +1426,7 @@ fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
             let _ = writeln!(
                 out,
                 "  {} ({}) since {}: {}",
-                b.version,
+                paint.bad(&b.version.to_string()),
                 b.id.short(),
                 b.at,
                 b.reason
@@ -1073,7 +1436,8 @@ fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
     if let Some(j) = &view.journal {
         let _ = writeln!(
             out,
-            "IN FLIGHT:   {} of {} (txn {}) at step {}; the next command (or `slipway recover`) finishes or undoes it",
+            "{}   {} of {} (txn {}) at step {}; the next command (or `slipway recover`) finishes or undoes it",
+            paint.warn("IN FLIGHT:"),
             j.op,
             j.version
                 .as_ref()
@@ -1189,7 +1553,7 @@ fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
     }
 }
 
-fn gc_cmd(host: &Host) -> Result<Exit, CommandError> {
+fn gc_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
     let state = load_state(host)?;
     let protected: Vec<PathBuf> = state.pending.iter().map(|p| p.dir.clone()).collect();
     let cfg = &host.config.update;
@@ -1199,6 +1563,16 @@ fn gc_cmd(host: &Host) -> Result<Exit, CommandError> {
         cfg.keep_snapshots as usize,
         &protected,
     ) {
+        Ok(r) if json => {
+            print_json(&serde_json::json!({
+                "removed_releases": r.removed_releases,
+                "removed_snapshots": r.removed_snapshots,
+                "removed_downloads": r.removed_downloads,
+                "removed_temp_files": r.removed_temp_files,
+                "kept": r.kept,
+            }));
+            Ok(Exit::Done)
+        }
         Ok(r) => {
             println!(
                 "removed {} release(s), {} snapshot(s), {} download(s), {} temporary file(s); kept {}",
@@ -1228,10 +1602,30 @@ fn gc_cmd(host: &Host) -> Result<Exit, CommandError> {
 }
 
 /// The systemd units that run `slipway update --auto` on a timer.
+///
+/// The period is `interval_minutes` (or `interval_seconds`, for tests and
+/// demos). The first poll comes 5 minutes (at most one period) after boot
+/// or after the timer is enabled; each poll is delayed by a random amount
+/// up to a quarter of the period (at most 15 min), so a fleet does not
+/// poll in lockstep; `Persistent=true` catches up a poll missed while the
+/// host was off.
 pub fn unit_files(config: &Config, binary: &Path) -> (String, String) {
-    let interval = config.update.interval_minutes.max(1);
-    // Spread a fleet's polls: a quarter of the interval, at most 15 min.
-    let delay_secs = (u64::from(interval) * 60 / 4).min(15 * 60);
+    let period = config
+        .update
+        .interval_seconds
+        .map_or(u64::from(config.update.interval_minutes.max(1)) * 60, |s| {
+            u64::from(s.max(1))
+        });
+    let span = |secs: u64| match (secs / 60, secs % 60) {
+        (mins, 0) => format!("{mins}min"),
+        _ => format!("{secs}s"),
+    };
+    let first = span(period.min(5 * 60));
+    let every = span(period);
+    // Spread a fleet's polls: a quarter of the period, at most 15 min.
+    let delay_secs = (period / 4).clamp(1, 15 * 60);
+    // systemd's default accuracy (1 min) would swamp a short test period.
+    let accuracy = span((period / 10).clamp(1, 60));
     let user = config
         .service
         .user
@@ -1266,12 +1660,14 @@ pub fn unit_files(config: &Config, binary: &Path) -> (String, String) {
     );
     let timer = format!(
         "[Unit]\n\
-         Description=slipway: poll for updates every {interval} min\n\
+         Description=slipway: poll for updates every {every}\n\
          \n\
          [Timer]\n\
-         OnBootSec=5min\n\
-         OnUnitActiveSec={interval}min\n\
+         OnBootSec={first}\n\
+         OnActiveSec={first}\n\
+         OnUnitActiveSec={every}\n\
          RandomizedDelaySec={delay_secs}s\n\
+         AccuracySec={accuracy}\n\
          Persistent=true\n\
          Unit=slipway-update.service\n\
          \n\
@@ -1343,6 +1739,13 @@ mod tests {
         config.update.interval_minutes = 20;
         let (_, timer) = unit_files(&config, Path::new("/x"));
         assert!(timer.contains("RandomizedDelaySec=300s"), "{timer}");
+        assert!(timer.contains("OnActiveSec=5min"), "{timer}");
+        config.update.interval_seconds = Some(6);
+        let (_, timer) = unit_files(&config, Path::new("/x"));
+        assert!(timer.contains("OnUnitActiveSec=6s"), "{timer}");
+        assert!(timer.contains("OnBootSec=6s"), "{timer}");
+        assert!(timer.contains("RandomizedDelaySec=1s"), "{timer}");
+        assert!(timer.contains("AccuracySec=1s"), "{timer}");
     }
 
     #[test]

@@ -56,6 +56,13 @@ pub struct UpdateConfig {
     pub machine_id: Option<String>,
     /// A file holding a read-only bearer token for the release host.
     pub token_file: Option<PathBuf>,
+    /// HTTP sources: seconds to resolve and connect (TLS included).
+    pub connect_timeout_seconds: u64,
+    /// HTTP sources: a request that receives no byte for this long fails.
+    pub stall_timeout_seconds: u64,
+    /// The timer's period in seconds, instead of `interval_minutes` (for
+    /// tests and demos; `slipway units` only).
+    pub interval_seconds: Option<u32>,
     /// Seconds a second run waits for the lock before exiting 5.
     pub lock_wait_seconds: u64,
 }
@@ -77,6 +84,9 @@ impl Default for UpdateConfig {
             canary: false,
             machine_id: None,
             token_file: None,
+            connect_timeout_seconds: 10,
+            stall_timeout_seconds: 30,
+            interval_seconds: None,
             lock_wait_seconds: 0,
         }
     }
@@ -322,6 +332,9 @@ impl Config {
         if self.service.healthy_polls == 0 {
             return Err("service.healthy_polls must be at least 1".into());
         }
+        if self.update.interval_seconds == Some(0) {
+            return Err("update.interval_seconds must be at least 1".into());
+        }
         if self.update.keep_releases < 2 {
             return Err("update.keep_releases must be at least 2 (current and previous)".into());
         }
@@ -338,7 +351,9 @@ impl Config {
         let base = self.file.parent().unwrap_or(Path::new("."));
         let mut texts = Vec::new();
         for entry in &self.update.public_keys {
-            if entry.starts_with("RW") && !entry.contains('/') {
+            // A key is the base64 line of a .pub file (which may contain
+            // '/'); anything that does not parse as one is a file path.
+            if slipway_formats::PublicKey::from_base64(entry).is_ok() {
                 texts.push(entry.clone());
             } else {
                 let p = resolve(base, Path::new(entry));
@@ -476,6 +491,13 @@ check = [["python3", "-m", "compileall", "-q", "."]]
         assert_eq!(c.service.unit, "aibot.service");
         assert_eq!(c.hooks.check.len(), 1);
         assert_eq!(c.trusted_keys().expect("keys").keys().len(), 1);
+    }
+
+    #[test]
+    fn keys_with_a_slash_are_keys_not_paths() {
+        let key = "RWRE994agAXmaCko30zaboG2y2oJCkWZBaqpWEBz/fCzic5/EyIVdDab";
+        let c = parse(&format!("[update]\npublic_keys = [\"{key}\"]\n"), &[]).expect("config");
+        assert_eq!(c.trusted_keys().expect("keys").keys()[0].to_base64(), key);
     }
 
     #[test]

@@ -34,12 +34,14 @@ pub const JOURNAL_FORMAT: u32 = 1;
 /// The steps of a transaction, in the order they run. The step recorded in
 /// the journal is the one about to run (or running when the process died).
 ///
-/// `Fetch` (download into `downloads/`) arrives with the HTTP source and
-/// will sit between `Verify`'s discovery and the archive check; a journal
-/// written by a later slipway with a step this one does not know is refused
-/// with a clear message rather than misread.
+/// `Fetch` runs only for an HTTP source, before `Verify`; a journal written
+/// by a later slipway with a step this one does not know is refused with a
+/// clear message rather than misread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Step {
+    /// Download the archive and its signature into `downloads/` (HTTP
+    /// sources), resuming a partial download.
+    Fetch,
     /// Check the archive (or the staged tree, for `apply` and `rollback`).
     Verify,
     /// Unpack into `releases/.staging-*`, then rename into `releases/`.
@@ -72,7 +74,8 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Step; 14] = [
+    pub const ALL: [Step; 15] = [
+        Step::Fetch,
         Step::Verify,
         Step::Stage,
         Step::Check,
@@ -93,6 +96,7 @@ impl Step {
     /// `SLIPWAY_FAULT_AFTER`.
     pub fn name(self) -> &'static str {
         match self {
+            Step::Fetch => "Fetch",
             Step::Verify => "Verify",
             Step::Stage => "Stage",
             Step::Check => "Check",
@@ -305,7 +309,9 @@ mod tests {
                 assert!(Step::ALL[i - 1] < *step);
             }
         }
-        assert!("Fetch".parse::<Step>().is_err());
+        assert_eq!("fetch".parse::<Step>(), Ok(Step::Fetch));
+        assert!(Step::Fetch < Step::Verify);
+        assert!("Download".parse::<Step>().is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! <root>/downloads/                    partial downloads, resumable
 //! <root>/backups/<timestamp>/          persistence snapshots
 //! <root>/state/                        slipway's own state (never in persistence)
+//! <root>/state/index-cache/<channel>.json   the last accepted HTTP channel index
 //! ```
 //!
 //! Every other module asks this one for a path, so the layout is read in one
@@ -85,6 +86,16 @@ impl Layout {
     /// Per-channel trust state (anti-rollback, anti-freeze).
     pub fn trust_file(&self) -> PathBuf {
         self.state_dir().join("trust.json")
+    }
+
+    /// The HTTP channel index cache (conditional GET).
+    pub fn index_cache_dir(&self) -> PathBuf {
+        self.state_dir().join("index-cache")
+    }
+
+    /// The cached copy of `channel`'s index (see [`crate::source::IndexCache`]).
+    pub fn index_cache_file(&self, channel: &str) -> PathBuf {
+        self.index_cache_dir().join(format!("{channel}.json"))
     }
 
     /// One JSON line per attempt.

@@ -3,12 +3,14 @@
 //! and [`transaction`] runs them in order, journaling each step before it
 //! starts so that `recover` knows exactly what to finish or undo.
 
+pub mod bundle;
 pub mod commands;
 pub mod config;
 pub mod diff;
 pub mod durable;
 pub mod eligibility;
 pub mod fault;
+pub mod fetch;
 pub mod gc;
 pub mod health;
 pub mod hooks;
@@ -23,6 +25,7 @@ pub mod source;
 pub mod stage;
 pub mod state;
 pub mod switch;
+pub mod term;
 pub mod transaction;
 pub mod verify;
 

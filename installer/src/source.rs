@@ -4,41 +4,55 @@
 //! - [`Source::Archive`]: one release archive `X.tar.zst` with its detached
 //!   signature `X.tar.zst.minisig` beside it (a file copied to a USB stick).
 //! - [`Source::Repo`]: a release repository on a local path or mount point
-//!   (`releases/`, `channels/<channel>.json(.minisig)`), or an offline bundle
-//!   made by `slipway-pack bundle`, which has the same layout.
+//!   (`releases/`, `channels/<channel>.json(.minisig)`, `keys/`), or an
+//!   offline bundle made by `slipway-pack bundle`, which has the same layout.
+//! - [`Source::Http`]: the same repository served over `https://` or
+//!   `http://` (any static server, object store or CDN).
 //!
-//! HTTP(S) repositories arrive in a later version as a third variant
-//! (`Http { url }`): it will fetch `channels/<channel>.json` with a
-//! conditional GET and download the archive into `downloads/` (the Fetch
-//! step), then hand the same [`Candidate`] to the transaction. Everything
-//! after discovery is the same for every source: local sources get exactly
-//! the checks remote ones get (SPEC §6).
+//! A repository is read through a [`Repository`], whose two backends only
+//! differ in how bytes arrive: read from a file (capped), or fetched with
+//! the [`HttpClient`] (capped, the channel index with a conditional GET).
+//! After the bytes arrive there is one code path, so a local source gets
+//! exactly the checks a remote one gets (SPEC §6):
 //!
-//! For a repository, discovery reads the channel index (capped at
-//! [`MAX_METADATA_BYTES`]), verifies its minisign signature against the
-//! trusted keys and its trusted comment (`slipway-channel`, with app,
-//! channel and index version matching the index), parses it strictly,
-//! checks app and channel, refuses an expired index (unless
-//! `--allow-expired`), an index version lower than the highest seen for
-//! the channel (rollback), and a clock earlier than the latest time seen
-//! (a clock set back to revive an expired index). The per-channel trust
-//! state lives in `<root>/state/trust.json` and is only advanced after an
-//! index passed all of this.
+//! 1. the channel index (capped at [`MAX_METADATA_BYTES`]) must carry a
+//!    minisign signature by a trusted key over its exact bytes, with a
+//!    `slipway-channel` trusted comment naming the index's app, channel and
+//!    version; an index signed by an unknown key is accepted only when
+//!    `keys/rotation-<KEYID>.json` introduces that key and is signed by a
+//!    trusted one ([`slipway_formats::rotation`]);
+//! 2. a strict parse, then the identity check: this host's app and channel;
+//! 3. freshness against the per-channel trust state: an index version lower
+//!    than the highest seen is a rollback, an expired index a freeze (unless
+//!    `--allow-expired`), a clock earlier than the latest time seen is
+//!    refused;
+//! 4. the release picked is the newest that is not yanked, not on this
+//!    host's bad list, inside this host's rollout share and newer than the
+//!    running one; its id and signed size bound the archive's verification.
+//!
+//! The trust state (`<root>/state/trust.json`: highest index version and
+//! latest time seen per channel, and the keys learned from rotation
+//! statements) and the HTTP index cache (`<root>/state/index-cache/`) are
+//! only written after an index passed all of this, and only by commands
+//! that hold the lock ([`ReadOptions::persist`]).
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use slipway_formats::channel::{ChannelError, Timestamp};
+use slipway_formats::rotation::{verify_rotation, KeyRotation, RotationError, MAX_ROTATION_CHAIN};
 use slipway_formats::signature::{SignatureError, TrustedComment, CHANNEL_COMMENT};
-use slipway_formats::state::{ChannelTrust, TrustState};
+use slipway_formats::state::{ChannelTrust, LearnedKey, TrustState};
 use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, SignatureFile, TrustedKeys, Version, MAX_METADATA_BYTES,
-    MAX_SIGNATURE_BYTES,
+    ChannelIndex, ChannelRelease, KeyId, PublicKey, SignatureFile, TrustedKeys, Version,
+    MAX_METADATA_BYTES, MAX_SIGNATURE_BYTES,
 };
 use thiserror::Error;
 
 use crate::durable;
+use crate::fetch::{join_url, FetchError, HttpClient, Metadata, Validators};
 use crate::layout::Layout;
 use crate::state::HostState;
 use crate::verify::Expectations;
@@ -46,8 +60,8 @@ use crate::verify::Expectations;
 /// Why a source could not be used or its channel index was refused.
 #[derive(Debug, Error)]
 pub enum SourceError {
-    #[error("{url}: HTTP sources arrive in a later version; mount or copy the repo and point update.source at it (or pass the path to `slipway install`)")]
-    Http { url: String },
+    #[error("{url} is not a usable repository URL: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("{path} does not exist; give a release archive (X.tar.zst with X.tar.zst.minisig beside it), a release repository or an offline bundle")]
     NotFound { path: PathBuf },
     #[error("{path} is neither a release archive (*.tar.zst) nor a release repository or offline bundle (no channels/ directory in it)")]
@@ -64,29 +78,49 @@ pub enum SourceError {
         path: PathBuf,
         max: u64,
     },
-    #[error("channel index {path}: signature {signature}: {source}")]
+    #[error("{what}: {source}")]
+    Fetch {
+        what: &'static str,
+        source: FetchError,
+    },
+    #[error("{what} {location} is missing; check update.source and update.channel")]
+    Missing {
+        what: &'static str,
+        location: String,
+    },
+    #[error("channel index {location}: signature {signature}: {source}")]
     Signature {
-        path: PathBuf,
-        signature: PathBuf,
+        location: String,
+        signature: String,
         source: SignatureError,
     },
-    #[error("channel index {path}: the signed comment {comment:?} {reason}; the index was not signed by `slipway-pack publish` for this channel and is refused")]
+    #[error("channel index {location} is signed by key {key_id}, which this host does not trust (trusted: {trusted}), and no valid rotation statement introduces it ({reason}); if the key is yours, add it to update.public_keys, else the repository was tampered with")]
+    UntrustedKey {
+        location: String,
+        key_id: KeyId,
+        trusted: String,
+        reason: String,
+    },
+    #[error("channel index {location}: the signed comment {comment:?} {reason}; the index was not signed by `slipway-pack publish` for this channel and is refused")]
     Comment {
-        path: PathBuf,
+        location: String,
         comment: String,
         reason: String,
     },
-    #[error("channel index {path}: {source}")]
-    Index { path: PathBuf, source: ChannelError },
-    #[error("channel index {path} expired at {expires} (now {now}); the publisher must re-publish it (`slipway-pack publish` refreshes the expiry), or pass --allow-expired to accept it once")]
+    #[error("channel index {location}: {source}")]
+    Index {
+        location: String,
+        source: ChannelError,
+    },
+    #[error("channel index {location} expired at {expires} (now {now}); the publisher must re-publish it (`slipway-pack refresh` or `publish` renews the expiry), or pass --allow-expired to accept it once")]
     Expired {
-        path: PathBuf,
+        location: String,
         expires: Timestamp,
         now: Timestamp,
     },
-    #[error("channel index {path} has version {found}, lower than version {highest} this host already saw for {key}: an old index is being replayed (rollback attack) or the repository was restored from an old copy; refused")]
+    #[error("channel index {location} has version {found}, lower than version {highest} this host already saw for {key}: an old index is being replayed (rollback attack) or the repository was restored from an old copy; refused")]
     Rollback {
-        path: PathBuf,
+        location: String,
         key: String,
         found: u64,
         highest: u64,
@@ -103,6 +137,14 @@ pub enum SourceError {
     TrustWrite { path: PathBuf, source: io::Error },
 }
 
+impl SourceError {
+    /// Whether this is the network's passing state (see
+    /// [`FetchError::is_transient`]), not a refusal.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Fetch { source, .. } if source.is_transient())
+    }
+}
+
 /// A release source, as given on the command line or in `[update] source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -113,19 +155,18 @@ pub enum Source {
     },
     /// A repository or offline bundle: `channels/` and `releases/`.
     Repo { dir: PathBuf },
+    /// A repository served over HTTP(S); `base` has no trailing slash.
+    Http { base: String },
 }
 
 impl Source {
-    /// Recognises a source: an `http(s)://` URL (refused for now), an
-    /// existing directory with a `channels/` directory (repository or
-    /// bundle), or an existing file (an archive; its signature is
-    /// `<file>.minisig`).
+    /// Recognises a source: an `http(s)://` URL (a repository), an existing
+    /// directory with a `channels/` directory (repository or bundle), or an
+    /// existing file (an archive; its signature is `<file>.minisig`).
     pub fn parse(spec: &str) -> Result<Source, SourceError> {
         let lower = spec.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
-            return Err(SourceError::Http {
-                url: spec.to_string(),
-            });
+            return parse_url(spec);
         }
         let path = PathBuf::from(spec);
         let meta = std::fs::metadata(&path).map_err(|source| match source.kind() {
@@ -153,11 +194,119 @@ impl Source {
         Err(SourceError::Unrecognized { path })
     }
 
-    /// For messages: `archive X` or `repository X`.
+    /// For messages: `archive X`, `repository X` or `repository URL`.
     pub fn describe(&self) -> String {
         match self {
             Source::Archive { archive, .. } => format!("archive {}", archive.display()),
             Source::Repo { dir } => format!("repository {}", dir.display()),
+            Source::Http { base } => format!("repository {base}"),
+        }
+    }
+}
+
+fn parse_url(spec: &str) -> Result<Source, SourceError> {
+    let (scheme, rest) = spec.split_once("://").unwrap_or((spec, ""));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    // Never repeat credentials someone put in the URL.
+    let shown = match host.rsplit_once('@') {
+        Some((_, after)) => format!("{scheme}://***@{after}{}", &rest[host.len()..]),
+        None => spec.to_string(),
+    };
+    let bad = |reason: &str| SourceError::BadUrl {
+        url: shown.clone(),
+        reason: reason.to_string(),
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if rest.contains(['?', '#']) {
+        return Err(bad(
+            "a repository URL has no query or fragment: give the directory that holds channels/ and releases/",
+        ));
+    }
+    if host.contains('@') {
+        return Err(bad(
+            "credentials in the URL would be logged; put a read-only token in update.token_file instead",
+        ));
+    }
+    if spec
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(bad("it contains whitespace"));
+    }
+    Ok(Source::Http {
+        base: spec.trim_end_matches('/').to_string(),
+    })
+}
+
+/// Where a repository's files are read from. Both backends hand the same
+/// bytes to the same checks.
+#[derive(Debug, Clone, Copy)]
+pub enum Repository<'a> {
+    /// A directory: a repository copy, a mount point or an offline bundle.
+    Dir(&'a Path),
+    /// A repository over HTTP(S).
+    Http {
+        base: &'a str,
+        client: &'a HttpClient,
+    },
+}
+
+impl Repository<'_> {
+    /// Where `rel` (a path inside the repository) is, for messages: a path
+    /// or a URL.
+    pub fn location(&self, rel: &str) -> String {
+        match self {
+            Repository::Dir(dir) => dir.join(rel).display().to_string(),
+            Repository::Http { base, .. } => join_url(base, rel),
+        }
+    }
+
+    /// Reads `rel`, capped at `max` bytes; `Ok(None)` when it does not exist.
+    fn read_optional(
+        &self,
+        rel: &str,
+        max: u64,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        match self {
+            Repository::Dir(dir) => {
+                let path = dir.join(rel);
+                match read_capped(&path, max, what) {
+                    Err(SourceError::Read { source, .. })
+                        if source.kind() == io::ErrorKind::NotFound =>
+                    {
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
+            }
+            Repository::Http { base, client } => {
+                match client.get_metadata(&join_url(base, rel), max, None) {
+                    Ok(Metadata::Fetched { bytes, .. }) => Ok(Some(bytes)),
+                    Ok(Metadata::NotModified) => Ok(None),
+                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(source) => Err(SourceError::Fetch { what, source }),
+                }
+            }
+        }
+    }
+
+    /// Reads `rel`, capped at `max` bytes; a missing file is an error.
+    fn read(&self, rel: &str, max: u64, what: &'static str) -> Result<Vec<u8>, SourceError> {
+        match self {
+            Repository::Dir(dir) => read_capped(&dir.join(rel), max, what),
+            Repository::Http { base, client } => {
+                match client.get_metadata(&join_url(base, rel), max, None) {
+                    Ok(Metadata::Fetched { bytes, .. }) => Ok(bytes),
+                    Ok(Metadata::NotModified) => Err(SourceError::Missing {
+                        what,
+                        location: self.location(rel),
+                    }),
+                    Err(source) => Err(SourceError::Fetch { what, source }),
+                }
+            }
         }
     }
 }
@@ -166,12 +315,23 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct VerifiedIndex {
     pub index: ChannelIndex,
-    pub path: PathBuf,
+    /// Where it was read: a path or a URL.
+    pub location: String,
     pub signer: KeyId,
 }
 
-/// A release chosen for installation: where its archive is and what the
-/// verifier must find in it.
+/// Where a listed archive is fetched from over HTTP (the Fetch step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteArchive {
+    pub url: String,
+    pub signature_url: String,
+    /// The size the signed index gives: the download's cap.
+    pub size: u64,
+}
+
+/// A release chosen for installation: where its archive is (or will be,
+/// once fetched), what the verifier must find in it, and the keys it is
+/// verified with.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub archive: PathBuf,
@@ -179,6 +339,26 @@ pub struct Candidate {
     pub expect: Expectations,
     /// The release's entry in the channel index (repository sources).
     pub listed: Option<ChannelRelease>,
+    /// The configured keys and those learned from rotation statements.
+    pub keys: TrustedKeys,
+    /// For an HTTP repository: fetch `archive` and `signature` from here
+    /// first (SPEC §4 step 3).
+    pub remote: Option<RemoteArchive>,
+}
+
+impl Candidate {
+    /// The same candidate, fetched into `dir` instead (a read-only command
+    /// downloads into a temporary directory, never into `downloads/`).
+    pub fn fetched_into(&self, dir: &Path) -> Candidate {
+        let mut c = self.clone();
+        if let Some(name) = self.archive.file_name() {
+            c.archive = dir.join(name);
+        }
+        if let Some(name) = self.signature.file_name() {
+            c.signature = dir.join(name);
+        }
+        c
+    }
 }
 
 /// What discovery found in a repository.
@@ -208,12 +388,17 @@ pub struct Selection<'a> {
     pub force: bool,
 }
 
+/// `channels/<channel>.json` and its signature, relative to a repository.
+pub fn index_rel_paths(channel: &str) -> (String, String) {
+    let index = format!("channels/{channel}.json");
+    let sig = format!("{index}.minisig");
+    (index, sig)
+}
+
 /// `<dir>/channels/<channel>.json` and its signature.
 pub fn index_paths(dir: &Path, channel: &str) -> (PathBuf, PathBuf) {
-    let index = dir.join("channels").join(format!("{channel}.json"));
-    let mut sig = index.clone().into_os_string();
-    sig.push(".minisig");
-    (index, PathBuf::from(sig))
+    let (index, sig) = index_rel_paths(channel);
+    (dir.join(index), dir.join(sig))
 }
 
 /// Reads at most `max` bytes of `path`; a longer file is an error.
@@ -238,36 +423,37 @@ pub fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>,
     Ok(bytes)
 }
 
-/// Reads and authenticates `channels/<channel>.json` of a repository: the
-/// signature by a trusted key over the exact bytes, a `slipway-channel`
+/// Authenticates a channel index from its bytes and its signature's: the
+/// signature by a key in `keys` over the exact bytes, a `slipway-channel`
 /// trusted comment whose app, channel and version equal the index's, a
 /// strict parse, and the identity check (`app` is the running app, or
-/// `None` on a first install, when the index names it). Freshness is
-/// checked separately by [`check_freshness`].
-pub fn read_index(
-    dir: &Path,
+/// `None` on a first install, when the index names it). `location` and
+/// `sig_location` name where the bytes came from. Freshness is checked
+/// separately by [`check_freshness`].
+pub fn verify_index(
+    bytes: &[u8],
+    sig_bytes: &[u8],
+    location: &str,
+    sig_location: &str,
     channel: &str,
     app: Option<&str>,
     keys: &TrustedKeys,
 ) -> Result<VerifiedIndex, SourceError> {
-    let (path, sig_path) = index_paths(dir, channel);
-    let bytes = read_capped(&path, MAX_METADATA_BYTES, "channel index")?;
-    let sig_bytes = read_capped(&sig_path, MAX_SIGNATURE_BYTES, "channel index signature")?;
     let sig_err = |source| SourceError::Signature {
-        path: path.clone(),
-        signature: sig_path.clone(),
+        location: location.to_string(),
+        signature: sig_location.to_string(),
         source,
     };
-    let sig_text = String::from_utf8(sig_bytes).map_err(|_| {
+    let sig_text = std::str::from_utf8(sig_bytes).map_err(|_| {
         sig_err(SignatureError::Malformed(
             "the signature file is not UTF-8 text".into(),
         ))
     })?;
-    let signature = SignatureFile::parse(&sig_text).map_err(sig_err)?;
-    let signer = signature.verify_bytes(keys, &bytes).map_err(sig_err)?.id();
+    let signature = SignatureFile::parse(sig_text).map_err(sig_err)?;
+    let signer = signature.verify_bytes(keys, bytes).map_err(sig_err)?.id();
     let comment_text = signature.trusted_comment().to_string();
     let comment_err = |reason: String| SourceError::Comment {
-        path: path.clone(),
+        location: location.to_string(),
         comment: comment_text.clone(),
         reason,
     };
@@ -279,8 +465,8 @@ pub fn read_index(
             comment.kind
         )));
     }
-    let index = ChannelIndex::parse(&bytes).map_err(|source| SourceError::Index {
-        path: path.clone(),
+    let index = ChannelIndex::parse(bytes).map_err(|source| SourceError::Index {
+        location: location.to_string(),
         source,
     })?;
     let signed_version = index.version.to_string();
@@ -302,14 +488,36 @@ pub fn read_index(
     index
         .check_identity(&app, channel)
         .map_err(|source| SourceError::Index {
-            path: path.clone(),
+            location: location.to_string(),
             source,
         })?;
     Ok(VerifiedIndex {
         index,
-        path,
+        location: location.to_string(),
         signer,
     })
+}
+
+/// Reads and authenticates `channels/<channel>.json` of a local repository
+/// with `keys` only (no rotation, no trust state): see [`verify_index`].
+pub fn read_index(
+    dir: &Path,
+    channel: &str,
+    app: Option<&str>,
+    keys: &TrustedKeys,
+) -> Result<VerifiedIndex, SourceError> {
+    let (path, sig_path) = index_paths(dir, channel);
+    let bytes = read_capped(&path, MAX_METADATA_BYTES, "channel index")?;
+    let sig_bytes = read_capped(&sig_path, MAX_SIGNATURE_BYTES, "channel index signature")?;
+    verify_index(
+        &bytes,
+        &sig_bytes,
+        &path.display().to_string(),
+        &sig_path.display().to_string(),
+        channel,
+        app,
+        keys,
+    )
 }
 
 /// The trust-state key of a channel: `<app>/<channel>`.
@@ -337,7 +545,7 @@ pub fn check_freshness(
         }
         if index.version < seen.highest_index_version {
             return Err(SourceError::Rollback {
-                path: verified.path.clone(),
+                location: verified.location.clone(),
                 key,
                 found: index.version,
                 highest: seen.highest_index_version,
@@ -346,7 +554,7 @@ pub fn check_freshness(
     }
     if index.is_expired(now) && !allow_expired {
         return Err(SourceError::Expired {
-            path: verified.path.clone(),
+            location: verified.location.clone(),
             expires: index.expires,
             now,
         });
@@ -392,6 +600,309 @@ pub fn save_trust(layout: &Layout, trust: &TrustState) -> Result<(), SourceError
     durable::create_dirs(&layout.state_dir())
         .and_then(|()| durable::write_json_atomic(&path, trust))
         .map_err(|source| SourceError::TrustWrite { path, source })
+}
+
+/// The keys a host trusts now: the configured ones, and every learned key
+/// whose introducer is trusted (transitively). A learned key whose
+/// introducer was removed from the configuration is not trusted any more.
+pub fn effective_keys(configured: &TrustedKeys, trust: &TrustState) -> TrustedKeys {
+    let mut keys = configured.clone();
+    loop {
+        let before = keys.keys().len();
+        for learned in &trust.learned_keys {
+            let trusted_introducer = keys
+                .keys()
+                .iter()
+                .any(|k| k.id().to_string() == learned.introduced_by);
+            if !trusted_introducer {
+                continue;
+            }
+            if let Ok(key) = PublicKey::from_base64(&learned.key) {
+                if key.id().to_string() == learned.key_id {
+                    keys.add(key);
+                }
+            }
+        }
+        if keys.keys().len() == before {
+            return keys;
+        }
+    }
+}
+
+/// The keys to verify an archive with when there is no channel to read
+/// (`slipway install X.tar.zst`): the configured ones and those learned.
+pub fn trusted_keys_for_archives(
+    configured: &TrustedKeys,
+    layout: &Layout,
+) -> Result<TrustedKeys, SourceError> {
+    Ok(effective_keys(configured, &load_trust(layout)?))
+}
+
+/// `<root>/state/index-cache/<channel>.json`: the last channel index that
+/// passed every check, with its signature and the server's validators, so
+/// the next poll is a conditional GET and a `304` re-verifies this copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexCache {
+    /// The index URL the copy came from; another URL does not use it.
+    pub url: String,
+    #[serde(flatten)]
+    pub validators: Validators,
+    /// The index's exact bytes (UTF-8 JSON, as served).
+    pub index: String,
+    /// The `.minisig` text.
+    pub signature: String,
+}
+
+fn load_cache(layout: &Layout, channel: &str, url: &str) -> Option<IndexCache> {
+    let bytes = std::fs::read(layout.index_cache_file(channel)).ok()?;
+    let cache: IndexCache = serde_json::from_slice(&bytes).ok()?;
+    let usable = cache.url == url
+        && (cache.validators.etag.is_some() || cache.validators.last_modified.is_some());
+    usable.then_some(cache)
+}
+
+/// A channel index's bytes and its signature's, and how they arrived.
+struct RawIndex {
+    bytes: Vec<u8>,
+    signature: Vec<u8>,
+    location: String,
+    sig_location: String,
+    /// A fresh copy to cache once it is accepted (HTTP, `200`).
+    cache: Option<IndexCache>,
+    not_modified: bool,
+}
+
+fn fetch_index(repo: &Repository, layout: &Layout, channel: &str) -> Result<RawIndex, SourceError> {
+    let (rel, sig_rel) = index_rel_paths(channel);
+    let location = repo.location(&rel);
+    let sig_location = repo.location(&sig_rel);
+    match repo {
+        Repository::Dir(_) => Ok(RawIndex {
+            bytes: repo.read(&rel, MAX_METADATA_BYTES, "channel index")?,
+            signature: repo.read(&sig_rel, MAX_SIGNATURE_BYTES, "channel index signature")?,
+            location,
+            sig_location,
+            cache: None,
+            not_modified: false,
+        }),
+        Repository::Http { client, .. } => {
+            let cached = load_cache(layout, channel, &location);
+            let fetched = client
+                .get_metadata(
+                    &location,
+                    MAX_METADATA_BYTES,
+                    cached.as_ref().map(|c| &c.validators),
+                )
+                .map_err(|source| SourceError::Fetch {
+                    what: "channel index",
+                    source,
+                })?;
+            match (fetched, cached) {
+                (Metadata::NotModified, Some(cache)) => Ok(RawIndex {
+                    bytes: cache.index.into_bytes(),
+                    signature: cache.signature.into_bytes(),
+                    location,
+                    sig_location,
+                    cache: None,
+                    not_modified: true,
+                }),
+                (Metadata::NotModified, None) => Err(SourceError::Missing {
+                    what: "channel index",
+                    location,
+                }),
+                (Metadata::Fetched { bytes, validators }, _) => {
+                    let signature =
+                        repo.read(&sig_rel, MAX_SIGNATURE_BYTES, "channel index signature")?;
+                    let cache = match (
+                        String::from_utf8(bytes.clone()),
+                        String::from_utf8(signature.clone()),
+                    ) {
+                        (Ok(index), Ok(sig))
+                            if validators.etag.is_some() || validators.last_modified.is_some() =>
+                        {
+                            Some(IndexCache {
+                                url: location.clone(),
+                                validators,
+                                index,
+                                signature: sig,
+                            })
+                        }
+                        _ => None,
+                    };
+                    Ok(RawIndex {
+                        bytes,
+                        signature,
+                        location,
+                        sig_location,
+                        cache,
+                        not_modified: false,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// What [`read_channel`] needs to know.
+#[derive(Debug, Clone)]
+pub struct ReadOptions<'a> {
+    pub layout: &'a Layout,
+    pub channel: &'a str,
+    /// The app this host runs (`None` on a first install).
+    pub app: Option<&'a str>,
+    /// `[update] public_keys`.
+    pub configured_keys: &'a TrustedKeys,
+    pub now: Timestamp,
+    /// `--allow-expired`: accept an expired index (never a lower version).
+    pub allow_expired: bool,
+    /// Write the trust state, learned keys and the index cache (commands
+    /// that hold the lock); read-only commands never write.
+    pub persist: bool,
+}
+
+/// A channel index read from a repository and accepted.
+#[derive(Debug, Clone)]
+pub struct ChannelRead {
+    pub verified: VerifiedIndex,
+    /// The keys to verify the chosen archive with: the configured ones and
+    /// every key learned from rotation statements.
+    pub keys: TrustedKeys,
+    /// The server answered `304 Not Modified`; the cached copy was checked.
+    pub not_modified: bool,
+    /// Keys learned from rotation statements on this read.
+    pub learned: Vec<LearnedKey>,
+}
+
+/// Reads `channels/<channel>.json` from `repo` and runs every check of
+/// SPEC §6 on it (see the module docs), learning keys from rotation
+/// statements when the index is signed by a key this host does not trust
+/// yet. With `opts.persist`, the trust state advances, learned keys are
+/// kept and a freshly fetched index is cached, all only after every check
+/// passed; a refused index changes nothing.
+pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead, SourceError> {
+    let mut trust = load_trust(opts.layout)?;
+    let mut keys = effective_keys(opts.configured_keys, &trust);
+    let raw = fetch_index(repo, opts.layout, opts.channel)?;
+    let verify = |keys: &TrustedKeys| {
+        verify_index(
+            &raw.bytes,
+            &raw.signature,
+            &raw.location,
+            &raw.sig_location,
+            opts.channel,
+            opts.app,
+            keys,
+        )
+    };
+    let mut learned = Vec::new();
+    let verified = match verify(&keys) {
+        Err(SourceError::Signature {
+            source: SignatureError::UnknownKey { key_id, trusted },
+            ..
+        }) => match learn_key(repo, key_id, &mut keys, opts, &mut learned, 0) {
+            Ok(()) => verify(&keys)?,
+            Err(LearnError::Refused(reason)) => {
+                return Err(SourceError::UntrustedKey {
+                    location: raw.location.clone(),
+                    key_id,
+                    trusted,
+                    reason,
+                })
+            }
+            Err(LearnError::Source(e)) => return Err(e),
+        },
+        other => other?,
+    };
+    check_freshness(&verified, &trust, opts.now, opts.allow_expired)?;
+    if opts.persist {
+        advance_trust(&mut trust, &verified, opts.now);
+        for key in &learned {
+            if !trust.learned_keys.iter().any(|k| k.key_id == key.key_id) {
+                trust.learned_keys.push(key.clone());
+            }
+        }
+        save_trust(opts.layout, &trust)?;
+        if let Some(cache) = &raw.cache {
+            let path = opts.layout.index_cache_file(opts.channel);
+            durable::create_dirs(&opts.layout.index_cache_dir())
+                .and_then(|()| durable::write_json_atomic(&path, cache))
+                .map_err(|source| SourceError::TrustWrite { path, source })?;
+        }
+    }
+    Ok(ChannelRead {
+        verified,
+        keys,
+        not_modified: raw.not_modified,
+        learned,
+    })
+}
+
+enum LearnError {
+    /// The statement is missing or does not verify: the key stays unknown.
+    Refused(String),
+    /// The repository could not be read (network, I/O).
+    Source(SourceError),
+}
+
+/// Learns `key_id` from `keys/rotation-<key_id>.json`, following the chain
+/// of introducers back to a trusted key (at most [`MAX_ROTATION_CHAIN`]).
+fn learn_key(
+    repo: &Repository,
+    key_id: KeyId,
+    keys: &mut TrustedKeys,
+    opts: &ReadOptions,
+    learned: &mut Vec<LearnedKey>,
+    depth: usize,
+) -> Result<(), LearnError> {
+    if depth >= MAX_ROTATION_CHAIN {
+        return Err(LearnError::Refused(format!(
+            "the chain of rotation statements is longer than {MAX_ROTATION_CHAIN}"
+        )));
+    }
+    let rel = format!("keys/{}", KeyRotation::file_name(key_id));
+    let sig_rel = format!("keys/{}", KeyRotation::signature_file_name(key_id));
+    let location = repo.location(&rel);
+    let Some(bytes) = repo
+        .read_optional(&rel, MAX_METADATA_BYTES, "key rotation statement")
+        .map_err(LearnError::Source)?
+    else {
+        return Err(LearnError::Refused(format!("there is no {location}")));
+    };
+    let Some(sig) = repo
+        .read_optional(&sig_rel, MAX_SIGNATURE_BYTES, "key rotation signature")
+        .map_err(LearnError::Source)?
+    else {
+        return Err(LearnError::Refused(format!(
+            "{location} has no signature beside it"
+        )));
+    };
+    let sig_text = String::from_utf8(sig)
+        .map_err(|_| LearnError::Refused(format!("the signature of {location} is not text")))?;
+    let verified = match verify_rotation(&bytes, &sig_text, keys, key_id, opts.app) {
+        Ok(v) => v,
+        Err(RotationError::Signature(SignatureError::UnknownKey { key_id: intro, .. }))
+            if intro != key_id =>
+        {
+            learn_key(repo, intro, keys, opts, learned, depth + 1).map_err(|e| match e {
+                LearnError::Refused(reason) => LearnError::Refused(format!(
+                    "{location} is signed by key {intro}, which is not trusted either: {reason}"
+                )),
+                other => other,
+            })?;
+            verify_rotation(&bytes, &sig_text, keys, key_id, opts.app)
+                .map_err(|e| LearnError::Refused(format!("{location}: {e}")))?
+        }
+        Err(e) => return Err(LearnError::Refused(format!("{location}: {e}"))),
+    };
+    keys.add(verified.new_key.clone());
+    learned.push(LearnedKey {
+        key: verified.new_key.to_base64().to_string(),
+        key_id: verified.new_key.id().to_string(),
+        introduced_by: verified.introduced_by.to_string(),
+        app: verified.statement.app.clone(),
+        learned_at: opts.now,
+    });
+    Ok(())
 }
 
 /// This host's id for the rollout bucket: `[update] machine_id`, else
@@ -442,8 +953,17 @@ pub fn select_release<'i>(
             None => sel.canary || release.rollout >= 100,
         };
         if !taken {
+            let bucket = sel.machine_id.map_or_else(
+                || "this host has no machine id".to_string(),
+                |m| {
+                    format!(
+                        "this host's bucket is {:.2}%",
+                        f64::from(slipway_formats::rollout::bucket(m, &release.id)) / 100.0
+                    )
+                },
+            );
             skipped.push(format!(
-                "{name} is rolled out to {}% of hosts and this host is not among them yet",
+                "{name} is not in rollout for this host yet (rolled out to {}% of hosts; {bucket}; `canary = true` takes every release)",
                 release.rollout
             ));
             continue;
@@ -453,12 +973,33 @@ pub fn select_release<'i>(
     (None, skipped)
 }
 
-/// The candidate for a release listed in a repository's index.
-pub fn listed_candidate(dir: &Path, index: &ChannelIndex, release: &ChannelRelease) -> Candidate {
-    let releases = dir.join("releases");
+/// The candidate for a release listed in a repository's index: in the
+/// repository itself for a directory, to be fetched into `downloads` for
+/// HTTP.
+pub fn listed_candidate(
+    repo: &Repository,
+    index: &ChannelIndex,
+    release: &ChannelRelease,
+    keys: &TrustedKeys,
+    downloads: &Path,
+) -> Candidate {
+    let archive_rel = format!("releases/{}", release.id.archive_file_name());
+    let sig_rel = format!("releases/{}", release.id.signature_file_name());
+    let (archive, signature, remote) = match repo {
+        Repository::Dir(dir) => (dir.join(&archive_rel), dir.join(&sig_rel), None),
+        Repository::Http { .. } => (
+            downloads.join(release.id.archive_file_name()),
+            downloads.join(release.id.signature_file_name()),
+            Some(RemoteArchive {
+                url: repo.location(&archive_rel),
+                signature_url: repo.location(&sig_rel),
+                size: release.size,
+            }),
+        ),
+    };
     Candidate {
-        archive: releases.join(release.id.archive_file_name()),
-        signature: releases.join(release.id.signature_file_name()),
+        archive,
+        signature,
         expect: Expectations {
             app: Some(index.app.clone()),
             channel: Some(index.channel.clone()),
@@ -466,6 +1007,8 @@ pub fn listed_candidate(dir: &Path, index: &ChannelIndex, release: &ChannelRelea
             max_size: Some(release.size),
         },
         listed: Some(release.clone()),
+        keys: keys.clone(),
+        remote,
     }
 }
 
@@ -506,10 +1049,22 @@ mod tests {
 
     #[test]
     fn parse_recognises_urls_archives_and_repos() {
-        assert!(matches!(
-            Source::parse("https://releases.example.com/bot"),
-            Err(SourceError::Http { .. })
-        ));
+        assert_eq!(
+            Source::parse("https://releases.example.com/bot/").expect("url"),
+            Source::Http {
+                base: "https://releases.example.com/bot".into()
+            }
+        );
+        for bad in [
+            "https://",
+            "https://user:pw@host/repo",
+            "http://host/repo?x=1",
+        ] {
+            assert!(
+                matches!(Source::parse(bad), Err(SourceError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(matches!(
             Source::parse(&dir.path().join("nope").to_string_lossy()),
@@ -587,7 +1142,7 @@ mod tests {
     fn freshness_refuses_expired_replayed_and_clock_rollback() {
         let verified = VerifiedIndex {
             index: index(),
-            path: PathBuf::from("channels/stable.json"),
+            location: "channels/stable.json".into(),
             signer: KeyId([0; 8]),
         };
         let mut trust = TrustState::default();
@@ -615,5 +1170,43 @@ mod tests {
         // Trust never goes down.
         advance_trust(&mut trust, &old, now);
         assert_eq!(trust.channels["bot/stable"].highest_index_version, 5);
+    }
+
+    #[test]
+    fn learned_keys_are_trusted_only_through_a_trusted_introducer() {
+        const A: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let a = PublicKey::from_base64(A).expect("a");
+        // A second key: the same bytes with another key id.
+        let mut raw = base64_decode(A);
+        raw[2] ^= 0xff;
+        let b = PublicKey::from_base64(&base64_encode(&raw)).expect("b");
+        let learned = |key: &PublicKey, by: &PublicKey| LearnedKey {
+            key: key.to_base64().to_string(),
+            key_id: key.id().to_string(),
+            introduced_by: by.id().to_string(),
+            app: "bot".into(),
+            learned_at: ts("2026-01-01T00:00:00Z"),
+        };
+        let trust = TrustState {
+            learned_keys: vec![learned(&b, &a)],
+            ..TrustState::default()
+        };
+        let with_a = TrustedKeys::new(vec![a.clone()]);
+        assert!(effective_keys(&with_a, &trust).find(b.id()).is_some());
+        // Removing A from the configuration drops what A introduced.
+        let without_a = TrustedKeys::default();
+        assert!(effective_keys(&without_a, &trust).find(b.id()).is_none());
+    }
+
+    fn base64_decode(s: &str) -> Vec<u8> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("base64")
+    }
+
+    fn base64_encode(b: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
     }
 }

@@ -234,6 +234,15 @@ impl HostState {
         self.last_attempt = Some(attempt);
     }
 
+    /// Remembers `attempt` as the last one without counting it: a transient
+    /// network failure (DNS, timeouts, 5xx) is shown in the status but does
+    /// not use up the day's attempts or failures, so an outage of the
+    /// release server never disables auto-update.
+    pub fn note_uncounted(&mut self, attempt: Attempt) {
+        self.roll_day(&today(attempt.at));
+        self.last_attempt = Some(attempt);
+    }
+
     /// `slipway enable`: auto-update back on, today's failure count reset
     /// (otherwise the next failure would disable it again at once).
     pub fn enable(&mut self) {

@@ -5,11 +5,14 @@
 //! starts. The steps, in order:
 //!
 //! ```text
-//! Verify → Stage → Check → Save → Snapshot → Quiesce → Migrate → Switch
+//! (Fetch →) Verify → Stage → Check → Save → Snapshot → Quiesce → Migrate → Switch
 //!        → Restart → HealthGate → Commit → Report → Collect
 //!                              ↘ FlipBack → Report → Collect
 //! ```
 //!
+//! - `Fetch` (HTTP sources only) downloads the archive and its signature
+//!   into `downloads/`, resuming a partial download; a failure leaves the
+//!   partial file for the next run and exits 1.
 //! - Before `Quiesce` the service is untouched: a failure removes what the
 //!   transaction staged and exits 1.
 //! - From `Quiesce` on the app is paused: a failure before the switch
@@ -43,6 +46,7 @@ use crate::config::Config;
 use crate::diff::verify_installed;
 use crate::durable;
 use crate::eligibility::{check_eligibility, EligibilityInput, Ineligible};
+use crate::fetch::{self, HttpClient};
 use crate::gc;
 use crate::health::{health_gate, HealthPolicy};
 use crate::hooks;
@@ -528,10 +532,11 @@ struct Txn<'h, 'a> {
 
 impl<'h, 'a> Txn<'h, 'a> {
     /// Starts a transaction: reads the links and the running release and
-    /// records step `Verify`.
-    fn begin(host: &'h Host<'a>, op: &str, auto: bool) -> Result<Self, Box<Outcome>> {
+    /// records `first` (`Fetch` for an HTTP source, else `Verify`).
+    fn begin(host: &'h Host<'a>, op: &str, auto: bool, first: Step) -> Result<Self, Box<Outcome>> {
         let now = host.clock.now();
         let mut journal = Journal::new(journal::new_txn_id(now), op, now, auto);
+        journal.step = first;
         let fail = |f: Failure| {
             let mut o = Outcome::new(op, AttemptResult::Failed, Exit::Failed, f.why.clone());
             o.failure = Some(f);
@@ -559,7 +564,7 @@ impl<'h, 'a> Txn<'h, 'a> {
             flip_back_latency: None,
             service_was_running: false,
         };
-        txn.record_now(Step::Verify).map_err(|e| {
+        txn.record_now(first).map_err(|e| {
             fail(Failure::new(
                 "cannot start the transaction",
                 e,
@@ -630,9 +635,22 @@ impl<'h, 'a> Txn<'h, 'a> {
         message: String,
         failure: Option<Failure>,
     ) -> Result<Outcome, TxnError> {
+        self.conclude_as(result, exit, message, failure, true)
+    }
+
+    /// [`Txn::conclude`]; `counted = false` records the attempt without
+    /// counting it (a transient network failure).
+    fn conclude_as(
+        self,
+        result: AttemptResult,
+        exit: Exit,
+        message: String,
+        failure: Option<Failure>,
+        counted: bool,
+    ) -> Result<Outcome, TxnError> {
         let at = self.host.clock.now();
         let attempt = self.attempt(result, &message, at);
-        record_and_report(self.host, attempt, None)?;
+        record_and_report_as(self.host, attempt, None, counted)?;
         journal::finish(self.layout())?;
         let mut o = self.outcome(result, exit, message);
         o.failure = failure;
@@ -661,12 +679,28 @@ pub fn record_attempt(host: &Host, attempt: Attempt) -> Result<(), TxnError> {
     record_and_report(host, attempt, None)
 }
 
+/// Records and reports an attempt that failed for a transient network
+/// reason (the release server down, DNS, a stall) without counting it
+/// against the daily attempts and failures.
+pub fn record_attempt_uncounted(host: &Host, attempt: Attempt) -> Result<(), TxnError> {
+    record_and_report_as(host, attempt, None, false)
+}
+
 /// Records `attempt` in the host state (unless it is already the last one
 /// recorded: a killed run may have got that far) and reports it.
 fn record_and_report(
     host: &Host,
     attempt: Attempt,
     mark_bad: Option<(ReleaseId, Version, String)>,
+) -> Result<(), TxnError> {
+    record_and_report_as(host, attempt, mark_bad, true)
+}
+
+fn record_and_report_as(
+    host: &Host,
+    attempt: Attempt,
+    mark_bad: Option<(ReleaseId, Version, String)>,
+    counted: bool,
 ) -> Result<(), TxnError> {
     let mut state = HostState::load_at(&host.layout, host.clock.now())?;
     if let Some((id, version, reason)) = mark_bad {
@@ -680,7 +714,11 @@ fn record_and_report(
             && a.message == attempt.message
     });
     if !already {
-        state.record(attempt.clone(), host.config.update.max_failures_per_day);
+        if counted {
+            state.record(attempt.clone(), host.config.update.max_failures_per_day);
+        } else {
+            state.note_uncounted(attempt.clone());
+        }
     }
     state.save(&host.layout)?;
     report_with_current(host, &state, &attempt);
@@ -742,37 +780,95 @@ pub fn install(
     candidate: &Candidate,
     opts: &InstallOptions,
 ) -> Result<Outcome, TxnError> {
-    let mut t = match Txn::begin(host, &opts.op, opts.auto) {
+    let first = if candidate.remote.is_some() {
+        Step::Fetch
+    } else {
+        Step::Verify
+    };
+    let mut t = match Txn::begin(host, &opts.op, opts.auto, first) {
         Ok(t) => t,
         Err(o) => return Ok(*o),
     };
     let log = t.log();
 
-    // Step 4: Verify (recorded by begin).
-    log.info(format!("verifying {}", candidate.archive.display()));
-    let keys = match host.config.trusted_keys() {
-        Ok(k) => k,
-        Err(e) => {
-            return t.fail(Failure::new(
-                "cannot load the trusted keys",
-                e,
-                "fix update.public_keys in the configuration",
-            ))
+    // Step 3: Fetch (HTTP sources; recorded by begin).
+    if let Some(remote) = &candidate.remote {
+        if let Some(listed) = &candidate.listed {
+            t.journal.release_id = Some(listed.id);
+            t.journal.version = Some(listed.version.clone());
+            // So that a run killed mid-download is recovered by name.
+            t.enter(Step::Fetch)?;
         }
-    };
+        let client = match HttpClient::from_config(
+            &host.config.update,
+            log.verbosity >= Verbosity::Normal,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                return t.fail(Failure::new(
+                    "cannot set up the HTTP client",
+                    e,
+                    "fix update.token_file in the configuration",
+                ))
+            }
+        };
+        log.info(format!("downloading {}", remote.url));
+        match fetch::fetch_release(&client, remote, &candidate.archive, &candidate.signature) {
+            Ok(d) => log.debug(format!(
+                "{} bytes fetched{}{}",
+                d.fetched,
+                if d.resumed_from > 0 {
+                    format!(", resumed from byte {}", d.resumed_from)
+                } else {
+                    String::new()
+                },
+                if d.reused {
+                    ", a complete earlier download reused"
+                } else {
+                    ""
+                }
+            )),
+            Err(e) => {
+                let transient = e.is_transient();
+                let f = Failure::new(
+                    format!("cannot download release {}", remote.url),
+                    e,
+                    "nothing was installed; the next run resumes the download",
+                );
+                let message = format!("{}: {}", f.what, f.why);
+                return t.conclude_as(
+                    AttemptResult::Failed,
+                    Exit::Failed,
+                    message,
+                    Some(f),
+                    !transient,
+                );
+            }
+        }
+        t.enter(Step::Verify)?;
+    }
+
+    // Step 4: Verify.
+    log.info(format!("verifying {}", candidate.archive.display()));
+    let keys = &candidate.keys;
     let mut verified = match verify::verify_archive(
         &candidate.archive,
         &candidate.signature,
-        &keys,
+        keys,
         &candidate.expect,
     ) {
         Ok(v) => v,
         Err(e) => {
+            discard_download(host, candidate);
+            let what = match &candidate.remote {
+                Some(r) => format!("release {} refused", r.url),
+                None => format!("release {} refused", candidate.archive.display()),
+            };
             return t.fail(Failure::new(
-                format!("release {} refused", candidate.archive.display()),
+                what,
                 e,
                 "nothing was installed; check the source and the trusted keys",
-            ))
+            ));
         }
     };
     let id = verified.id;
@@ -871,6 +967,8 @@ pub fn install(
         id: Some(id),
     };
     drop(verified);
+    // The staged tree is the durable result: the download is not needed.
+    discard_download(host, candidate);
 
     // Step 6: Check.
     t.enter(Step::Check)?;
@@ -882,6 +980,23 @@ pub fn install(
         return make_pending(t, &target);
     }
     from_save(t, &target)
+}
+
+/// Removes a fetched archive and its signature from `downloads/` (HTTP
+/// sources only): after a refusal, so the next run fetches afresh, and
+/// after staging, when the release directory holds it all.
+fn discard_download(host: &Host, candidate: &Candidate) {
+    if candidate.remote.is_none() {
+        return;
+    }
+    for path in [&candidate.archive, &candidate.signature] {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                host.log
+                    .warn(format!("cannot remove {}: {e}", path.display()));
+            }
+        }
+    }
 }
 
 /// The eligibility rules of SPEC §4 step 2 for this release.
@@ -1013,7 +1128,7 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
             "no update is pending; nothing to apply",
         ));
     };
-    let mut t = match Txn::begin(host, "apply", false) {
+    let mut t = match Txn::begin(host, "apply", false, Step::Verify) {
         Ok(t) => t,
         Err(o) => return Ok(*o),
     };
@@ -1104,7 +1219,7 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
         ));
         return Ok(o);
     };
-    let mut t = match Txn::begin(host, "rollback", false) {
+    let mut t = match Txn::begin(host, "rollback", false, Step::Verify) {
         Ok(t) => t,
         Err(o) => return Ok(*o),
     };
@@ -1785,7 +1900,7 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
     let cwd = app_cwd(&host.layout, switch::current_dir(&host.layout)?.as_deref());
     let mut critical = false;
     let (result, message, flip_latency) = match j.step {
-        Step::Verify | Step::Stage | Step::Check | Step::Save | Step::Snapshot => {
+        Step::Fetch | Step::Verify | Step::Stage | Step::Check | Step::Save | Step::Snapshot => {
             cleanup_abandoned(host, &j, true);
             (
                 AttemptResult::Failed,
@@ -2022,17 +2137,49 @@ pub fn preview(
     opts: &InstallOptions,
     stage_and_check: bool,
 ) -> Result<Preview, Failure> {
-    let keys = host.config.trusted_keys().map_err(|e| {
-        Failure::new(
-            "cannot load the trusted keys",
-            e,
-            "fix update.public_keys in the configuration",
-        )
-    })?;
+    // An HTTP release is fetched into a throwaway directory: a read-only
+    // command never writes into downloads/ (it holds no lock).
+    let mut _scratch = None;
+    let fetched;
+    let candidate = match &candidate.remote {
+        None => candidate,
+        Some(remote) => {
+            let tmp = tempfile::Builder::new()
+                .prefix("slipway-fetch-")
+                .tempdir()
+                .map_err(|e| {
+                    Failure::new("cannot create a temporary directory", e, "check $TMPDIR")
+                })?;
+            fetched = candidate.fetched_into(tmp.path());
+            _scratch = Some(tmp);
+            let client = HttpClient::from_config(
+                &host.config.update,
+                host.log.verbosity >= Verbosity::Normal,
+            )
+            .map_err(|e| {
+                Failure::new(
+                    "cannot set up the HTTP client",
+                    e,
+                    "fix update.token_file in the configuration",
+                )
+            })?;
+            host.log.info(format!("downloading {}", remote.url));
+            fetch::fetch_release(&client, remote, &fetched.archive, &fetched.signature).map_err(
+                |e| {
+                    Failure::new(
+                        format!("cannot download release {}", remote.url),
+                        e,
+                        "nothing was changed",
+                    )
+                },
+            )?;
+            &fetched
+        }
+    };
     let mut verified: VerifiedArchive = verify::verify_archive(
         &candidate.archive,
         &candidate.signature,
-        &keys,
+        &candidate.keys,
         &candidate.expect,
     )
     .map_err(|e| {

@@ -49,7 +49,8 @@ pub struct Expectations {
     /// The release id the channel index (or the operator) named.
     pub id: Option<ReleaseId>,
     /// The signed size from the channel index: a longer file is refused
-    /// without reading past the cap.
+    /// without reading past the cap; with `id` set (a listed release) the
+    /// size is exact and a shorter file is refused too.
     pub max_size: Option<u64>,
 }
 
@@ -85,6 +86,12 @@ pub enum VerifyError {
     Read { path: PathBuf, source: io::Error },
     #[error("archive {path} is larger than the {max} bytes it was announced with; it was refused without being read further: fetch it again")]
     TooLarge { path: PathBuf, max: u64 },
+    #[error("archive {path} is {found} bytes, but the signed channel index says {expected}: it is truncated or another file; delete it and fetch again, or re-publish the release")]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
     #[error("cannot read signature {path}: {source} (the .minisig must sit beside the archive)")]
     SignatureRead { path: PathBuf, source: io::Error },
     #[error(
@@ -261,6 +268,14 @@ pub fn verify_archive(
             return Err(VerifyError::TooLarge {
                 path: archive.to_path_buf(),
                 max,
+            });
+        }
+        // A listed release's size is exact: the index signed it.
+        if expect.id.is_some() && len < max {
+            return Err(VerifyError::SizeMismatch {
+                path: archive.to_path_buf(),
+                expected: max,
+                found: len,
             });
         }
     }

@@ -283,14 +283,15 @@ fn unknown_config_key_exits_2_naming_the_key_and_the_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    // An HTTP source is a clear configuration error for now.
-    let host = TestHost::new(&[("update", "source = \"https://releases.example.com/bot\"")]);
+    // An unusable repository URL is a configuration error (HTTP sources
+    // themselves are tested in http_channel.rs).
+    let host = TestHost::new(&[(
+        "update",
+        "source = \"https://user:pw@releases.example.com/bot\"",
+    )]);
     let out = host.run_expect(&["update"], 2);
-    assert!(
-        stderr(&out).contains("HTTP sources arrive in a later version"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("token_file"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("pw@"), "{}", stderr(&out));
 }
 
 #[test]

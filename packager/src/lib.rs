@@ -12,6 +12,8 @@
 //!   ([`repo::publish`], [`repo::yank`], [`repo::refresh`]).
 //! - [`verify`]: checking an archive or a repository as a host would.
 //! - [`inspect`]: a release's manifest, and the diff of two.
+//! - [`rotate`]: key rotation statements ([`rotate::rotate_key`]).
+//! - [`bundle`]: the offline bundle for air-gapped hosts ([`bundle::make_bundle`]).
 //!
 //! A minimal end-to-end use:
 //!
@@ -30,11 +32,13 @@
 //! ```
 
 pub mod build;
+pub mod bundle;
 pub mod durable;
 pub mod error;
 pub mod inspect;
 pub mod keys;
 pub mod repo;
+pub mod rotate;
 pub mod source_tree;
 pub mod verify;
 

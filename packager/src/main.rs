@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use slipway_formats::channel::Timestamp;
 use slipway_formats::{PublicKey, ReleaseId, TrustedKeys, Version};
 use slipway_pack::build::{build_release, BuildOptions};
+use slipway_pack::bundle::{make_bundle, BundleOptions, BundleReport};
 use slipway_pack::inspect::{diff_archives, inspect};
 use slipway_pack::keys::{self, SecretKeyFile, SigningKey, DEFAULT_KEY_NAME};
 use slipway_pack::repo::{self, IndexOptions, IndexUpdate, PublishOptions, Repo};
@@ -104,6 +105,66 @@ enum Command {
         /// Print the difference as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make an offline bundle of a channel for an air-gapped host: its
+    /// index, the releases a host would pick, their signatures, the public
+    /// key, a README and SHA256SUMS (signed with --key).
+    Bundle {
+        /// The release repository.
+        #[arg(long, value_name = "REPO_DIR")]
+        repo: PathBuf,
+        /// The channel.
+        #[arg(long)]
+        channel: String,
+        /// The bundle directory to create (with --tar: a .tar file).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Write one tar file instead of a directory.
+        #[arg(long)]
+        tar: bool,
+        /// Every release that is not yanked, not only the newest.
+        #[arg(long)]
+        all: bool,
+        /// Sign SHA256SUMS with this secret key (password from
+        /// SLIPWAY_KEY_PASSWORD or a prompt).
+        #[arg(long, value_name = "SECRET_KEY")]
+        key: Option<PathBuf>,
+        /// Public key the index must verify with: a .pub file or the base64
+        /// key (repeatable; default: the repository's keys/).
+        #[arg(long = "pubkey", value_name = "PUB")]
+        pubkeys: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Introduce a new release key: a statement signed by the current key
+    /// (keys/rotation-<NEWKEYID>.json), so hosts trust the new key on their
+    /// next poll.
+    RotateKey {
+        /// The release repository.
+        #[arg(long, value_name = "REPO_DIR")]
+        repo: PathBuf,
+        /// The current (trusted) secret key that signs the statement.
+        #[arg(long, value_name = "OLD_SECRET")]
+        key: PathBuf,
+        /// The new public key: a .pub file or the base64 key.
+        #[arg(long, value_name = "NEW_PUB")]
+        new_pubkey: String,
+        /// The app (default: the app of the repository's channels).
+        #[arg(long)]
+        app: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (slipway-pack.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -280,6 +341,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_inspection(&info);
             }
         }
+        Command::RotateKey {
+            repo,
+            key,
+            new_pubkey,
+            app,
+            json,
+        } => rotate_key(&repo, &key, &new_pubkey, app.as_deref(), json)?,
         Command::Diff { old, new, json } => {
             let diff = diff_archives(&old, &new)?;
             if json {
@@ -288,8 +356,132 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_diff(&diff);
             }
         }
+        Command::Bundle {
+            repo,
+            channel,
+            out,
+            tar,
+            all,
+            key,
+            pubkeys,
+            json,
+        } => {
+            let key = key.as_deref().map(load_key).transpose()?;
+            let mut opts = BundleOptions::new(&channel, &out);
+            opts.tar = tar;
+            opts.all = all;
+            if !pubkeys.is_empty() {
+                opts.trusted = Some(parse_pubkeys(&pubkeys)?);
+            }
+            let report = make_bundle(&Repo::new(&repo), &opts, key.as_ref())
+                .with_context(|| format!("bundling channel {channel:?} of {}", repo.display()))?;
+            print_bundle(&report, json)?;
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "slipway-pack", &mut std::io::stdout());
+        }
+        Command::Man { out } => {
+            for path in write_man_pages(Cli::command(), &out)? {
+                println!("wrote {}", path.display());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_bundle(r: &BundleReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        println!(
+            "bundle {} ({} {}, index version {}, expires {}): {} release(s), {} files{}",
+            r.path.display(),
+            r.app,
+            r.channel,
+            r.index_version,
+            r.expires,
+            r.releases.len(),
+            r.files,
+            if r.signed { ", SHA256SUMS signed" } else { "" }
+        );
+        for rel in &r.releases {
+            println!("  {} {}", rel.version, rel.id);
+        }
+        println!("signing key: {} {}", r.key_id, r.public_key);
+        if let Some(sha) = &r.tar_sha256 {
+            println!("sha256 of the tar: {sha}");
+        }
+        let target = if r.tar {
+            format!("/media/usb/{}.tar", r.name)
+        } else {
+            format!("/media/usb/{}", r.name)
+        };
+        println!("on the host: slipway install {target} && slipway status");
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// Writes `<name>.1` for `cmd` and `<name>-<sub>.1` for each visible
+/// subcommand into `dir`; returns the paths written.
+fn write_man_pages(cmd: clap::Command, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = cmd.get_name().to_string();
+    let mut pages = vec![(name.clone(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        pages.push((sub_name.clone(), sub.clone().name(sub_name)));
+    }
+    let mut written = Vec::new();
+    for (page, cmd) in pages {
+        let path = dir.join(format!("{page}.1"));
+        let mut bytes = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut bytes)?;
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn rotate_key(
+    repo: &Path,
+    key: &Path,
+    new_pubkey: &str,
+    app: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let key = load_key(key)?;
+    let new_key = parse_pubkeys(&[new_pubkey.to_string()])?
+        .keys()
+        .first()
+        .cloned()
+        .context("--new-pubkey names no key")?;
+    let written = slipway_pack::rotate::rotate_key(&Repo::new(repo), &key, &new_key, app, None)
+        .with_context(|| format!("introducing key {} in {}", new_key.id(), repo.display()))?;
+    if json {
+        let value = serde_json::json!({
+            "statement": written.path,
+            "signature": written.signature,
+            "app": written.statement.app,
+            "new_key": written.statement.new_key_id,
+            "introduced_by": written.statement.introduced_by,
+            "created": written.statement.created,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!(
+            "wrote {} (signed by key {}): hosts that trust {} trust key {} for {} from their next poll; sign releases and indexes with the new key from now on",
+            written.path.display(),
+            written.statement.introduced_by,
+            written.statement.introduced_by,
+            written.statement.new_key_id,
+            written.statement.app
+        );
+    }
+    Ok(())
 }
 
 fn load_key(path: &Path) -> Result<SigningKey> {

@@ -459,10 +459,11 @@ fn own_key(key: &SigningKey) -> TrustedKeys {
     TrustedKeys::new(vec![key.public_key().clone()])
 }
 
-/// Reads the current index with the signing key's own public key, with a
-/// message that says what to do when another key signed it.
+/// Reads the current index with the signing key's own public key (or a key
+/// that introduced it, see [`crate::rotate`]), with a message that says
+/// what to do when another key signed it.
 fn read_own_index(repo: &Repo, key: &SigningKey, channel: &str) -> Result<Option<ChannelIndex>> {
-    repo.read_channel(channel, &own_key(key))
+    repo.read_channel(channel, &crate::rotate::signing_keys(repo, key))
         .map(|o| o.map(|s| s.index))
         .map_err(|e| match e {
             PackError::Verify { path, message } => PackError::Verify {

@@ -126,7 +126,29 @@ def load_settings():
             if not isinstance(loaded[key], bool):
                 raise StartupError(f"settings {SETTINGS_FILE}: {key!r} must be true or false")
             settings[key] = loaded[key]
+    # Third-party modules the release needs (examples/bot-wheels): imported
+    # at start-up, so a missing dependency fails the start, and reported
+    # with their __version__ by /health.
+    requires = loaded.get("requires", [])
+    if not isinstance(requires, list) or not all(isinstance(m, str) for m in requires):
+        raise StartupError(f"settings {SETTINGS_FILE}: 'requires' must be a list of module names")
+    settings["requires"] = requires
     return settings
+
+
+def import_required(names):
+    """Imports each required module; returns {name: __version__}."""
+    import importlib
+    versions = {}
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise StartupError(
+                f"required module {name!r} is not installed for {sys.executable}: {e}; "
+                "run the bot with the release's virtualenv (see examples/bot-wheels)")
+        versions[name] = getattr(module, "__version__", None)
+    return versions
 
 
 def load_manifest(release_dir):
@@ -198,10 +220,11 @@ def load_state(persistence):
 # --------------------------------------------------------------------------
 
 class Bot:
-    def __init__(self, persistence, version, state, fail_health):
+    def __init__(self, persistence, version, state, fail_health, modules=None):
         self.persistence = persistence
         self.version = version
         self.fail_health = fail_health
+        self.modules = modules or {}
         self.ticks = 0  # ticks done by this process
         self._state = state  # persisted fields; unknown ones (e.g. from migrations) are kept
         # Held for one tick or one save. Flipping `_paused` under it is what
@@ -354,13 +377,16 @@ class Handler(BaseHTTPRequestHandler):
     def _health(self):
         bot = self.server.bot
         failing = bot.fail_health
-        self._reply(503 if failing else 200, {
+        body = {
             "status": "failing" if failing else "ok",
             "version": bot.version,
             "paused": bot.paused,
             "ticks": bot.ticks,
             "trades": bot.trades,
-        })
+        }
+        if bot.modules:
+            body["modules"] = bot.modules
+        self._reply(503 if failing else 200, body)
 
     def _quiesce(self):
         self.server.bot.pause("http")
@@ -386,6 +412,7 @@ def prepare(args):
     if settings["crash_on_start"]:
         # Simulates a release that crash-loops under systemd.
         raise StartupError(f"crash_on_start is set in {SETTINGS_FILE}; exiting on purpose")
+    modules = import_required(settings["requires"])
 
     release_dir = args.release_dir.resolve()
     manifest = load_manifest(release_dir)
@@ -429,7 +456,7 @@ def prepare(args):
         server.server_close()
         raise StartupError(f"cannot write to persistence directory {persistence}: {e}")
 
-    server.bot = Bot(persistence, version, state, settings["fail_health"])
+    server.bot = Bot(persistence, version, state, settings["fail_health"], modules)
     log("starting", version=version, pid=os.getpid(), listen=f"{args.bind}:{server.server_port}",
         persistence=persistence, data_schema=data_schema, code_schema=code_schema,
         trades=state["trades"], fail_health=settings["fail_health"])

@@ -1,0 +1,225 @@
+//! The offline bundle (`slipway-pack bundle`): a release repository cut
+//! down to one channel, plus a checksum list that covers every file in it.
+//!
+//! ```text
+//! <bundle>/README.txt                  for the operator: key fingerprint, the commands
+//! <bundle>/SHA256SUMS                  `sha256sum -c` format, every file below
+//! <bundle>/SHA256SUMS.minisig          optional: signed by the release key
+//! <bundle>/channels/<channel>.json(.minisig)
+//! <bundle>/releases/<sha256>.tar.zst(.minisig)
+//! <bundle>/keys/<KEYID>.pub            informational (hosts trust their own config)
+//! ```
+//!
+//! The index and the archives carry their own signatures, exactly as in a
+//! repository, and a host checks them exactly as it does online. The
+//! checksum list adds what a repository cannot: any change to any file of
+//! the bundle (a key file, the README, an archive no host would pick) is
+//! found, and with the signature it is found even if the list itself was
+//! rewritten. The list is parsed strictly: one `<64 lowercase hex>  <path>`
+//! line per file, paths sorted and unique, each under one of the bundle's
+//! directories and checked by [`crate::path`]'s rules.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use thiserror::Error;
+
+use crate::signature::TrustedComment;
+
+/// The checksum list at the top of a bundle.
+pub const SUMS_FILE: &str = "SHA256SUMS";
+/// Its detached minisign signature.
+pub const SUMS_SIGNATURE_FILE: &str = "SHA256SUMS.minisig";
+/// The operator's instructions.
+pub const README_FILE: &str = "README.txt";
+/// The kind word of the trusted comment signed with [`SUMS_FILE`].
+pub const BUNDLE_COMMENT: &str = "slipway-bundle";
+/// The largest checksum list a reader accepts (about 10,000 files).
+pub const MAX_SUMS_BYTES: u64 = 1024 * 1024;
+/// The directories of a bundle whose every file must be listed.
+pub const BUNDLE_DIRS: [&str; 3] = ["channels", "releases", "keys"];
+
+/// Why a checksum list was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SumsError {
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("the list is not UTF-8 text")]
+    NotText,
+    #[error("the list is empty")]
+    Empty,
+}
+
+/// A parsed `SHA256SUMS`: relative path → SHA-256, sorted by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleSums {
+    entries: BTreeMap<String, [u8; 32]>,
+}
+
+impl BundleSums {
+    /// An empty list.
+    pub fn new() -> Self {
+        BundleSums::default()
+    }
+
+    /// Adds (or replaces) the checksum of `path`; the path must pass
+    /// [`check_bundle_path`].
+    pub fn insert(&mut self, path: &str, sha256: [u8; 32]) -> Result<(), String> {
+        check_bundle_path(path)?;
+        self.entries.insert(path.to_string(), sha256);
+        Ok(())
+    }
+
+    /// The checksum of `path`, if listed.
+    pub fn get(&self, path: &str) -> Option<&[u8; 32]> {
+        self.entries.get(path)
+    }
+
+    /// Every `(path, sha256)`, sorted by path.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8; 32])> {
+        self.entries.iter().map(|(p, h)| (p.as_str(), h))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The file's bytes: `<hex>  <path>\n` per entry, sorted, as
+    /// `sha256sum` writes and `sha256sum -c` reads them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = String::new();
+        for (path, hash) in &self.entries {
+            let _ = writeln!(out, "{}  {path}", hex::encode(hash));
+        }
+        out.into_bytes()
+    }
+
+    /// Parses a list strictly: every line `<64 lowercase hex>  <path>`, LF
+    /// endings, paths in byte order without repeats, each a valid bundle
+    /// path.
+    pub fn parse(bytes: &[u8]) -> Result<BundleSums, SumsError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| SumsError::NotText)?;
+        let mut sums = BundleSums::new();
+        let mut last: Option<&str> = None;
+        for (i, line) in text.split_terminator('\n').enumerate() {
+            let n = i + 1;
+            let bad = |reason: &str| SumsError::Line {
+                line: n,
+                reason: reason.to_string(),
+            };
+            let (hash, path) = line
+                .split_once("  ")
+                .ok_or_else(|| bad("expected `<sha256 hex>  <path>`"))?;
+            if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(bad("the checksum is not 64 lowercase hex digits"));
+            }
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(hash, &mut digest).map_err(|_| bad("the checksum is not hex"))?;
+            check_bundle_path(path).map_err(|r| bad(&format!("path {path:?}: {r}")))?;
+            if let Some(prev) = last {
+                if path <= prev {
+                    return Err(bad(&format!(
+                        "path {path:?} is repeated or out of order (after {prev:?})"
+                    )));
+                }
+            }
+            last = Some(path);
+            sums.entries.insert(path.to_string(), digest);
+        }
+        if sums.entries.is_empty() {
+            return Err(SumsError::Empty);
+        }
+        Ok(sums)
+    }
+}
+
+/// Whether `path` (relative, `/`-separated) may appear in a bundle's
+/// checksum list: [`README_FILE`], or `<dir>/<name>` for a `dir` of
+/// [`BUNDLE_DIRS`] and a plain file name.
+pub fn check_bundle_path(path: &str) -> Result<(), String> {
+    if path == README_FILE {
+        return Ok(());
+    }
+    let Some((dir, name)) = path.split_once('/') else {
+        return Err(format!(
+            "only {README_FILE} and files under {} belong in a bundle",
+            BUNDLE_DIRS.join("/, ")
+        ));
+    };
+    if !BUNDLE_DIRS.contains(&dir) {
+        return Err(format!(
+            "{dir:?} is not a bundle directory ({})",
+            BUNDLE_DIRS.join(", ")
+        ));
+    }
+    if name.contains('/') {
+        return Err("nested directories are not part of a bundle".into());
+    }
+    crate::path::validate_entry_path(path).map_err(|e| e.to_string())
+}
+
+/// The trusted comment signed with a bundle's checksum list: the app, the
+/// channel and the channel index version it carries.
+pub fn bundle_comment(app: &str, channel: &str, index_version: u64) -> TrustedComment {
+    let mut fields = BTreeMap::new();
+    fields.insert("app".into(), app.into());
+    fields.insert("channel".into(), channel.into());
+    fields.insert("index".into(), index_version.to_string());
+    TrustedComment {
+        kind: BUNDLE_COMMENT.into(),
+        fields,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_in_sha256sum_format() {
+        let mut sums = BundleSums::new();
+        sums.insert("releases/ab.tar.zst", [0xab; 32]).expect("ok");
+        sums.insert("README.txt", [1; 32]).expect("ok");
+        sums.insert("channels/stable.json", [2; 32]).expect("ok");
+        let bytes = sums.to_bytes();
+        let text = String::from_utf8(bytes.clone()).expect("text");
+        assert!(text.starts_with(&format!("{}  README.txt\n", "01".repeat(32))));
+        assert_eq!(text.lines().count(), 3);
+        assert_eq!(BundleSums::parse(&bytes).expect("parse"), sums);
+    }
+
+    #[test]
+    fn refuses_malformed_lists() {
+        let h = "0".repeat(64);
+        for bad in [
+            String::new(),
+            format!("{h} README.txt\n"),
+            format!("{}  README.txt\n", "A".repeat(64)),
+            format!("{}  README.txt\n", "0".repeat(63)),
+            format!("{h}  ../etc/passwd\n"),
+            format!("{h}  /etc/passwd\n"),
+            format!("{h}  releases/../x\n"),
+            format!("{h}  releases/a/b\n"),
+            format!("{h}  other/x\n"),
+            format!("{h}  SHA256SUMS\n"),
+            format!("{h}  keys/b.pub\n{h}  keys/a.pub\n"),
+            format!("{h}  keys/a.pub\n{h}  keys/a.pub\n"),
+            format!("{h}  keys/a.pub\r\n"),
+        ] {
+            assert!(BundleSums::parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(BundleSums::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn comment_names_app_channel_and_index() {
+        let c = bundle_comment("bot", "stable", 7);
+        let text = c.to_string();
+        assert_eq!(text, "slipway-bundle\tapp:bot\tchannel:stable\tindex:7");
+        assert_eq!(TrustedComment::parse(&text).expect("parse"), c);
+    }
+}
