@@ -96,8 +96,19 @@ settle() {
     fi
 }
 
+# busy_ticks : CPU time the whole machine has spent busy since boot (user,
+# nice, system, irq, softirq, steal), in USER_HZ ticks (1/100 s).
+busy_ticks() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+}
+
 # measure RESULTS_FILE LOG_PREFIX CMD... : runs CMD once and appends
-# "wall_s cpu_s rss_kib" to RESULTS_FILE. Wall time comes from the
+# "wall_s cpu_s rss_kib load1 others_s" to RESULTS_FILE. load1 is the
+# 1-minute load average just before the run (it includes the previous
+# run's own threads); others_s is the CPU time the rest of the machine used
+# during the run (other processes, and kernel threads such as writeback):
+# the busy time of all CPUs minus CMD's own, which tells a quiet run from
+# one that shared the machine. Wall time comes from the
 # nanosecond clock (GNU time's %e has 10 ms steps); CPU (user+sys) and peak
 # RSS come from GNU time, which sees CMD and every child it waited for. For a
 # pipeline run through `bash -c`, peak RSS is that of the largest single
@@ -106,10 +117,13 @@ settle() {
 measure() {
     local results=$1 log=$2
     shift 2
-    local tf=$log.time t0 t1 status=0
+    local tf=$log.time t0 t1 status=0 load b0 b1
+    load=$(cut -d ' ' -f 1 /proc/loadavg)
+    b0=$(busy_ticks)
     t0=$(date +%s%N)
     /usr/bin/time -f '%U %S %M' -o "$tf" "$@" >"$log.out" 2>"$log.err" || status=$?
     t1=$(date +%s%N)
+    b1=$(busy_ticks)
     if [[ $status -ne 0 ]]; then
         note "command failed (exit $status): $*"
         tail -n 20 "$log.err" >&2
@@ -117,8 +131,9 @@ measure() {
     fi
     # GNU time writes a "Command exited..." line first on failure; the
     # figures are always the last line.
-    tail -n 1 "$tf" | awk -v t0="$t0" -v t1="$t1" \
-        '{ printf "%.4f %.3f %d\n", (t1 - t0) / 1e9, $1 + $2, $3 }' >>"$results"
+    tail -n 1 "$tf" | awk -v t0="$t0" -v t1="$t1" -v load="$load" -v busy="$((b1 - b0))" \
+        '{ others = busy / 100 - ($1 + $2); if (others < 0) others = 0
+           printf "%.4f %.3f %d %s %.2f\n", (t1 - t0) / 1e9, $1 + $2, $3, load, others }' >>"$results"
 }
 
 # median RESULTS_FILE COLUMN : the median of one column (1 wall, 2 cpu,
@@ -131,6 +146,22 @@ median() {
 # the report, so a reader sees the spread behind the median.
 runs_list() {
     awk '{ printf "%s%.3f", (NR > 1 ? ", " : ""), $1 }' "$1"
+}
+
+# loads_list RESULTS_FILE : "1.90 / 0.05, 2.10 / 1.20" — for each run, the
+# 1-minute load average before it and the CPU seconds the rest of the
+# machine used during it (see measure), as an extra table cell.
+loads_list() {
+    awk '{ printf "%s%s / %s", (NR > 1 ? ", " : ""), ($4 == "" ? "?" : $4), ($5 == "" ? "?" : $5) }' "$1"
+}
+
+# require_free_gib GIB : dies unless the file system of $OUT_DIR has GIB GiB
+# free.
+require_free_gib() {
+    local need=$1 free
+    mkdir -p "$OUT_DIR"
+    free=$(df -Pk "$OUT_DIR" | awk 'NR == 2 { print int($4 / 1048576) }')
+    [[ $free -ge $need ]] || die "$OUT_DIR has ${free} GiB free; this run needs about ${need} GiB (set BENCH_OUT or BENCH_RUNS)"
 }
 
 # ratio A B : A / B with two decimals, or n/a.
@@ -176,6 +207,8 @@ machine_info() {
         printf -- '- SHA-NI: no\n'
     fi
     printf -- '- scratch file system: %s (%s)\n' "${fs:-unknown}" "$OUT_DIR"
+    printf -- '- load average (1, 5, 15 min) when the report was written: %s (N busy CPUs ≈ N; other users of the machine show here)\n' \
+        "$(cut -d ' ' -f 1-3 /proc/loadavg)"
     printf -- '- tools: %s; %s\n' "$(zstd --version 2>&1 | head -n 1 | sed 's/\*//g; s/^ *//; s/ *, by .*//')" "$(tar --version | head -n 1)"
     printf -- '- cache: %s; %s timed runs per row, median shown\n' \
         "$([[ $DROP_CACHES == 1 ]] && echo "page cache dropped before every timed run (cold-ish)" ||

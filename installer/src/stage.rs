@@ -14,7 +14,15 @@
 //!
 //! The compressed bytes are hashed again as they are read, and must hash to
 //! the release id at the end: an archive rewritten between verify and stage
-//! is refused. Decompressed bytes are counted against what the manifest
+//! is refused.
+//!
+//! Five threads share the work, each fed through a bounded queue of
+//! recycled buffers: one reads and decompresses, one hashes the compressed
+//! bytes, this one parses, checks and writes, one hashes what was written
+//! (every file's digest is compared before staging succeeds, and a mismatch
+//! is reported ahead of any later error), and, with [`SyncMode::Filesystem`],
+//! one runs a `syncfs(2)` every 128 MiB written so that writeback overlaps
+//! the unpacking instead of all waiting for the final syncfs. Decompressed bytes are counted against what the manifest
 //! allows, so a decompression bomb stops at the limit, and at every point the
 //! tar reader may buffer at most a header's worth of data.
 //!
@@ -28,6 +36,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
@@ -247,8 +256,14 @@ fn stage_inner(
         .create(&staging)
         .map_err(io_at("create the staging directory", &staging))?;
 
-    let staged = unpack(verified, &staging, options)
-        .and_then(|dirs| seal(&staging, &dirs, options))
+    // Opened before anything is written, so that its syncfs reports every
+    // writeback error from here on.
+    let staged = File::open(&staging)
+        .map_err(io_at("open", &staging))
+        .and_then(|root| {
+            let dirs = unpack(verified, &staging, options)?;
+            seal(&staging, &root, &dirs, options)
+        })
         .and_then(|()| move_into_place(&staging, &final_dir, existing.is_some(), releases_dir));
     match staged {
         Ok(()) => Ok(final_dir),
@@ -318,18 +333,47 @@ impl<R: Read> Read for BudgetReader<R> {
     }
 }
 
-/// Hashes every byte read from the archive file.
+/// Passes a copy of every byte read from the archive file to the thread
+/// that hashes it ([`hash_archive`]), so that decompressing and hashing the
+/// archive overlap.
 struct HashingReader<R> {
     inner: R,
-    sha: Sha256,
+    /// To the hashing thread.
+    chunks: mpsc::SyncSender<Vec<u8>>,
+    /// Buffers it is done with.
+    spares: mpsc::Receiver<Vec<u8>>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.sha.update(&buf[..n]);
+        if n > 0 {
+            let mut copy = self
+                .spares
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(BUFFER));
+            copy.clear();
+            copy.extend_from_slice(&buf[..n]);
+            self.chunks
+                .send(copy)
+                .map_err(|_| io::Error::other("the archive hashing thread stopped"))?;
+        }
         Ok(n)
     }
+}
+
+/// Compressed chunks queued for [`hash_archive`].
+const ARCHIVE_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The archive hashing thread: the SHA-256 of everything read from the
+/// archive file, i.e. its release id.
+fn hash_archive(chunks: mpsc::Receiver<Vec<u8>>, spares: mpsc::SyncSender<Vec<u8>>) -> ReleaseId {
+    let mut sha = Sha256::new();
+    for chunk in chunks {
+        sha.update(&chunk);
+        let _ = spares.try_send(chunk);
+    }
+    ReleaseId::from_digest(sha.finalize().into())
 }
 
 /// The most decompressed bytes a release may produce: its files, its
@@ -354,9 +398,10 @@ fn decompression_limit(manifest: &Manifest, manifest_len: u64) -> u64 {
 /// Unpacks and checks every entry into `staging`; returns the directories
 /// created, parents before children.
 ///
-/// Two threads: one reads the archive, hashes the compressed bytes and
-/// decompresses; this one parses, checks, hashes and writes. They meet in a
-/// bounded channel, so at most [`CHUNKS_IN_FLIGHT`] chunks are ever held.
+/// One thread reads and decompresses the archive (and hands the compressed
+/// bytes to [`hash_archive`]); this one parses, checks and writes
+/// ([`check_and_write`]). They meet in a bounded channel, so at most
+/// [`CHUNKS_IN_FLIGHT`] chunks are ever held.
 fn unpack(
     verified: &mut VerifiedArchive,
     staging: &Path,
@@ -436,21 +481,43 @@ fn decompress(
     chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
     spares: &mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<Option<ReleaseId>> {
-    let hashing = HashingReader {
-        inner: file,
-        sha: Sha256::new(),
-    };
+    std::thread::scope(|scope| {
+        let (to_hash, hash_rx) = mpsc::sync_channel(ARCHIVE_CHUNKS_IN_FLIGHT);
+        let (spare_tx, hash_spares) = mpsc::sync_channel(ARCHIVE_CHUNKS_IN_FLIGHT + 2);
+        let hasher = scope.spawn(move || hash_archive(hash_rx, spare_tx));
+        let hashing = HashingReader {
+            inner: file,
+            chunks: to_hash,
+            spares: hash_spares,
+        };
+        let read = decompress_from(hashing, chunks, spares)?;
+        let id = hasher
+            .join()
+            .map_err(|_| io::Error::other("the archive hashing thread panicked"))?;
+        Ok(read.then_some(id))
+    })
+}
+
+/// Decompresses everything `hashing` reads and sends it on; then reads the
+/// file to its end (through the hash) and drops `hashing`, which ends the
+/// hash. Returns false if the consumer stopped listening or decoding failed
+/// (the error went down the channel).
+fn decompress_from(
+    hashing: HashingReader<&mut File>,
+    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spares: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<bool> {
     let buffered = BufReader::with_capacity(BUFFER, hashing);
     let mut decoder = match zstd::stream::read::Decoder::with_buffer(buffered) {
         Ok(d) => d,
         Err(e) => {
             let _ = chunks.send(Err(e));
-            return Ok(None);
+            return Ok(false);
         }
     };
     if let Err(e) = decoder.window_log_max(ZSTD_WINDOW_LOG_MAX) {
         let _ = chunks.send(Err(e));
-        return Ok(None);
+        return Ok(false);
     }
     loop {
         let mut chunk = spares.try_recv().unwrap_or_default();
@@ -463,7 +530,7 @@ fn decompress(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = chunks.send(Err(e));
-                    return Ok(None);
+                    return Ok(false);
                 }
             }
         }
@@ -472,7 +539,7 @@ fn decompress(
         }
         chunk.truncate(filled);
         if chunks.send(Ok(chunk)).is_err() {
-            return Ok(None);
+            return Ok(false);
         }
     }
     // Whatever zstd did not need (nothing, for a well-formed file) is hashed too.
@@ -486,7 +553,7 @@ fn decompress(
             Err(e) => return Err(e),
         }
     }
-    Ok(Some(ReleaseId::from_digest(hashing.sha.finalize().into())))
+    Ok(true)
 }
 
 /// The consuming side of the channel, as a reader. Emptied chunks go back
@@ -527,8 +594,18 @@ impl Read for ChannelReader {
     }
 }
 
+/// File contents are hashed on their own thread, from staging buffers of
+/// this size that the writer fills, writes out and passes on.
+const HASH_STAGE: usize = 1024 * 1024;
+/// Staging buffers in all (one being filled, the others queued for or being
+/// hashed): bounds that memory to `HASH_STAGES` × `HASH_STAGE`.
+const HASH_STAGES: usize = 3;
+
 /// The checking side: walks the tar entries, checks each against the
-/// manifest and writes it under `staging`.
+/// manifest and writes it under `staging`, while a second thread hashes
+/// what was written. Every content hash is compared before this returns;
+/// a mismatch is reported ahead of any later error, as if the entries had
+/// been hashed in line.
 fn check_and_write(
     reader: ChannelReader,
     id: ReleaseId,
@@ -537,6 +614,107 @@ fn check_and_write(
     staging: &Path,
     options: StageOptions,
 ) -> Result<Vec<PathBuf>, StageError> {
+    let hash_failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (stage_tx, stage_rx) = mpsc::sync_channel::<HashStage>(HASH_STAGES);
+        let (free_tx, free_rx) = mpsc::sync_channel::<HashStage>(HASH_STAGES);
+        for _ in 1..HASH_STAGES {
+            let _ = free_tx.try_send(HashStage::new());
+        }
+        let failed = &hash_failed;
+        let hasher = scope.spawn(move || hash_files(id, manifest, stage_rx, free_tx, failed));
+        let (nudge, write_back) = match options.sync {
+            SyncMode::Filesystem => {
+                let dir = File::open(staging).map_err(|source| StageError::Io {
+                    action: "open",
+                    path: staging.to_path_buf(),
+                    source,
+                })?;
+                let (nudge, nudges) = mpsc::sync_channel::<()>(1);
+                (
+                    Some(nudge),
+                    Some(scope.spawn(move || write_back(&dir, nudges))),
+                )
+            }
+            SyncMode::PerFile => (None, None),
+        };
+        let mut writer = Writer {
+            id,
+            staging,
+            stage: HashStage::new(),
+            stages: Some(stage_tx),
+            free_stages: free_rx,
+            hash_failed: &hash_failed,
+            sync: options.sync,
+            nudge,
+            unsynced: 0,
+            dirs: Vec::new(),
+        };
+        let walked = walk_entries(reader, id, manifest, manifest_bytes, &mut writer);
+        // The last, partly filled buffer; then the hasher sees the end.
+        let shipped = writer.ship_stage();
+        let Writer {
+            dirs,
+            stages,
+            nudge,
+            ..
+        } = writer;
+        drop(stages);
+        drop(nudge);
+        let mismatch = hasher.join().map_err(|_| hashing_stopped(staging))?;
+        let synced = write_back.map(|t| t.join());
+        if let Some(mismatch) = mismatch {
+            return Err(mismatch);
+        }
+        walked?;
+        shipped.map_err(|e| e.or_read(|_| hashing_stopped(staging)))?;
+        let sync_error = |source| StageError::Io {
+            action: "syncfs the file system holding",
+            path: staging.to_path_buf(),
+            source,
+        };
+        match synced {
+            Some(Ok(Err(e))) => return Err(sync_error(e)),
+            Some(Err(_)) => return Err(sync_error(io::Error::other("the thread panicked"))),
+            Some(Ok(Ok(()))) | None => {}
+        }
+        Ok(dirs)
+    })
+}
+
+/// With [`SyncMode::Filesystem`], the writer nudges the write-back thread
+/// after every this many bytes of file content.
+const WRITEBACK_EVERY: u64 = 128 * 1024 * 1024;
+
+/// The write-back thread: a `syncfs(2)` of the file system holding `dir`
+/// whenever nudged, so that writeback overlaps unpacking and the final
+/// syncfs in [`seal`] has little left to wait for. Its first error is
+/// returned (a later syncfs on another descriptor reports it too, but this
+/// one has seen it).
+fn write_back(dir: &File, nudges: mpsc::Receiver<()>) -> io::Result<()> {
+    for () in nudges {
+        rustix::fs::syncfs(dir).map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))?;
+    }
+    Ok(())
+}
+
+fn hashing_stopped(staging: &Path) -> StageError {
+    StageError::Io {
+        action: "hash the files written under",
+        path: staging.to_path_buf(),
+        source: io::Error::other("the hashing thread stopped"),
+    }
+}
+
+/// Walks the tar entries, checks each against the manifest and hands it to
+/// `writer`.
+fn walk_entries(
+    reader: ChannelReader,
+    id: ReleaseId,
+    manifest: &Manifest,
+    manifest_bytes: &[u8],
+    writer: &mut Writer<'_>,
+) -> Result<(), StageError> {
     let longest_name = manifest
         .files
         .iter()
@@ -577,13 +755,6 @@ fn check_and_write(
         }
     };
 
-    let mut writer = Writer {
-        id,
-        staging,
-        buf: vec![0u8; BUFFER],
-        sync: options.sync,
-        dirs: Vec::new(),
-    };
     let mut next = 0usize;
     let mut seen_manifest = false;
     {
@@ -630,9 +801,13 @@ fn check_and_write(
 
             budget.allow(entry.size() + header_allowance);
             writer
-                .write_entry(expected, &mut entry)
+                .write_entry(expected, next - 1, &mut entry)
                 .map_err(|e| e.or_read(|e| read_error(e, &near)))?;
             budget.allow(header_allowance);
+            if writer.hash_failed.load(Ordering::Relaxed) {
+                // The caller reports the mismatch; nothing after it counts.
+                return Ok(());
+            }
         }
     }
     if !seen_manifest {
@@ -653,18 +828,19 @@ fn check_and_write(
     budget.allow(u64::MAX);
     let mut rest = tar.into_inner();
     near = "(end of archive)".to_string();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match rest.read(&mut writer.buf) {
+        let n = match rest.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(read_error(e, &near)),
         };
-        if writer.buf[..n].iter().any(|&b| b != 0) {
+        if buf[..n].iter().any(|&b| b != 0) {
             return Err(StageError::TrailingData { id });
         }
     }
-    Ok(writer.dirs)
+    Ok(())
 }
 
 /// An entry's path as the manifest would spell it: UTF-8, one trailing `/`
@@ -866,12 +1042,93 @@ impl From<StageError> for WriteError {
     }
 }
 
+/// A staging buffer of file contents on its way to the hashing thread:
+/// `buf[..filled]`, described by `spans`.
+struct HashStage {
+    /// Always `HASH_STAGE` long (zeroed once, at allocation).
+    buf: Vec<u8>,
+    filled: usize,
+    spans: Vec<Span>,
+}
+
+/// Part of a [`HashStage`].
+enum Span {
+    /// `buf[start..end]` is the next content of the current file.
+    Data { start: usize, end: usize },
+    /// The file that is manifest entry `i` is complete.
+    End(usize),
+}
+
+impl HashStage {
+    fn new() -> HashStage {
+        HashStage {
+            buf: vec![0u8; HASH_STAGE],
+            filled: 0,
+            spans: Vec::new(),
+        }
+    }
+}
+
+/// The hashing thread: hashes each file's content from the staging buffers
+/// and compares the digest with the manifest at its end. Returns the first
+/// mismatch, and raises `failed` so the writer stops early; drains the
+/// queue to its end either way, so the writer never finds it closed.
+fn hash_files(
+    id: ReleaseId,
+    manifest: &Manifest,
+    stages: mpsc::Receiver<HashStage>,
+    free: mpsc::SyncSender<HashStage>,
+    failed: &AtomicBool,
+) -> Option<StageError> {
+    let mut sha = Sha256::new();
+    let mut mismatch = None;
+    for mut stage in stages {
+        if mismatch.is_none() {
+            for span in &stage.spans {
+                match *span {
+                    Span::Data { start, end } => sha.update(&stage.buf[start..end]),
+                    Span::End(i) => {
+                        let found = hex::encode(std::mem::take(&mut sha).finalize());
+                        let expected = &manifest.files[i];
+                        let wanted = expected.sha256.as_deref().unwrap_or_default();
+                        if found != wanted {
+                            mismatch = Some(StageError::HashMismatch {
+                                id,
+                                path: expected.path.clone(),
+                                expected: wanted.to_string(),
+                                found,
+                            });
+                            failed.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        stage.filled = 0;
+        stage.spans.clear();
+        let _ = free.try_send(stage);
+    }
+    mismatch
+}
+
 /// Creates entries under the staging directory.
 struct Writer<'a> {
     id: ReleaseId,
     staging: &'a Path,
-    buf: Vec<u8>,
+    /// File contents read and written, not yet passed to the hashing thread.
+    stage: HashStage,
+    /// To the hashing thread (`None` once closed).
+    stages: Option<mpsc::SyncSender<HashStage>>,
+    /// Buffers the hashing thread is done with.
+    free_stages: mpsc::Receiver<HashStage>,
+    /// Raised by the hashing thread at the first mismatch.
+    hash_failed: &'a AtomicBool,
     sync: SyncMode,
+    /// To the write-back thread ([`SyncMode::Filesystem`] only).
+    nudge: Option<mpsc::SyncSender<()>>,
+    /// File content written since the last nudge.
+    unsynced: u64,
     /// Every directory created, parents first, to seal at the end.
     dirs: Vec<PathBuf>,
 }
@@ -911,9 +1168,26 @@ impl Writer<'_> {
         self.finish_file(file, &path, 0o644)
     }
 
+    /// Passes the staged contents to the hashing thread and takes a free
+    /// buffer.
+    fn ship_stage(&mut self) -> Result<(), WriteError> {
+        let stopped = || WriteError::Stage(hashing_stopped(self.staging));
+        if self.stage.spans.is_empty() {
+            self.stage.filled = 0;
+            return Ok(());
+        }
+        let next = self.free_stages.recv().map_err(|_| stopped())?;
+        let full = std::mem::replace(&mut self.stage, next);
+        match &self.stages {
+            Some(stages) => stages.send(full).map_err(|_| stopped()),
+            None => Err(stopped()),
+        }
+    }
+
     fn write_entry(
         &mut self,
         expected: &FileEntry,
+        index: usize,
         entry: &mut impl Read,
     ) -> Result<(), WriteError> {
         let path = self.staging.join(&expected.path);
@@ -930,34 +1204,44 @@ impl Writer<'_> {
                 let target = expected.target.as_deref().unwrap_or_default();
                 std::os::unix::fs::symlink(target, &path).map_err(Self::io("create symlink", &path))
             }
-            EntryType::File => self.write_file(expected, entry, &path),
+            EntryType::File => self.write_file(expected, index, entry, &path),
         }
     }
 
+    /// Copies a file's content from the archive into a new file, through
+    /// the staging buffer: its bytes are hashed on the hashing thread.
     fn write_file(
         &mut self,
         expected: &FileEntry,
+        index: usize,
         entry: &mut impl Read,
         path: &Path,
     ) -> Result<(), WriteError> {
         let size = expected.size.unwrap_or(0);
         let mut file = create_file(path).map_err(Self::io("create", path))?;
-        let mut sha = Sha256::new();
         let mut written: u64 = 0;
         while written < size {
-            let want = self
-                .buf
+            if self.stage.filled == HASH_STAGE {
+                self.ship_stage()?;
+            }
+            let start = self.stage.filled;
+            let room = &mut self.stage.buf[start..];
+            let want = room
                 .len()
                 .min(usize::try_from(size - written).unwrap_or(usize::MAX));
-            let n = match entry.read(&mut self.buf[..want]) {
+            let n = match entry.read(&mut room[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(WriteError::Read(e)),
             };
-            sha.update(&self.buf[..n]);
-            file.write_all(&self.buf[..n])
+            file.write_all(&room[..n])
                 .map_err(Self::io("write", path))?;
+            self.stage.filled += n;
+            self.stage.spans.push(Span::Data {
+                start,
+                end: start + n,
+            });
             written += n as u64;
         }
         if written != size {
@@ -969,16 +1253,14 @@ impl Writer<'_> {
             }
             .into());
         }
-        let found = hex::encode(sha.finalize());
-        let wanted = expected.sha256.as_deref().unwrap_or_default();
-        if found != wanted {
-            return Err(StageError::HashMismatch {
-                id: self.id,
-                path: expected.path.clone(),
-                expected: wanted.to_string(),
-                found,
+        self.stage.spans.push(Span::End(index));
+        self.unsynced += size;
+        if self.unsynced >= WRITEBACK_EVERY {
+            self.unsynced = 0;
+            if let Some(nudge) = &self.nudge {
+                // Still syncing: the next nudge will do.
+                let _ = nudge.try_send(());
             }
-            .into());
         }
         self.finish_file(file, path, expected.mode.0)
     }
@@ -1012,7 +1294,12 @@ fn create_file(path: &Path) -> io::Result<File> {
 }
 
 /// Makes the staged tree read-only and durable.
-fn seal(staging: &Path, dirs: &[PathBuf], options: StageOptions) -> Result<(), StageError> {
+fn seal(
+    staging: &Path,
+    root: &File,
+    dirs: &[PathBuf],
+    options: StageOptions,
+) -> Result<(), StageError> {
     let io_at = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| StageError::Io {
@@ -1027,8 +1314,7 @@ fn seal(staging: &Path, dirs: &[PathBuf], options: StageOptions) -> Result<(), S
     }
     match options.sync {
         SyncMode::Filesystem => {
-            let root = File::open(staging).map_err(io_at("open", staging))?;
-            rustix::fs::syncfs(&root)
+            rustix::fs::syncfs(root)
                 .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error()))
                 .map_err(io_at("syncfs the file system holding", staging))?;
         }
