@@ -117,7 +117,7 @@ while IFS= read -r -d '' f; do
 done < <(find "$TREE2/app" -type f -size -1048576c -print0 | sort -z)
 note "building release 1.0.1 with $CHANGED changed files (untimed)"
 ARCHIVE2=$(build_release "$TREE2" 1.0.1 "$WORK/repo-1.0.1")
-rm -rf "$TREE2"
+# $TREE2 is removed at the end, with the runs (see the top).
 
 # write_config DIR [SERVICE_LINE]... : the host configuration (see
 # docs/configuration.md) for a fresh install under DIR. By default no
@@ -337,6 +337,6 @@ report() {
 report | tee "$OUT_DIR/install.md"
 
 if [[ ${BENCH_KEEP:-0} != 1 ]]; then
-    rm -rf "$RUNS_DIR" "$SMALL" "$WORK/repo-1.0.0" "$WORK/repo-1.0.1" "$WORK/repo-2.0.0" "$WORK/repo-2.0.1"
+    rm -rf "$RUNS_DIR" "$SMALL" "$TREE2" "$WORK/repo-1.0.0" "$WORK/repo-1.0.1" "$WORK/repo-2.0.0" "$WORK/repo-2.0.1"
 fi
 note "report written to $OUT_DIR/install.md; logs in $LOGS"

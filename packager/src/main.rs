@@ -208,7 +208,7 @@ struct BuildArgs {
     /// Git tag vX.Y.Z recorded in the manifest (gives the version).
     #[arg(long, value_name = "vX.Y.Z")]
     tag: Option<String>,
-    /// zstd worker threads (default min(cores, 4)); the output is the same.
+    /// zstd worker threads (default min(cores + 1, 4)); the output is the same.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     zstd_workers: Option<u32>,
     /// Print the result as JSON.
