@@ -931,17 +931,9 @@ fn refuse_changed_bundle(
     };
     let hint = e.hint();
     let err = CommandError::new(Exit::Failed, "offline bundle refused", e, hint);
-    if !persist_trust {
-        return Err(err);
-    }
-    let mut o = Outcome::simple(
-        &opts.op,
-        AttemptResult::Failed,
-        Exit::Failed,
-        format!("{}: {}", err.failure.what, err.failure.why),
-    );
-    o.failure = Some(err.failure);
-    record(host, o).map(|o| Some(Resolved::Nothing(Box::new(o))))
+    // Recorded exactly like a refused index: a tampered bundle is not a
+    // transient failure, so it counts against the daily limits.
+    refuse(host, opts, persist_trust, err, false).map(Some)
 }
 
 fn install_from(
