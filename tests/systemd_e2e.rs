@@ -19,9 +19,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use slipway_e2e::{shared_tempdir, Container, OutputExt};
+use slipway_e2e::{bot_unit, shared_tempdir, Container, OutputExt, BOT_UNIT};
 
-const UNIT: &str = "aibot.service";
+const UNIT: &str = BOT_UNIT;
 const ROOT: &str = "/opt/e2e/root";
 const DATA: &str = "/opt/e2e/data";
 const CONFIG: &str = "/etc/slipway/update.toml";
@@ -130,20 +130,7 @@ fn build_releases(label: &str, flavors: &[Flavor]) -> Result<Releases> {
 /// Boots a container with the bot's unit and slipway's configuration.
 fn boot(label: &str, releases: &Releases) -> Result<Container> {
     let c = Container::boot(label)?;
-    c.install_unit(
-        UNIT,
-        &format!(
-            "[Unit]\n\
-             Description=example trading bot\n\
-             StartLimitIntervalSec=0\n\
-             [Service]\n\
-             WorkingDirectory={ROOT}/current/app\n\
-             Environment=PYTHONDONTWRITEBYTECODE=1\n\
-             ExecStart=/usr/bin/python3 -m bot --port 8080 --persistence {DATA}\n\
-             Restart=always\n\
-             RestartSec=1\n"
-        ),
-    )?;
+    c.install_unit(UNIT, &bot_unit(ROOT, DATA))?;
     c.write_file(
         CONFIG,
         format!(

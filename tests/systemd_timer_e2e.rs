@@ -20,9 +20,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use slipway_e2e::{shared_tempdir, Container, ContainerOptions, Nginx, NginxOptions, OutputExt};
+use slipway_e2e::{
+    bot_unit, shared_tempdir, Container, ContainerOptions, Nginx, NginxOptions, OutputExt, BOT_UNIT,
+};
 
-const UNIT: &str = "aibot.service";
+const UNIT: &str = BOT_UNIT;
 const ROOT: &str = "/opt/e2e/root";
 const DATA: &str = "/opt/e2e/data";
 const CONFIG: &str = "/etc/slipway/update.toml";
@@ -121,20 +123,7 @@ fn the_timer_from_slipway_units_fires_and_installs_the_new_release() -> Result<(
 
     let c = Container::boot_with("slipway-timer", ContainerOptions::default().bind(&dir))?;
     let nginx = Nginx::serve_in(&c, &repo, NginxOptions::default())?;
-    c.install_unit(
-        UNIT,
-        &format!(
-            "[Unit]\n\
-             Description=example trading bot\n\
-             StartLimitIntervalSec=0\n\
-             [Service]\n\
-             WorkingDirectory={ROOT}/current/app\n\
-             Environment=PYTHONDONTWRITEBYTECODE=1\n\
-             ExecStart=/usr/bin/python3 -m bot --port 8080 --persistence {DATA}\n\
-             Restart=always\n\
-             RestartSec=1\n"
-        ),
-    )?;
+    c.install_unit(UNIT, &bot_unit(ROOT, DATA))?;
     c.write_file(
         CONFIG,
         format!(

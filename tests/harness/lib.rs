@@ -28,12 +28,14 @@
 //! the host before putting test files anywhere.
 
 pub mod bins;
+pub mod bot;
 pub mod container;
 pub mod minisign;
 pub mod nginx;
 pub mod run;
 
 pub use bins::{profile_dir, slipway, slipway_pack, target_dir, workspace_root};
+pub use bot::{bot_unit, BOT_UNIT};
 pub use container::{shared_tempdir, Container, ContainerOptions, UnitState};
 pub use nginx::{AccessLogEntry, Nginx, NginxOptions};
 pub use run::{run, run_with_input, wait_until, OutputExt};
