@@ -1,5 +1,5 @@
 //! SHA-256 and BLAKE2b-512 throughput of the implementations slipway-pack
-//! uses (`sha2`, `blake2`), in process, for `bench/build.sh` and
+//! uses (`sha2`, and `blake2b_simd` through slipway's `Prehasher`), in process, for `bench/build.sh` and
 //! docs/benchmarks.md:
 //!
 //! ```sh
@@ -39,7 +39,7 @@ fn main() {
     });
     println!("sha256 in-memory {sha:.2} GB/s");
     let b2 = best_of(5, data.len(), || {
-        let mut h = blake2::Blake2b512::new();
+        let mut h = slipway_pack::keys::Prehasher::new();
         for c in data.chunks(256 * 1024) {
             h.update(c);
         }

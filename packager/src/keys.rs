@@ -21,8 +21,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use blake2::{Blake2b512, Digest};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
+pub use slipway_formats::signature::Prehasher;
 use slipway_formats::{KeyId, PublicKey, MAX_SIGNATURE_BYTES};
 
 use crate::durable;
@@ -258,27 +258,6 @@ impl SigningKey {
         let mut pre = Prehasher::new();
         pre.update(data);
         self.sign_prehashed(&pre.finalize(), trusted_comment)
-    }
-}
-
-/// The BLAKE2b-512 prehash minisign signs in its `ED` mode, fed in chunks.
-#[derive(Clone, Default)]
-pub struct Prehasher(Blake2b512);
-
-impl Prehasher {
-    /// A fresh hash.
-    pub fn new() -> Self {
-        Prehasher(Blake2b512::new())
-    }
-
-    /// Feeds the next chunk of the signed data.
-    pub fn update(&mut self, chunk: &[u8]) {
-        self.0.update(chunk);
-    }
-
-    /// The 64-byte digest.
-    pub fn finalize(self) -> [u8; 64] {
-        self.0.finalize().into()
     }
 }
 
