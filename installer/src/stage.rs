@@ -12,13 +12,13 @@
 //! named. Files are created with `O_EXCL | O_NOFOLLOW` under directories this
 //! run created, so nothing is ever written outside the staging directory.
 //!
-//! The compressed bytes are hashed again as they are read, and must hash to
-//! the release id at the end: an archive rewritten between verify and stage
-//! is refused.
+//! The compressed bytes are hashed again as they are read, with the keyed
+//! BLAKE3 the verification computed over the bytes it checked
+//! ([`Recheck`]): an archive rewritten between verify and stage is refused.
 //!
-//! Five threads share the work, each fed through a bounded queue of
-//! recycled buffers: one reads and decompresses, one hashes the compressed
-//! bytes, this one parses, checks and writes, one hashes what was written
+//! Four threads share the work, each fed through a bounded queue of
+//! recycled buffers: one reads, re-hashes and decompresses, this one
+//! parses, checks and writes, one hashes what was written
 //! (every file's digest is compared before staging succeeds, and a mismatch
 //! is reported ahead of any later error), and, with [`SyncMode::Filesystem`],
 //! one runs a `syncfs(2)` every 128 MiB written so that writeback overlaps
@@ -46,7 +46,9 @@ use thiserror::Error;
 
 use crate::diff::verify_installed;
 use crate::durable;
-use crate::verify::{describe_tar_type, is_window_error, VerifiedArchive, ZSTD_WINDOW_LOG_MAX};
+use crate::verify::{
+    describe_tar_type, is_window_error, Recheck, VerifiedArchive, ZSTD_WINDOW_LOG_MAX,
+};
 
 /// The copy buffer, and the compressed read buffer.
 const BUFFER: usize = 256 * 1024;
@@ -172,12 +174,8 @@ pub enum StageError {
     },
     #[error("release {id}: non-zero data after the end of the tar stream; refused")]
     TrailingData { id: ReleaseId },
-    #[error("archive {path} changed after it was verified (it now hashes to {found}, not {id}); refused, fetch it again")]
-    ArchiveChanged {
-        path: PathBuf,
-        id: ReleaseId,
-        found: ReleaseId,
-    },
+    #[error("archive {path} changed after it was verified (its bytes are no longer those of release {id}); refused, fetch it again")]
+    ArchiveChanged { path: PathBuf, id: ReleaseId },
     #[error("{cause}; and the staging directory {staging} could not be removed: {source} (remove it by hand)")]
     Cleanup {
         staging: PathBuf,
@@ -333,47 +331,20 @@ impl<R: Read> Read for BudgetReader<R> {
     }
 }
 
-/// Passes a copy of every byte read from the archive file to the thread
-/// that hashes it ([`hash_archive`]), so that decompressing and hashing the
-/// archive overlap.
+/// Hashes every byte read from the archive file with the verification's
+/// keyed BLAKE3 ([`Recheck`]), in line: at several GB/s it costs a fraction
+/// of decompressing.
 struct HashingReader<R> {
     inner: R,
-    /// To the hashing thread.
-    chunks: mpsc::SyncSender<Vec<u8>>,
-    /// Buffers it is done with.
-    spares: mpsc::Receiver<Vec<u8>>,
+    hasher: blake3::Hasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n > 0 {
-            let mut copy = self
-                .spares
-                .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(BUFFER));
-            copy.clear();
-            copy.extend_from_slice(&buf[..n]);
-            self.chunks
-                .send(copy)
-                .map_err(|_| io::Error::other("the archive hashing thread stopped"))?;
-        }
+        self.hasher.update(&buf[..n]);
         Ok(n)
     }
-}
-
-/// Compressed chunks queued for [`hash_archive`].
-const ARCHIVE_CHUNKS_IN_FLIGHT: usize = 4;
-
-/// The archive hashing thread: the SHA-256 of everything read from the
-/// archive file, i.e. its release id.
-fn hash_archive(chunks: mpsc::Receiver<Vec<u8>>, spares: mpsc::SyncSender<Vec<u8>>) -> ReleaseId {
-    let mut sha = Sha256::new();
-    for chunk in chunks {
-        sha.update(&chunk);
-        let _ = spares.try_send(chunk);
-    }
-    ReleaseId::from_digest(sha.finalize().into())
 }
 
 /// The most decompressed bytes a release may produce: its files, its
@@ -398,8 +369,8 @@ fn decompression_limit(manifest: &Manifest, manifest_len: u64) -> u64 {
 /// Unpacks and checks every entry into `staging`; returns the directories
 /// created, parents before children.
 ///
-/// One thread reads and decompresses the archive (and hands the compressed
-/// bytes to [`hash_archive`]); this one parses, checks and writes
+/// One thread reads, re-hashes ([`Recheck`]) and decompresses the archive;
+/// this one parses, checks and writes
 /// ([`check_and_write`]). They meet in a bounded channel, so at most
 /// [`CHUNKS_IN_FLIGHT`] chunks are ever held.
 fn unpack(
@@ -418,12 +389,13 @@ fn unpack(
             source,
         })?;
     let file = &mut verified.file;
+    let recheck = &verified.recheck;
     let manifest = &verified.manifest;
     let manifest_bytes = &verified.manifest_bytes;
     std::thread::scope(|scope| {
         let (chunks, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
         let (spare_tx, spares) = mpsc::channel();
-        let producer = scope.spawn(move || decompress(file, &chunks, &spares));
+        let producer = scope.spawn(move || decompress(file, recheck, &chunks, &spares));
         let reader = ChannelReader {
             chunks: chunk_rx,
             chunk: Vec::new(),
@@ -436,8 +408,8 @@ fn unpack(
         let checked = check_and_write(reader, id, manifest, manifest_bytes, staging, options);
         let produced = producer.join();
         let dirs = checked?;
-        let found = match produced {
-            Ok(Ok(Some(found))) => found,
+        let same = match produced {
+            Ok(Ok(Some(same))) => same,
             Ok(Ok(None)) => {
                 return Err(StageError::Corrupt {
                     id,
@@ -458,11 +430,10 @@ fn unpack(
                 })
             }
         };
-        if found != id {
+        if !same {
             return Err(StageError::ArchiveChanged {
                 path: archive_path,
                 id,
-                found,
             });
         }
         Ok(dirs)
@@ -472,52 +443,45 @@ fn unpack(
 /// Decompressed chunks buffered between the two threads.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// The decompressing side: reads the whole file through the SHA-256,
-/// decompresses it and sends the output in chunks. Returns the file's id,
-/// `None` if the consumer stopped listening or decoding failed (the error
-/// went down the channel), or an error reading the file after the stream.
+/// The decompressing side: reads the whole file through the keyed hash,
+/// decompresses it and sends the output in chunks. Returns whether the
+/// file's bytes are the verified ones, `None` if the consumer stopped
+/// listening or decoding failed (the error went down the channel), or an
+/// error reading the file after the stream.
 fn decompress(
     file: &mut File,
+    recheck: &Recheck,
     chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
     spares: &mpsc::Receiver<Vec<u8>>,
-) -> io::Result<Option<ReleaseId>> {
-    std::thread::scope(|scope| {
-        let (to_hash, hash_rx) = mpsc::sync_channel(ARCHIVE_CHUNKS_IN_FLIGHT);
-        let (spare_tx, hash_spares) = mpsc::sync_channel(ARCHIVE_CHUNKS_IN_FLIGHT + 2);
-        let hasher = scope.spawn(move || hash_archive(hash_rx, spare_tx));
-        let hashing = HashingReader {
-            inner: file,
-            chunks: to_hash,
-            spares: hash_spares,
-        };
-        let read = decompress_from(hashing, chunks, spares)?;
-        let id = hasher
-            .join()
-            .map_err(|_| io::Error::other("the archive hashing thread panicked"))?;
-        Ok(read.then_some(id))
-    })
+) -> io::Result<Option<bool>> {
+    let hashing = HashingReader {
+        inner: file,
+        hasher: recheck.hasher(),
+    };
+    let hasher = decompress_from(hashing, chunks, spares)?;
+    Ok(hasher.map(|h| recheck.matches(&h)))
 }
 
 /// Decompresses everything `hashing` reads and sends it on; then reads the
-/// file to its end (through the hash) and drops `hashing`, which ends the
-/// hash. Returns false if the consumer stopped listening or decoding failed
-/// (the error went down the channel).
+/// file to its end (through the hash) and returns the hash of the whole
+/// file. Returns `None` if the consumer stopped listening or decoding
+/// failed (the error went down the channel).
 fn decompress_from(
     hashing: HashingReader<&mut File>,
     chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
     spares: &mpsc::Receiver<Vec<u8>>,
-) -> io::Result<bool> {
+) -> io::Result<Option<blake3::Hasher>> {
     let buffered = BufReader::with_capacity(BUFFER, hashing);
     let mut decoder = match zstd::stream::read::Decoder::with_buffer(buffered) {
         Ok(d) => d,
         Err(e) => {
             let _ = chunks.send(Err(e));
-            return Ok(false);
+            return Ok(None);
         }
     };
     if let Err(e) = decoder.window_log_max(ZSTD_WINDOW_LOG_MAX) {
         let _ = chunks.send(Err(e));
-        return Ok(false);
+        return Ok(None);
     }
     loop {
         let mut chunk = spares.try_recv().unwrap_or_default();
@@ -530,7 +494,7 @@ fn decompress_from(
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = chunks.send(Err(e));
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
@@ -539,7 +503,7 @@ fn decompress_from(
         }
         chunk.truncate(filled);
         if chunks.send(Ok(chunk)).is_err() {
-            return Ok(false);
+            return Ok(None);
         }
     }
     // Whatever zstd did not need (nothing, for a well-formed file) is hashed too.
@@ -553,7 +517,7 @@ fn decompress_from(
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok(Some(hashing.hasher))
 }
 
 /// The consuming side of the channel, as a reader. Emptied chunks go back

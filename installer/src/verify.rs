@@ -57,7 +57,7 @@ pub struct Expectations {
 /// An archive whose id, signature and manifest have been checked.
 ///
 /// `file` is the descriptor that was read, rewound to offset 0: stage from
-/// it, never reopen `path`.
+/// it, never reopen `path`; and check what is read again with `recheck`.
 #[derive(Debug)]
 pub struct VerifiedArchive {
     pub id: ReleaseId,
@@ -72,6 +72,50 @@ pub struct VerifiedArchive {
     pub comment: TrustedComment,
     pub file: File,
     pub path: PathBuf,
+    /// A keyed hash of the bytes that were verified, to prove that a later
+    /// read of `file` gives the same bytes.
+    pub recheck: Recheck,
+}
+
+/// Proof that a second read of an archive gives the bytes the first read
+/// verified, even if whoever can write the file (a USB stick, a user who
+/// owns it, a FUSE file system) changes it in between: keyed BLAKE3 of every
+/// byte, under a key drawn at random for this verification and never shown
+/// to anyone. Without the key nobody can make other bytes hash the same,
+/// and BLAKE3 runs at several GB/s, so the second read costs a small
+/// fraction of the SHA-256 that establishes the release id.
+pub struct Recheck {
+    key: [u8; 32],
+    mac: blake3::Hash,
+}
+
+impl Recheck {
+    /// A hasher for the second read.
+    pub fn hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.key)
+    }
+
+    /// Whether the second read, hashed with [`Recheck::hasher`], saw the
+    /// verified bytes (compared in constant time).
+    pub fn matches(&self, reread: &blake3::Hasher) -> bool {
+        reread.finalize() == self.mac
+    }
+}
+
+impl std::fmt::Debug for Recheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recheck { .. }")
+    }
+}
+
+/// A fresh random key for [`Recheck`].
+fn recheck_key() -> io::Result<[u8; 32]> {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| io::Error::other("the system's random number generator failed"))?;
+    Ok(key)
 }
 
 /// Why a release was refused at step 4. Each variant names the archive,
@@ -291,8 +335,9 @@ pub fn verify_archive(
     // archive is read at all.
     let mut check = sig.start_check(keys).map_err(sig_err)?;
 
-    // SHA-256 here, minisign's BLAKE2b on a second thread: the two hashes of
-    // one pass overlap instead of adding up.
+    let recheck_key = recheck_key().map_err(read_err)?;
+    // SHA-256 and the keyed BLAKE3 here, minisign's BLAKE2b on a second
+    // thread: the hashes of one pass overlap instead of adding up.
     let (streamed, check) = std::thread::scope(|scope| {
         let (chunks, chunk_rx) = mpsc::sync_channel::<Vec<u8>>(4);
         let (spare_tx, spares) = mpsc::channel::<Vec<u8>>();
@@ -303,11 +348,11 @@ pub fn verify_archive(
             }
             check
         });
-        let streamed = hash_stream(&mut file, &chunks, &spares, expect.max_size);
+        let streamed = hash_stream(&mut file, &chunks, &spares, expect.max_size, &recheck_key);
         drop(chunks);
         (streamed, checker.join())
     });
-    let (sha, size) = match streamed {
+    let (sha, mac, size) = match streamed {
         Ok(done) => done,
         Err(Streamed::TooLarge(max)) => {
             return Err(VerifyError::TooLarge {
@@ -404,6 +449,10 @@ pub fn verify_archive(
         comment,
         file,
         path: archive.to_path_buf(),
+        recheck: Recheck {
+            key: recheck_key,
+            mac,
+        },
     })
 }
 
@@ -413,15 +462,18 @@ enum Streamed {
     Io(io::Error),
 }
 
-/// Reads the whole file once, hashing it with SHA-256 and passing every
-/// chunk to `chunks` (the signature check), and returns the hash and size.
+/// Reads the whole file once, hashing it with SHA-256 and keyed BLAKE3
+/// and passing every chunk to `chunks` (the signature check), and returns
+/// the hashes and the size.
 fn hash_stream(
     file: &mut File,
     chunks: &mpsc::SyncSender<Vec<u8>>,
     spares: &mpsc::Receiver<Vec<u8>>,
     max_size: Option<u64>,
-) -> Result<(Sha256, u64), Streamed> {
+    recheck_key: &[u8; 32],
+) -> Result<(Sha256, blake3::Hash, u64), Streamed> {
     let mut sha = Sha256::new();
+    let mut mac = blake3::Hasher::new_keyed(recheck_key);
     let mut size: u64 = 0;
     loop {
         let mut buf = spares.try_recv().unwrap_or_default();
@@ -438,13 +490,14 @@ fn hash_stream(
         }
         buf.truncate(n);
         sha.update(&buf);
+        mac.update(&buf);
         if chunks.send(buf).is_err() {
             return Err(Streamed::Io(io::Error::other(
                 "the signature-checking thread stopped",
             )));
         }
     }
-    Ok((sha, size))
+    Ok((sha, mac.finalize(), size))
 }
 
 /// Reads a `.minisig` file, refusing special files and anything over
