@@ -16,13 +16,15 @@
 //! BLAKE3 the verification computed over the bytes it checked
 //! ([`Recheck`]): an archive rewritten between verify and stage is refused.
 //!
-//! Four threads share the work, each fed through a bounded queue of
-//! recycled buffers: one reads, re-hashes and decompresses, this one
-//! parses, checks and writes, one hashes what was written
-//! (every file's digest is compared before staging succeeds, and a mismatch
-//! is reported ahead of any later error), and, with [`SyncMode::Filesystem`],
-//! one runs a `syncfs(2)` every 128 MiB written so that writeback overlaps
-//! the unpacking instead of all waiting for the final syncfs. Decompressed bytes are counted against what the manifest
+//! Five threads share the work, each fed through a bounded queue of
+//! recycled buffers: one reads, re-hashes and decompresses; this one parses
+//! and checks every entry and queues what to create; one creates the
+//! directories, symlinks and files; one hashes the file contents it wrote
+//! (every file's digest is compared before staging succeeds, and the error
+//! of the earliest entry is reported, as if all were done in line); and,
+//! with [`SyncMode::Filesystem`], one runs a `syncfs(2)` every 128 MiB
+//! written so that writeback overlaps the unpacking instead of all waiting
+//! for the final syncfs. Decompressed bytes are counted against what the manifest
 //! allows, so a decompression bomb stops at the limit, and at every point the
 //! tar reader may buffer at most a header's worth of data.
 //!
@@ -50,8 +52,12 @@ use crate::verify::{
     describe_tar_type, is_window_error, Recheck, VerifiedArchive, ZSTD_WINDOW_LOG_MAX,
 };
 
-/// The copy buffer, and the compressed read buffer.
+/// The compressed read buffer.
 const BUFFER: usize = 256 * 1024;
+/// Decompressed bytes are handed from the decompressing thread to the
+/// parsing one in chunks this big: large enough that the two threads meet
+/// (and wake each other) a thousand times per GiB, not four thousand.
+const CHUNK: usize = 1024 * 1024;
 
 /// Decompressed bytes the tar reader may consume for one entry's headers
 /// (the 512-byte header, PAX and GNU long-name records, padding) on top of
@@ -485,7 +491,7 @@ fn decompress_from(
     }
     loop {
         let mut chunk = spares.try_recv().unwrap_or_default();
-        chunk.resize(BUFFER, 0);
+        chunk.resize(CHUNK, 0);
         let mut filled = 0;
         while filled < chunk.len() {
             match decoder.read(&mut chunk[filled..]) {
@@ -558,18 +564,27 @@ impl Read for ChannelReader {
     }
 }
 
-/// File contents are hashed on their own thread, from staging buffers of
-/// this size that the writer fills, writes out and passes on.
-const HASH_STAGE: usize = 1024 * 1024;
-/// Staging buffers in all (one being filled, the others queued for or being
-/// hashed): bounds that memory to `HASH_STAGES` × `HASH_STAGE`.
-const HASH_STAGES: usize = 3;
+/// The parsing thread hands file contents and creation orders to the
+/// writing thread in batches whose buffer is this big; the hashing thread
+/// gets each batch after it is written.
+const BATCH_BYTES: usize = 1024 * 1024;
+/// A batch is also shipped once it holds this many orders, so that a run
+/// of directories, symlinks or empty files does not wait for 1 MiB of data.
+const BATCH_OPS: usize = 4096;
+/// Batches in all (one being filled, the others queued for or being
+/// written or hashed): bounds that memory to `BATCHES` × `BATCH_BYTES`.
+const BATCHES: usize = 4;
 
-/// The checking side: walks the tar entries, checks each against the
-/// manifest and writes it under `staging`, while a second thread hashes
-/// what was written. Every content hash is compared before this returns;
-/// a mismatch is reported ahead of any later error, as if the entries had
-/// been hashed in line.
+/// The checking side: walks the tar entries and checks each against the
+/// manifest on this thread, which queues what to create in batches. Two
+/// threads carry them out in order: the writing thread creates the
+/// directories, symlinks and files under `staging` ([`write_batches`]),
+/// then the hashing thread hashes the file contents from the same buffers
+/// ([`hash_batches`]). So parsing, the kernel's file creation and hashing
+/// overlap. Every content hash is compared before this returns, and of the
+/// errors the two threads found, the one for the earliest entry is
+/// reported (a hash mismatch first if both concern the same entry), as if
+/// everything had been done in line.
 fn check_and_write(
     reader: ChannelReader,
     id: ReleaseId,
@@ -578,15 +593,15 @@ fn check_and_write(
     staging: &Path,
     options: StageOptions,
 ) -> Result<Vec<PathBuf>, StageError> {
-    let hash_failed = AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let (stage_tx, stage_rx) = mpsc::sync_channel::<HashStage>(HASH_STAGES);
-        let (free_tx, free_rx) = mpsc::sync_channel::<HashStage>(HASH_STAGES);
-        for _ in 1..HASH_STAGES {
-            let _ = free_tx.try_send(HashStage::new());
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(BATCHES);
+        let (written_tx, written_rx) = mpsc::sync_channel::<Batch>(BATCHES);
+        let (free_tx, free_rx) = mpsc::sync_channel::<Batch>(BATCHES);
+        for _ in 1..BATCHES {
+            let _ = free_tx.try_send(Batch::new());
         }
-        let failed = &hash_failed;
-        let hasher = scope.spawn(move || hash_files(id, manifest, stage_rx, free_tx, failed));
+        let failed = &failed;
         let (nudge, write_back) = match options.sync {
             SyncMode::Filesystem => {
                 let dir = File::open(staging).map_err(|source| StageError::Io {
@@ -602,33 +617,36 @@ fn check_and_write(
             }
             SyncMode::PerFile => (None, None),
         };
-        let mut writer = Writer {
-            id,
+        let files = FileWriter {
             staging,
-            stage: HashStage::new(),
-            stages: Some(stage_tx),
-            free_stages: free_rx,
-            hash_failed: &hash_failed,
+            manifest,
             sync: options.sync,
             nudge,
             unsynced: 0,
+            open: None,
+        };
+        let writer_thread = scope.spawn(move || write_batches(files, batch_rx, written_tx, failed));
+        let hasher = scope.spawn(move || hash_batches(id, manifest, written_rx, free_tx, failed));
+        let mut writer = Writer {
+            id,
+            staging,
+            batch: Batch::new(),
+            batches: Some(batch_tx),
+            free_batches: free_rx,
+            failed,
+            sync: options.sync,
             dirs: Vec::new(),
         };
         let walked = walk_entries(reader, id, manifest, manifest_bytes, &mut writer);
-        // The last, partly filled buffer; then the hasher sees the end.
-        let shipped = writer.ship_stage();
-        let Writer {
-            dirs,
-            stages,
-            nudge,
-            ..
-        } = writer;
-        drop(stages);
-        drop(nudge);
+        // The last, partly filled batch; then the threads see the end.
+        let shipped = writer.ship();
+        let Writer { dirs, batches, .. } = writer;
+        drop(batches);
+        let write_failure = writer_thread.join().map_err(|_| hashing_stopped(staging))?;
         let mismatch = hasher.join().map_err(|_| hashing_stopped(staging))?;
         let synced = write_back.map(|t| t.join());
-        if let Some(mismatch) = mismatch {
-            return Err(mismatch);
+        if let Some(e) = earliest(mismatch, write_failure) {
+            return Err(e);
         }
         walked?;
         shipped.map_err(|e| e.or_read(|_| hashing_stopped(staging)))?;
@@ -646,8 +664,21 @@ fn check_and_write(
     })
 }
 
-/// With [`SyncMode::Filesystem`], the writer nudges the write-back thread
-/// after every this many bytes of file content.
+/// Of a hash mismatch and a write failure, each with its entry, the one of
+/// the earlier entry; the mismatch if both are of the same entry.
+fn earliest(
+    mismatch: Option<(usize, StageError)>,
+    write_failure: Option<(usize, StageError)>,
+) -> Option<StageError> {
+    match (mismatch, write_failure) {
+        (Some((i, m)), Some((j, w))) => Some(if i <= j { m } else { w }),
+        (Some((_, e)), None) | (None, Some((_, e))) => Some(e),
+        (None, None) => None,
+    }
+}
+
+/// With [`SyncMode::Filesystem`], the writing thread nudges the write-back
+/// thread after every this many bytes of file content.
 const WRITEBACK_EVERY: u64 = 128 * 1024 * 1024;
 
 /// The write-back thread: a `syncfs(2)` of the file system holding `dir`
@@ -664,9 +695,9 @@ fn write_back(dir: &File, nudges: mpsc::Receiver<()>) -> io::Result<()> {
 
 fn hashing_stopped(staging: &Path) -> StageError {
     StageError::Io {
-        action: "hash the files written under",
+        action: "write and hash the files under",
         path: staging.to_path_buf(),
-        source: io::Error::other("the hashing thread stopped"),
+        source: io::Error::other("the writing or hashing thread stopped"),
     }
 }
 
@@ -768,8 +799,8 @@ fn walk_entries(
                 .write_entry(expected, next - 1, &mut entry)
                 .map_err(|e| e.or_read(|e| read_error(e, &near)))?;
             budget.allow(header_allowance);
-            if writer.hash_failed.load(Ordering::Relaxed) {
-                // The caller reports the mismatch; nothing after it counts.
+            if writer.failed.load(Ordering::Relaxed) {
+                // The caller reports what failed; nothing after it counts.
                 return Ok(());
             }
         }
@@ -1006,94 +1037,239 @@ impl From<StageError> for WriteError {
     }
 }
 
-/// A staging buffer of file contents on its way to the hashing thread:
-/// `buf[..filled]`, described by `spans`.
-struct HashStage {
-    /// Always `HASH_STAGE` long (zeroed once, at allocation).
+/// A batch of creation orders and the file contents they refer to, passed
+/// from the parsing thread to the writing thread, then to the hashing
+/// thread, then back.
+struct Batch {
+    /// Always `BATCH_BYTES` long (zeroed once, at allocation).
     buf: Vec<u8>,
     filled: usize,
-    spans: Vec<Span>,
+    ops: Vec<Op>,
 }
 
-/// Part of a [`HashStage`].
-enum Span {
-    /// `buf[start..end]` is the next content of the current file.
+/// One order of a [`Batch`]; `usize`s are manifest entry indexes.
+enum Op {
+    /// Create the directory.
+    Dir(usize),
+    /// Create the symlink.
+    Symlink(usize),
+    /// Create the file; the `Data` that follow are its contents.
+    Open(usize),
+    /// `buf[start..end]` is the next content of the open file.
     Data { start: usize, end: usize },
-    /// The file that is manifest entry `i` is complete.
-    End(usize),
+    /// The open file is complete: give it its mode, hash it.
+    Close(usize),
 }
 
-impl HashStage {
-    fn new() -> HashStage {
-        HashStage {
-            buf: vec![0u8; HASH_STAGE],
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            buf: vec![0u8; BATCH_BYTES],
             filled: 0,
-            spans: Vec::new(),
+            ops: Vec::new(),
         }
+    }
+
+    fn clear(&mut self) {
+        self.filled = 0;
+        self.ops.clear();
     }
 }
 
-/// The hashing thread: hashes each file's content from the staging buffers
-/// and compares the digest with the manifest at its end. Returns the first
-/// mismatch, and raises `failed` so the writer stops early; drains the
-/// queue to its end either way, so the writer never finds it closed.
-fn hash_files(
+/// The hashing thread: hashes each file's content from the batches (after
+/// the writing thread wrote it) and compares the digest with the manifest
+/// at its end. Returns the first mismatch with its entry, and raises
+/// `failed` so the other threads stop early; drains the queue to its end
+/// either way, so the threads before it never find it closed.
+fn hash_batches(
     id: ReleaseId,
     manifest: &Manifest,
-    stages: mpsc::Receiver<HashStage>,
-    free: mpsc::SyncSender<HashStage>,
+    batches: mpsc::Receiver<Batch>,
+    free: mpsc::SyncSender<Batch>,
     failed: &AtomicBool,
-) -> Option<StageError> {
+) -> Option<(usize, StageError)> {
     let mut sha = Sha256::new();
     let mut mismatch = None;
-    for mut stage in stages {
+    for mut batch in batches {
         if mismatch.is_none() {
-            for span in &stage.spans {
-                match *span {
-                    Span::Data { start, end } => sha.update(&stage.buf[start..end]),
-                    Span::End(i) => {
+            for op in &batch.ops {
+                match *op {
+                    Op::Data { start, end } => sha.update(&batch.buf[start..end]),
+                    Op::Close(i) => {
                         let found = hex::encode(std::mem::take(&mut sha).finalize());
                         let expected = &manifest.files[i];
                         let wanted = expected.sha256.as_deref().unwrap_or_default();
                         if found != wanted {
-                            mismatch = Some(StageError::HashMismatch {
-                                id,
-                                path: expected.path.clone(),
-                                expected: wanted.to_string(),
-                                found,
-                            });
+                            mismatch = Some((
+                                i,
+                                StageError::HashMismatch {
+                                    id,
+                                    path: expected.path.clone(),
+                                    expected: wanted.to_string(),
+                                    found,
+                                },
+                            ));
                             failed.store(true, Ordering::Relaxed);
                             break;
                         }
                     }
+                    Op::Dir(_) | Op::Symlink(_) | Op::Open(_) => {}
                 }
             }
         }
-        stage.filled = 0;
-        stage.spans.clear();
-        let _ = free.try_send(stage);
+        batch.clear();
+        let _ = free.try_send(batch);
     }
     mismatch
 }
 
-/// Creates entries under the staging directory.
-struct Writer<'a> {
-    id: ReleaseId,
+/// The writing thread's state: the file being written, and how much was
+/// written since the last write-back nudge.
+struct FileWriter<'a> {
     staging: &'a Path,
-    /// File contents read and written, not yet passed to the hashing thread.
-    stage: HashStage,
-    /// To the hashing thread (`None` once closed).
-    stages: Option<mpsc::SyncSender<HashStage>>,
-    /// Buffers the hashing thread is done with.
-    free_stages: mpsc::Receiver<HashStage>,
-    /// Raised by the hashing thread at the first mismatch.
-    hash_failed: &'a AtomicBool,
+    manifest: &'a Manifest,
     sync: SyncMode,
     /// To the write-back thread ([`SyncMode::Filesystem`] only).
     nudge: Option<mpsc::SyncSender<()>>,
     /// File content written since the last nudge.
     unsynced: u64,
-    /// Every directory created, parents first, to seal at the end.
+    /// The file `Data` goes to, with its path and entry.
+    open: Option<(File, PathBuf, usize)>,
+}
+
+/// The writing thread: carries out every order of every batch, in order,
+/// then passes the batch on to the hashing thread. After the first error
+/// (returned with its entry) it raises `failed` and passes the rest on
+/// emptied, so nothing waits on it.
+fn write_batches(
+    mut files: FileWriter<'_>,
+    batches: mpsc::Receiver<Batch>,
+    to_hash: mpsc::SyncSender<Batch>,
+    failed: &AtomicBool,
+) -> Option<(usize, StageError)> {
+    let mut error = None;
+    for mut batch in batches {
+        if error.is_some() {
+            batch.clear();
+        } else {
+            let failed_at = batch
+                .ops
+                .iter()
+                .position(|op| match files.apply(op, &batch.buf) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        error = Some(e);
+                        true
+                    }
+                });
+            if let Some(k) = failed_at {
+                failed.store(true, Ordering::Relaxed);
+                // The hashing thread still checks every file completed
+                // before the failure, and nothing after it.
+                batch.ops.truncate(k);
+            }
+        }
+        if to_hash.send(batch).is_err() {
+            break;
+        }
+    }
+    error
+}
+
+impl FileWriter<'_> {
+    fn apply(&mut self, op: &Op, buf: &[u8]) -> Result<(), (usize, StageError)> {
+        let io_at = |i: usize, action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| {
+                (
+                    i,
+                    StageError::Io {
+                        action,
+                        path,
+                        source,
+                    },
+                )
+            }
+        };
+        match *op {
+            Op::Dir(i) => {
+                let path = self.staging.join(&self.manifest.files[i].path);
+                DirBuilder::new().mode(0o755).create(&path).map_err(io_at(
+                    i,
+                    "create directory",
+                    &path,
+                ))
+            }
+            Op::Symlink(i) => {
+                let entry = &self.manifest.files[i];
+                let path = self.staging.join(&entry.path);
+                let target = entry.target.as_deref().unwrap_or_default();
+                std::os::unix::fs::symlink(target, &path).map_err(io_at(i, "create symlink", &path))
+            }
+            Op::Open(i) => {
+                let path = self.staging.join(&self.manifest.files[i].path);
+                let file = create_file(&path).map_err(io_at(i, "create", &path))?;
+                self.open = Some((file, path, i));
+                Ok(())
+            }
+            Op::Data { start, end } => match &mut self.open {
+                Some((file, path, i)) => file
+                    .write_all(&buf[start..end])
+                    .map_err(io_at(*i, "write", path)),
+                None => Ok(()),
+            },
+            Op::Close(i) => {
+                let Some((file, path, _)) = self.open.take() else {
+                    return Ok(());
+                };
+                let entry = &self.manifest.files[i];
+                finish_file(file, &path, entry.mode.0, self.sync).map_err(|e| (i, e))?;
+                self.unsynced += entry.size.unwrap_or(0);
+                if self.unsynced >= WRITEBACK_EVERY {
+                    self.unsynced = 0;
+                    if let Some(nudge) = &self.nudge {
+                        // Still syncing: the next nudge will do.
+                        let _ = nudge.try_send(());
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Gives a written file its final read-only mode (independent of the
+/// umask) and, in per-file mode, fsyncs it.
+fn finish_file(file: File, path: &Path, mode: u32, sync: SyncMode) -> Result<(), StageError> {
+    let io_at = |action: &'static str| {
+        move |source| StageError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    file.set_permissions(fs::Permissions::from_mode(read_only(mode)))
+        .map_err(io_at("set the mode of"))?;
+    if sync == SyncMode::PerFile {
+        file.sync_all().map_err(io_at("fsync"))?;
+    }
+    Ok(())
+}
+
+/// The parsing thread's side: queues what to create in batches.
+struct Writer<'a> {
+    id: ReleaseId,
+    staging: &'a Path,
+    /// The batch being filled.
+    batch: Batch,
+    /// To the writing thread (`None` once closed).
+    batches: Option<mpsc::SyncSender<Batch>>,
+    /// Batches the hashing thread is done with.
+    free_batches: mpsc::Receiver<Batch>,
+    /// Raised by the writing or hashing thread at the first error.
+    failed: &'a AtomicBool,
+    sync: SyncMode,
+    /// Every directory queued, parents first, to seal at the end.
     dirs: Vec<PathBuf>,
 }
 
@@ -1110,7 +1286,8 @@ impl Writer<'_> {
     }
 
     /// Writes `slipway/manifest.json`, which must be byte-identical to the
-    /// verified manifest.
+    /// verified manifest. It is the first entry, so it is written here,
+    /// before any batch.
     fn write_manifest(&mut self, entry: &mut impl Read, verified: &[u8]) -> Result<(), WriteError> {
         let mut bytes = Vec::with_capacity(verified.len());
         entry
@@ -1129,23 +1306,31 @@ impl Writer<'_> {
         let path = self.staging.join(MANIFEST_PATH);
         let mut file = create_file(&path).map_err(Self::io("create", &path))?;
         file.write_all(&bytes).map_err(Self::io("write", &path))?;
-        self.finish_file(file, &path, 0o644)
+        finish_file(file, &path, 0o644, self.sync).map_err(WriteError::Stage)
     }
 
-    /// Passes the staged contents to the hashing thread and takes a free
-    /// buffer.
-    fn ship_stage(&mut self) -> Result<(), WriteError> {
+    /// Passes the batch to the writing thread and takes a free one.
+    fn ship(&mut self) -> Result<(), WriteError> {
         let stopped = || WriteError::Stage(hashing_stopped(self.staging));
-        if self.stage.spans.is_empty() {
-            self.stage.filled = 0;
+        if self.batch.ops.is_empty() {
+            self.batch.filled = 0;
             return Ok(());
         }
-        let next = self.free_stages.recv().map_err(|_| stopped())?;
-        let full = std::mem::replace(&mut self.stage, next);
-        match &self.stages {
-            Some(stages) => stages.send(full).map_err(|_| stopped()),
+        let next = self.free_batches.recv().map_err(|_| stopped())?;
+        let full = std::mem::replace(&mut self.batch, next);
+        match &self.batches {
+            Some(batches) => batches.send(full).map_err(|_| stopped()),
             None => Err(stopped()),
         }
+    }
+
+    /// Queues an order, shipping the batch first if it holds enough.
+    fn push(&mut self, op: Op) -> Result<(), WriteError> {
+        if self.batch.ops.len() >= BATCH_OPS {
+            self.ship()?;
+        }
+        self.batch.ops.push(op);
+        Ok(())
     }
 
     fn write_entry(
@@ -1154,90 +1339,60 @@ impl Writer<'_> {
         index: usize,
         entry: &mut impl Read,
     ) -> Result<(), WriteError> {
-        let path = self.staging.join(&expected.path);
         match expected.kind {
             EntryType::Dir => {
-                DirBuilder::new()
-                    .mode(0o755)
-                    .create(&path)
-                    .map_err(Self::io("create directory", &path))?;
-                self.dirs.push(path);
-                Ok(())
+                self.dirs.push(self.staging.join(&expected.path));
+                self.push(Op::Dir(index))
             }
-            EntryType::Symlink => {
-                let target = expected.target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, &path).map_err(Self::io("create symlink", &path))
-            }
-            EntryType::File => self.write_file(expected, index, entry, &path),
+            EntryType::Symlink => self.push(Op::Symlink(index)),
+            EntryType::File => self.write_file(expected, index, entry),
         }
     }
 
-    /// Copies a file's content from the archive into a new file, through
-    /// the staging buffer: its bytes are hashed on the hashing thread.
+    /// Reads a file's content from the archive into the batch, for the
+    /// writing thread to write and the hashing thread to hash.
     fn write_file(
         &mut self,
         expected: &FileEntry,
         index: usize,
         entry: &mut impl Read,
-        path: &Path,
     ) -> Result<(), WriteError> {
         let size = expected.size.unwrap_or(0);
-        let mut file = create_file(path).map_err(Self::io("create", path))?;
-        let mut written: u64 = 0;
-        while written < size {
-            if self.stage.filled == HASH_STAGE {
-                self.ship_stage()?;
+        self.push(Op::Open(index))?;
+        let mut read: u64 = 0;
+        while read < size {
+            // The data and the order that refers to it go in one batch.
+            if self.batch.filled == BATCH_BYTES || self.batch.ops.len() >= BATCH_OPS {
+                self.ship()?;
             }
-            let start = self.stage.filled;
-            let room = &mut self.stage.buf[start..];
+            let start = self.batch.filled;
+            let room = &mut self.batch.buf[start..];
             let want = room
                 .len()
-                .min(usize::try_from(size - written).unwrap_or(usize::MAX));
+                .min(usize::try_from(size - read).unwrap_or(usize::MAX));
             let n = match entry.read(&mut room[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(WriteError::Read(e)),
             };
-            file.write_all(&room[..n])
-                .map_err(Self::io("write", path))?;
-            self.stage.filled += n;
-            self.stage.spans.push(Span::Data {
+            self.batch.filled += n;
+            self.batch.ops.push(Op::Data {
                 start,
                 end: start + n,
             });
-            written += n as u64;
+            read += n as u64;
         }
-        if written != size {
+        if read != size {
             return Err(StageError::SizeMismatch {
                 id: self.id,
                 path: expected.path.clone(),
                 expected: size,
-                found: written,
+                found: read,
             }
             .into());
         }
-        self.stage.spans.push(Span::End(index));
-        self.unsynced += size;
-        if self.unsynced >= WRITEBACK_EVERY {
-            self.unsynced = 0;
-            if let Some(nudge) = &self.nudge {
-                // Still syncing: the next nudge will do.
-                let _ = nudge.try_send(());
-            }
-        }
-        self.finish_file(file, path, expected.mode.0)
-    }
-
-    /// Gives a written file its final read-only mode (independent of the
-    /// umask) and, in per-file mode, fsyncs it.
-    fn finish_file(&mut self, file: File, path: &Path, mode: u32) -> Result<(), WriteError> {
-        file.set_permissions(fs::Permissions::from_mode(read_only(mode)))
-            .map_err(Self::io("set the mode of", path))?;
-        if self.sync == SyncMode::PerFile {
-            file.sync_all().map_err(Self::io("fsync", path))?;
-        }
-        Ok(())
+        self.push(Op::Close(index))
     }
 }
 
@@ -1331,4 +1486,113 @@ fn move_into_place(
         fs::rename(staging, final_dir).map_err(io_at("rename the staged release to", final_dir))?;
     }
     durable::fsync_dir(releases_dir).map_err(io_at("fsync", releases_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_formats::manifest::MANIFEST_FORMAT;
+    use slipway_formats::Hooks;
+
+    fn manifest(files: Vec<FileEntry>) -> Manifest {
+        Manifest {
+            format: MANIFEST_FORMAT,
+            app: "bot".into(),
+            version: "1.0.0".parse().unwrap(),
+            channel: "stable".into(),
+            created: 0,
+            source: None,
+            schema_version: 0,
+            schema_min_compatible: 0,
+            hooks: Hooks::default(),
+            files,
+        }
+    }
+
+    fn io_error(action: &'static str) -> StageError {
+        StageError::Io {
+            action,
+            path: PathBuf::from("x"),
+            source: io::Error::other("x"),
+        }
+    }
+
+    /// The writing thread stops at its first failure but still passes on
+    /// every order before it, so the hashing thread checks the files that
+    /// were completed first, and their mismatch is the error reported.
+    #[test]
+    fn files_completed_before_a_write_failure_are_still_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("app")).unwrap();
+        let sha_of_x = hex::encode(Sha256::digest(b"x"));
+        let m = manifest(vec![
+            FileEntry::dir("app"),
+            FileEntry::file("app/a", false, 3, hex::encode([0u8; 32])),
+            FileEntry::file("app/missing/b", false, 1, sha_of_x),
+        ]);
+        let mut batch = Batch::new();
+        batch.buf[..4].copy_from_slice(b"abcx");
+        batch.filled = 4;
+        batch.ops = vec![
+            Op::Open(1),
+            Op::Data { start: 0, end: 3 },
+            Op::Close(1),
+            Op::Open(2),
+            Op::Data { start: 3, end: 4 },
+            Op::Close(2),
+        ];
+        let failed = AtomicBool::new(false);
+        let (batch_tx, batch_rx) = mpsc::sync_channel(1);
+        let (written_tx, written_rx) = mpsc::sync_channel(1);
+        let (free_tx, _free_rx) = mpsc::sync_channel(1);
+        batch_tx.send(batch).unwrap();
+        drop(batch_tx);
+        let files = FileWriter {
+            staging: dir.path(),
+            manifest: &m,
+            sync: SyncMode::Filesystem,
+            nudge: None,
+            unsynced: 0,
+            open: None,
+        };
+        let (i, e) = write_batches(files, batch_rx, written_tx, &failed).expect("write failure");
+        assert_eq!(i, 2);
+        assert!(
+            matches!(
+                e,
+                StageError::Io {
+                    action: "create",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(failed.load(Ordering::Relaxed));
+        assert_eq!(fs::read(dir.path().join("app/a")).unwrap(), b"abc");
+        let id = ReleaseId::of_bytes(b"release");
+        let (i, e) = hash_batches(id, &m, written_rx, free_tx, &failed).expect("mismatch");
+        assert_eq!(i, 1);
+        assert!(
+            matches!(&e, StageError::HashMismatch { path, .. } if path == "app/a"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_earliest_entry_error_is_reported() {
+        let pick = |m: Option<usize>, w: Option<usize>| {
+            let mismatch = m.map(|i| (i, io_error("mismatch")));
+            let write = w.map(|i| (i, io_error("write")));
+            match earliest(mismatch, write) {
+                Some(StageError::Io { action, .. }) => Some(action),
+                _ => None,
+            }
+        };
+        assert_eq!(pick(Some(1), Some(2)), Some("mismatch"));
+        assert_eq!(pick(Some(3), Some(2)), Some("write"));
+        assert_eq!(pick(Some(2), Some(2)), Some("mismatch"));
+        assert_eq!(pick(None, Some(2)), Some("write"));
+        assert_eq!(pick(Some(2), None), Some("mismatch"));
+        assert_eq!(pick(None, None), None);
+    }
 }
