@@ -187,6 +187,8 @@ report() {
         "$(ratio "$(median "$WORK/build.runs" 2)" "$(median "$WORK/pipeline.runs" 2)")" \
         "$(ratio "$(median "$WORK/build.runs" 3)" "$(median "$WORK/pipeline.runs" 3)")" \
         "$(ratio "$BUILD_SIZE" "$PIPE_SIZE")"
+    printf '| ratio (b) / (a) within each round: median (every round) | %s | | | | | |\n' \
+        "$(paired_ratio "$WORK/build.runs" "$WORK/pipeline.runs")"
     if [[ -n $COMPARE_PACK ]]; then
         stats_row "(b') the same with \`$COMPARE_PACK\`" "$WORK/compare.runs" "$(mib "$BUILD_SIZE")" "$(loads_list "$WORK/compare.runs")"
         printf "| ratio (b') / (a) | %s | %s | %s | | | |\n" \

@@ -297,12 +297,16 @@ report() {
         "$(ratio "$(median "$WORK/install.runs" 1)" "$(median "$WORK/unpack.runs" 1)")" \
         "$(ratio "$(median "$WORK/install.runs" 2)" "$(median "$WORK/unpack.runs" 2)")" \
         "$(ratio "$(median "$WORK/install.runs" 3)" "$(median "$WORK/unpack.runs" 3)")"
+    printf '| ratio (b) / (a) within each round: median (every round) | %s | | | | |\n' \
+        "$(paired_ratio "$WORK/install.runs" "$WORK/unpack.runs")"
     if [[ -n $COMPARE_BIN ]]; then
         stats_row "(b') the same with \`$COMPARE_BIN\`" "$WORK/compare.runs" "$(loads_list "$WORK/compare.runs")"
         printf "| ratio (b') / (a) | %s | %s | %s | | |\n" \
             "$(ratio "$(median "$WORK/compare.runs" 1)" "$(median "$WORK/unpack.runs" 1)")" \
             "$(ratio "$(median "$WORK/compare.runs" 2)" "$(median "$WORK/unpack.runs" 2)")" \
             "$(ratio "$(median "$WORK/compare.runs" 3)" "$(median "$WORK/unpack.runs" 3)")"
+        printf "| ratio (b') / (a) within each round | %s | | | | |\n" \
+            "$(paired_ratio "$WORK/compare.runs" "$WORK/unpack.runs")"
     fi
     if [[ $UPDATE_OK == 1 ]]; then
         stats_row '(c) `slipway install` 1.0.1 over 1.0.0 (1% changed) `&& sync`' "$WORK/update.runs" "$(loads_list "$WORK/update.runs")"

@@ -169,6 +169,20 @@ ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'
 }
 
+# paired_ratio NUM_FILE DEN_FILE : the median, over rounds, of this round's
+# wall time in NUM_FILE divided by the same round's in DEN_FILE, then every
+# round's ratio: "1.07 (1.05, 1.07, 1.12)". Rounds alternate, so a ratio
+# within one round compares runs made under the same conditions; on a
+# machine whose disk or CPUs change speed between rounds this is steadier
+# than the ratio of the two medians.
+paired_ratio() {
+    paste -d ' ' <(awk '{ print $1 }' "$1") <(awk '{ print $1 }' "$2") |
+        awk '$2 + 0 > 0 { printf "%.2f\n", $1 / $2 }' > "$1.paired"
+    awk -v m="$(sort -n "$1.paired" | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')" \
+        'BEGIN { printf "%s (", m } { printf "%s%s", (NR > 1 ? ", " : ""), $1 } END { print ")" }' "$1.paired"
+    rm -f "$1.paired"
+}
+
 # stats_row LABEL RESULTS_FILE [CELL]... : one markdown table row: LABEL,
 # the medians (wall s, CPU s, peak RSS MiB), every run's wall time, then the
 # extra CELLs.

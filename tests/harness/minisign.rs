@@ -64,7 +64,7 @@ pub fn sign(
 }
 
 /// Signs `file` with a legacy, non-prehashed signature (`minisign -S -l`),
-/// which `minisign-verify`'s streaming API does not accept. A `None` comment
+/// which slipway refuses by name (it cannot be checked in a stream). A `None` comment
 /// lets minisign write its default (timestamp and file name).
 pub fn sign_legacy(
     secret: &Path,
