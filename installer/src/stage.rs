@@ -226,11 +226,8 @@ fn stage_inner(
 ) -> Result<PathBuf, StageError> {
     let id = verified.id;
     let final_dir = releases_dir.join(verified.manifest.release_dir_name(&id));
-    let meta = fs::metadata(releases_dir).map_err(|source| StageError::Io {
-        action: "use the releases directory",
-        path: releases_dir.to_path_buf(),
-        source,
-    })?;
+    let meta =
+        fs::metadata(releases_dir).map_err(io_at("use the releases directory", releases_dir))?;
     if !meta.is_dir() {
         return Err(StageError::Io {
             action: "use the releases directory",
@@ -245,14 +242,6 @@ fn stage_inner(
     }
 
     let staging = releases_dir.join(format!(".staging-{}-{}", id.short(), std::process::id()));
-    let io_at = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StageError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     durable::remove_tree(&staging)
         .map_err(io_at("remove the stale staging directory", &staging))?;
     DirBuilder::new()
@@ -265,8 +254,8 @@ fn stage_inner(
     let staged = File::open(&staging)
         .map_err(io_at("open", &staging))
         .and_then(|root| {
-            let dirs = unpack(verified, &staging, options)?;
-            seal(&staging, &root, &dirs, options)
+            unpack(verified, &staging, options)?;
+            seal(&staging, &root, &verified.manifest, options)
         })
         .and_then(|()| move_into_place(&staging, &final_dir, existing.is_some(), releases_dir));
     match staged {
@@ -279,6 +268,16 @@ fn stage_inner(
                 cause: Box::new(cause),
             }),
         },
+    }
+}
+
+/// Maps an I/O error to [`StageError::Io`] naming what was done to which path.
+fn io_at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StageError {
+    let path = path.to_path_buf();
+    move |source| StageError::Io {
+        action,
+        path,
+        source,
     }
 }
 
@@ -372,8 +371,7 @@ fn decompression_limit(manifest: &Manifest, manifest_len: u64) -> u64 {
         .saturating_add(TOTAL_SLACK)
 }
 
-/// Unpacks and checks every entry into `staging`; returns the directories
-/// created, parents before children.
+/// Unpacks and checks every entry into `staging`.
 ///
 /// One thread reads, re-hashes ([`Recheck`]) and decompresses the archive;
 /// this one parses, checks and writes
@@ -383,17 +381,13 @@ fn unpack(
     verified: &mut VerifiedArchive,
     staging: &Path,
     options: StageOptions,
-) -> Result<Vec<PathBuf>, StageError> {
+) -> Result<(), StageError> {
     let id = verified.id;
     let archive_path = verified.path.clone();
     verified
         .file
         .seek(SeekFrom::Start(0))
-        .map_err(|source| StageError::Io {
-            action: "rewind the archive",
-            path: archive_path.clone(),
-            source,
-        })?;
+        .map_err(io_at("rewind the archive", &archive_path))?;
     let file = &mut verified.file;
     let recheck = &verified.recheck;
     let manifest = &verified.manifest;
@@ -413,7 +407,7 @@ fn unpack(
         // early if the archive was refused half way.
         let checked = check_and_write(reader, id, manifest, manifest_bytes, staging, options);
         let produced = producer.join();
-        let dirs = checked?;
+        checked?;
         let same = match produced {
             Ok(Ok(Some(same))) => same,
             Ok(Ok(None)) => {
@@ -422,13 +416,7 @@ fn unpack(
                     reason: "decompression stopped early".into(),
                 })
             }
-            Ok(Err(source)) => {
-                return Err(StageError::Io {
-                    action: "read the archive",
-                    path: archive_path,
-                    source,
-                })
-            }
+            Ok(Err(source)) => return Err(io_at("read the archive", &archive_path)(source)),
             Err(_) => {
                 return Err(StageError::Corrupt {
                     id,
@@ -442,7 +430,7 @@ fn unpack(
                 id,
             });
         }
-        Ok(dirs)
+        Ok(())
     })
 }
 
@@ -592,7 +580,7 @@ fn check_and_write(
     manifest_bytes: &[u8],
     staging: &Path,
     options: StageOptions,
-) -> Result<Vec<PathBuf>, StageError> {
+) -> Result<(), StageError> {
     let failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(BATCHES);
@@ -604,11 +592,7 @@ fn check_and_write(
         let failed = &failed;
         let (nudge, write_back) = match options.sync {
             SyncMode::Filesystem => {
-                let dir = File::open(staging).map_err(|source| StageError::Io {
-                    action: "open",
-                    path: staging.to_path_buf(),
-                    source,
-                })?;
+                let dir = File::open(staging).map_err(io_at("open", staging))?;
                 let (nudge, nudges) = mpsc::sync_channel::<()>(1);
                 (
                     Some(nudge),
@@ -635,13 +619,11 @@ fn check_and_write(
             free_batches: free_rx,
             failed,
             sync: options.sync,
-            dirs: Vec::new(),
         };
         let walked = walk_entries(reader, id, manifest, manifest_bytes, &mut writer);
         // The last, partly filled batch; then the threads see the end.
         let shipped = writer.ship();
-        let Writer { dirs, batches, .. } = writer;
-        drop(batches);
+        drop(writer);
         let write_failure = writer_thread.join().map_err(|_| hashing_stopped(staging))?;
         let mismatch = hasher.join().map_err(|_| hashing_stopped(staging))?;
         let synced = write_back.map(|t| t.join());
@@ -650,17 +632,13 @@ fn check_and_write(
         }
         walked?;
         shipped.map_err(|e| e.or_read(|_| hashing_stopped(staging)))?;
-        let sync_error = |source| StageError::Io {
-            action: "syncfs the file system holding",
-            path: staging.to_path_buf(),
-            source,
-        };
+        let sync_error = |source| io_at("syncfs the file system holding", staging)(source);
         match synced {
             Some(Ok(Err(e))) => return Err(sync_error(e)),
             Some(Err(_)) => return Err(sync_error(io::Error::other("the thread panicked"))),
             Some(Ok(Ok(()))) | None => {}
         }
-        Ok(dirs)
+        Ok(())
     })
 }
 
@@ -1178,44 +1156,38 @@ fn write_batches(
 
 impl FileWriter<'_> {
     fn apply(&mut self, op: &Op, buf: &[u8]) -> Result<(), (usize, StageError)> {
-        let io_at = |i: usize, action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| {
-                (
-                    i,
-                    StageError::Io {
-                        action,
-                        path,
-                        source,
-                    },
-                )
-            }
+        let entry_io = |i: usize, action: &'static str, path: &Path| {
+            let to_error = io_at(action, path);
+            move |source| (i, to_error(source))
         };
         match *op {
             Op::Dir(i) => {
                 let path = self.staging.join(&self.manifest.files[i].path);
-                DirBuilder::new().mode(0o755).create(&path).map_err(io_at(
-                    i,
-                    "create directory",
-                    &path,
-                ))
+                DirBuilder::new()
+                    .mode(0o755)
+                    .create(&path)
+                    .map_err(entry_io(i, "create directory", &path))
             }
             Op::Symlink(i) => {
                 let entry = &self.manifest.files[i];
                 let path = self.staging.join(&entry.path);
                 let target = entry.target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, &path).map_err(io_at(i, "create symlink", &path))
+                std::os::unix::fs::symlink(target, &path).map_err(entry_io(
+                    i,
+                    "create symlink",
+                    &path,
+                ))
             }
             Op::Open(i) => {
                 let path = self.staging.join(&self.manifest.files[i].path);
-                let file = create_file(&path).map_err(io_at(i, "create", &path))?;
+                let file = create_file(&path).map_err(entry_io(i, "create", &path))?;
                 self.open = Some((file, path, i));
                 Ok(())
             }
             Op::Data { start, end } => match &mut self.open {
                 Some((file, path, i)) => file
                     .write_all(&buf[start..end])
-                    .map_err(io_at(*i, "write", path)),
+                    .map_err(entry_io(*i, "write", path)),
                 None => Ok(()),
             },
             Op::Close(i) => {
@@ -1241,17 +1213,10 @@ impl FileWriter<'_> {
 /// Gives a written file its final read-only mode (independent of the
 /// umask) and, in per-file mode, fsyncs it.
 fn finish_file(file: File, path: &Path, mode: u32, sync: SyncMode) -> Result<(), StageError> {
-    let io_at = |action: &'static str| {
-        move |source| StageError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
     file.set_permissions(fs::Permissions::from_mode(read_only(mode)))
-        .map_err(io_at("set the mode of"))?;
+        .map_err(io_at("set the mode of", path))?;
     if sync == SyncMode::PerFile {
-        file.sync_all().map_err(io_at("fsync"))?;
+        file.sync_all().map_err(io_at("fsync", path))?;
     }
     Ok(())
 }
@@ -1269,20 +1234,12 @@ struct Writer<'a> {
     /// Raised by the writing or hashing thread at the first error.
     failed: &'a AtomicBool,
     sync: SyncMode,
-    /// Every directory queued, parents first, to seal at the end.
-    dirs: Vec<PathBuf>,
 }
 
 impl Writer<'_> {
     fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
-        let path = path.to_path_buf();
-        move |source| {
-            WriteError::Stage(StageError::Io {
-                action,
-                path,
-                source,
-            })
-        }
+        let to_error = io_at(action, path);
+        move |source| WriteError::Stage(to_error(source))
     }
 
     /// Writes `slipway/manifest.json`, which must be byte-identical to the
@@ -1302,7 +1259,6 @@ impl Writer<'_> {
             .mode(0o755)
             .create(&dir)
             .map_err(Self::io("create directory", &dir))?;
-        self.dirs.push(dir);
         let path = self.staging.join(MANIFEST_PATH);
         let mut file = create_file(&path).map_err(Self::io("create", &path))?;
         file.write_all(&bytes).map_err(Self::io("write", &path))?;
@@ -1340,10 +1296,7 @@ impl Writer<'_> {
         entry: &mut impl Read,
     ) -> Result<(), WriteError> {
         match expected.kind {
-            EntryType::Dir => {
-                self.dirs.push(self.staging.join(&expected.path));
-                self.push(Op::Dir(index))
-            }
+            EntryType::Dir => self.push(Op::Dir(index)),
             EntryType::Symlink => self.push(Op::Symlink(index)),
             EntryType::File => self.write_file(expected, index, entry),
         }
@@ -1412,23 +1365,33 @@ fn create_file(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Every directory of a completely staged tree, children before parents,
+/// the staging directory itself last: `slipway/` and the manifest's
+/// directories, which staging created one to one.
+fn staged_dirs(staging: &Path, manifest: &Manifest) -> Vec<PathBuf> {
+    let listed = manifest
+        .files
+        .iter()
+        .filter(|e| e.kind == EntryType::Dir)
+        .map(|e| staging.join(&e.path));
+    let mut dirs: Vec<PathBuf> = std::iter::once(staging.join("slipway"))
+        .chain(listed)
+        .collect();
+    dirs.reverse();
+    dirs.push(staging.to_path_buf());
+    dirs
+}
+
 /// Makes the staged tree read-only and durable.
 fn seal(
     staging: &Path,
     root: &File,
-    dirs: &[PathBuf],
+    manifest: &Manifest,
     options: StageOptions,
 ) -> Result<(), StageError> {
-    let io_at = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StageError::Io {
-            action,
-            path,
-            source,
-        }
-    };
+    let dirs = staged_dirs(staging, manifest);
     let sealed = fs::Permissions::from_mode(0o555);
-    for dir in dirs.iter().rev().map(PathBuf::as_path).chain([staging]) {
+    for dir in &dirs {
         fs::set_permissions(dir, sealed.clone()).map_err(io_at("make read-only", dir))?;
     }
     match options.sync {
@@ -1438,7 +1401,7 @@ fn seal(
                 .map_err(io_at("syncfs the file system holding", staging))?;
         }
         SyncMode::PerFile => {
-            for dir in dirs.iter().rev().map(PathBuf::as_path).chain([staging]) {
+            for dir in &dirs {
                 durable::fsync_dir(dir).map_err(io_at("fsync", dir))?;
             }
         }
@@ -1455,14 +1418,6 @@ fn move_into_place(
     replace: bool,
     releases_dir: &Path,
 ) -> Result<(), StageError> {
-    let io_at = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StageError::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let mut swapped = false;
     if replace {
         swapped = rustix::fs::renameat_with(
