@@ -195,7 +195,12 @@ pub fn run_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    let output = run_process(argv, cwd, env, timeout, false)?;
+    succeeded(argv, run_process(argv, cwd, env, timeout, false)?)
+}
+
+/// A command's output if it exited 0; else [`HookError::Failed`] with the
+/// stderr tail.
+fn succeeded(argv: &[String], output: CommandOutput) -> Result<CommandOutput, HookError> {
     match output.status {
         Some(0) => Ok(output),
         status => Err(HookError::Failed {
@@ -226,15 +231,7 @@ pub fn run_service_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    let output = run_process(argv, cwd, env, timeout, true)?;
-    match output.status {
-        Some(0) => Ok(output),
-        status => Err(HookError::Failed {
-            argv: display_argv(argv),
-            status,
-            stderr_tail: output.stderr_tail,
-        }),
-    }
+    succeeded(argv, run_process(argv, cwd, env, timeout, true)?)
 }
 
 fn run_process(
