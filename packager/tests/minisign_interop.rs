@@ -51,6 +51,26 @@ fn pub_base64(pub_file: &Path) -> String {
         .to_string()
 }
 
+/// `slipway-pack build SRC --version 1.0.0 --key KEY --out REPO` with the
+/// key's password in the environment.
+fn build_with_password(
+    src: &Path,
+    key: &Path,
+    repo: &Path,
+    password: &str,
+) -> std::process::Output {
+    pack()
+        .arg("build")
+        .arg(src)
+        .args(["--version", "1.0.0", "--key"])
+        .arg(key)
+        .arg("--out")
+        .arg(repo)
+        .env("SLIPWAY_KEY_PASSWORD", password)
+        .output()
+        .expect("build")
+}
+
 fn stock_verifies(archive: &Path, pub_file: &Path) {
     let by_file = minisign(&["-Vm", path_str(archive), "-p", path_str(pub_file)], "");
     assert!(
@@ -111,30 +131,12 @@ fn stock_minisign_verifies_archives_signed_with_slipway_keys() {
     );
 
     let r2 = tmp.path().join("r2");
-    let out = pack()
-        .arg("build")
-        .arg(&src)
-        .args(["--version", "1.0.0", "--key"])
-        .arg(&enc_key)
-        .arg("--out")
-        .arg(&r2)
-        .env("SLIPWAY_KEY_PASSWORD", "correct horse")
-        .output()
-        .expect("build");
+    let out = build_with_password(&src, &enc_key, &r2, "correct horse");
     assert!(out.status.success(), "{:?}", text(&out));
     let id2 = text(&out).0.trim().to_string();
     stock_verifies(&archive(&r2, &id2), &tmp.path().join("enc.pub"));
 
-    let wrong = pack()
-        .arg("build")
-        .arg(&src)
-        .args(["--version", "1.0.0", "--key"])
-        .arg(&enc_key)
-        .arg("--out")
-        .arg(&r2)
-        .env("SLIPWAY_KEY_PASSWORD", "wrong")
-        .output()
-        .expect("build");
+    let wrong = build_with_password(&src, &enc_key, &r2, "wrong");
     assert_eq!(wrong.status.code(), Some(1));
     assert!(
         text(&wrong).1.contains("wrong password"),
@@ -177,16 +179,7 @@ fn encrypted_minisign_cli_keys_sign_releases() {
     let src = tmp.path().join("src");
     sample_tree(&src);
     let repo = tmp.path().join("repo");
-    let out = pack()
-        .arg("build")
-        .arg(&src)
-        .args(["--version", "1.0.0", "--key"])
-        .arg(&sk)
-        .arg("--out")
-        .arg(&repo)
-        .env("SLIPWAY_KEY_PASSWORD", "s3cret")
-        .output()
-        .expect("build");
+    let out = build_with_password(&src, &sk, &repo, "s3cret");
     assert!(out.status.success(), "{:?}", text(&out));
     let id = text(&out).0.trim().to_string();
     stock_verifies(&archive(&repo, &id), &pk);
