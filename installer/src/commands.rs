@@ -31,7 +31,7 @@ use crate::config::{Config, ConfigError, ManagerKind};
 use crate::diff::{verify_installed, Drift};
 use crate::eligibility::{check_eligibility, EligibilityInput};
 use crate::fetch::HttpClient;
-use crate::journal;
+use crate::journal::{self, Operation};
 use crate::layout::Layout;
 use crate::lock::{LockError, TransactionLock};
 use crate::report;
@@ -329,7 +329,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
         } => {
             let src = Source::parse(source).map_err(|e| source_error(e, Exit::Usage))?;
             let opts = InstallOptions {
-                op: "install".into(),
+                op: Operation::Install,
                 auto: false,
                 force: *force,
                 allow_downgrade: *allow_downgrade,
@@ -357,7 +357,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
         } => {
             let src = configured_source(&config)?;
             let opts = InstallOptions {
-                op: "update".into(),
+                op: Operation::Update,
                 auto: *auto,
                 force: *force,
                 allow_downgrade: false,
@@ -762,7 +762,7 @@ fn refuse(
         return Err(err);
     }
     let mut o = Outcome::simple(
-        &opts.op,
+        opts.op.name(),
         AttemptResult::Failed,
         Exit::Failed,
         format!("{}: {}", err.failure.what, err.failure.why),
@@ -864,7 +864,7 @@ fn resolve_listed(
             if let (Some(p), Some(listed)) = (&state.pending, &c.listed) {
                 if p.release_id == listed.id && !host.config.update.auto_restart {
                     let o = Outcome::simple(
-                        &opts.op,
+                        opts.op.name(),
                         AttemptResult::Ready,
                         Exit::Done,
                         format!(
@@ -890,7 +890,7 @@ fn resolve_listed(
             if !skipped.is_empty() {
                 msg.push_str(&format!("; passed over: {}", skipped.join("; ")));
             }
-            let mut o = Outcome::simple(&opts.op, AttemptResult::UpToDate, Exit::Done, msg);
+            let mut o = Outcome::simple(opts.op.name(), AttemptResult::UpToDate, Exit::Done, msg);
             o.from_version = running_version;
             if persist_trust {
                 o = record(host, o)?;
@@ -1184,7 +1184,7 @@ fn write_preview(out: &mut dyn Write, p: &Preview, dry_run: bool) {
 fn check(host: &Host, allow_expired: bool, json: bool) -> Result<Exit, CommandError> {
     let src = configured_source(host.config)?;
     let opts = InstallOptions {
-        op: "check".into(),
+        op: Operation::Check,
         auto: true,
         force: false,
         allow_downgrade: false,
@@ -1331,7 +1331,7 @@ fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         bad_releases: state.bad_releases.clone(),
         journal: journal.map(|j| JournalView {
             txn: j.txn,
-            op: j.op,
+            op: j.op.name().to_string(),
             step: j.step.to_string(),
             version: j.version,
             started_at: j.started_at,

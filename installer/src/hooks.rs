@@ -254,6 +254,14 @@ fn run_process(
     for name in HOOK_ENV_VARS {
         command.env_remove(name);
     }
+    // Containment (crate::children): every child but a service start
+    // command carries this run's token, and every child's group is recorded
+    // in the ledger before it is waited on.
+    command.env_remove(crate::children::CHILD_ENV);
+    let mut tracked = crate::children::Tracked::new(leave_children);
+    if let Some(token) = tracked.env_token() {
+        command.env(crate::children::CHILD_ENV, token);
+    }
     command.envs(
         env.iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v))),
@@ -263,6 +271,10 @@ fn run_process(
         cwd: cwd.to_path_buf(),
         source,
     })?;
+    // A ledger that cannot be written (a full disk) must not stop the
+    // command: a resume or a flip back's restart matters more. The token
+    // still marks every child but a service start command.
+    let _ = tracked.spawned(child.id(), &display_argv(argv));
 
     let out_tail = Arc::new(Mutex::new(Tail::default()));
     let err_tail = Arc::new(Mutex::new(Tail::default()));
@@ -280,6 +292,7 @@ fn run_process(
         Err(source) => {
             kill_group(&child);
             let _ = child.wait();
+            tracked.finished();
             return Err(HookError::Io {
                 argv: display_argv(argv),
                 source,
@@ -295,7 +308,9 @@ fn run_process(
     let status = child.wait().map_err(|source| HookError::Io {
         argv: display_argv(argv),
         source,
-    })?;
+    });
+    tracked.finished();
+    let status = status?;
     let timed_out = !exited;
 
     // The pipes close when every process holding them is gone. A child that

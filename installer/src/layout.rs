@@ -78,6 +78,23 @@ impl Layout {
         self.state_dir().join("journal.json")
     }
 
+    /// The ledger of the children a run started ([`crate::children`]).
+    pub fn children_dir(&self) -> PathBuf {
+        self.state_dir().join("children")
+    }
+
+    /// Space set aside when a transaction begins for its journal writes
+    /// ([`crate::reserve`]).
+    pub fn journal_reserve_file(&self) -> PathBuf {
+        self.state_dir().join("reserve.journal")
+    }
+
+    /// Space set aside when a transaction begins for a flip back's restore
+    /// copy of the persistence ([`crate::reserve`]).
+    pub fn restore_reserve_file(&self) -> PathBuf {
+        self.state_dir().join("reserve.restore")
+    }
+
     /// Counters, bad list, enabled flag, pending update.
     pub fn host_state_file(&self) -> PathBuf {
         self.state_dir().join("host.json")

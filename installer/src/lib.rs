@@ -4,6 +4,7 @@
 //! starts so that `recover` knows exactly what to finish or undo.
 
 pub mod bundle;
+pub mod children;
 pub mod commands;
 pub mod config;
 pub mod diff;
@@ -19,6 +20,7 @@ pub mod layout;
 pub mod lock;
 pub mod quiesce;
 pub mod report;
+pub mod reserve;
 pub mod service;
 pub mod snapshot;
 pub mod source;

@@ -93,6 +93,9 @@ pub struct Flavor {
     /// The migrate hook migrates, then sleeps for this many seconds (so a
     /// test can kill slipway in the middle of the Migrate step).
     pub slow_migrate: Option<u32>,
+    /// The migrate hook sleeps for this many seconds, then migrates (so an
+    /// orphaned hook of a killed run would write late).
+    pub late_migrate: Option<u32>,
 }
 
 /// A built release.
@@ -265,6 +268,15 @@ impl TestHost {
                 "migrate = [\"python3\", \"app/bot/migrate.py\"]",
                 &format!(
                     "migrate = [\"sh\", \"-c\", \"python3 app/bot/migrate.py && sleep {secs}\"]"
+                ),
+            );
+            assert!(toml.contains("sleep"), "slipway.toml changed shape");
+        }
+        if let Some(secs) = flavor.late_migrate {
+            toml = toml.replace(
+                "migrate = [\"python3\", \"app/bot/migrate.py\"]",
+                &format!(
+                    "migrate = [\"sh\", \"-c\", \"sleep {secs} && python3 app/bot/migrate.py\"]"
                 ),
             );
             assert!(toml.contains("sleep"), "slipway.toml changed shape");
