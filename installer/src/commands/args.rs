@@ -163,9 +163,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print (or write) the systemd service and timer that run `update --auto`.
+    /// Print (or write) the systemd units: the timer and service that run
+    /// `update --auto`, and the service that recovers a run that died.
     Units {
-        /// Write slipway-update.service and slipway-update.timer into DIR.
+        /// Write slipway-update.service, slipway-update.timer and
+        /// slipway-recover.service into DIR.
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },

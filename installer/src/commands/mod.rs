@@ -27,7 +27,7 @@
 //! | `discover.rs` | which release a source offers this host (SPEC §4 step 1) |
 //! | `install.rs` | `install` / `update`: plain, `--interactive` and `--dry-run` |
 //! | `views.rs` | what the reporting commands print: `check`, `status`, `history`, `verify`, `gc` |
-//! | `units.rs` | `slipway units`: the systemd units that run `update --auto` |
+//! | `units.rs` | `slipway units`: the systemd units that run `update --auto` and `recover` |
 
 mod args;
 mod discover;
@@ -38,4 +38,4 @@ mod views;
 
 pub use args::{Cli, Command, LockArgs, WAIT_FOR_LOCK};
 pub use dispatch::{print_failure, run, CommandError};
-pub use units::unit_files;
+pub use units::{unit_files, Units, RECOVER_SERVICE, UPDATE_SERVICE, UPDATE_TIMER};
