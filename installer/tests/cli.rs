@@ -450,7 +450,7 @@ fn auto_restart_false_stages_and_apply_switches() {
 }
 
 #[test]
-fn units_prints_a_timer_and_a_oneshot_service() {
+fn units_prints_a_timer_a_oneshot_service_and_the_recover_unit() {
     let host = TestHost::new(&[("update", "interval_minutes = 20")]);
     let out = host.run_expect(&["units"], 0);
     let text = stdout(&out);
@@ -458,11 +458,32 @@ fn units_prints_a_timer_and_a_oneshot_service() {
     assert!(text.contains("update --auto"), "{text}");
     assert!(text.contains("OnUnitActiveSec=20min"), "{text}");
     assert!(text.contains("RandomizedDelaySec=300s"), "{text}");
+    assert!(
+        text.contains("OnFailure=slipway-recover.service\n"),
+        "{text}"
+    );
+    assert!(text.contains(" recover\n"), "{text}");
     let dir = host.path("units");
     fs::create_dir(&dir).unwrap();
     host.run_expect(&["units", "--write", &dir.to_string_lossy()], 0);
-    assert!(dir.join("slipway-update.service").is_file());
-    assert!(dir.join("slipway-update.timer").is_file());
+    // What --write writes is what `units` prints, file by file.
+    for name in [
+        "slipway-update.service",
+        "slipway-update.timer",
+        "slipway-recover.service",
+    ] {
+        let written = fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            text.contains(&format!("# {name}\n{written}")),
+            "{name}:\n{written}\n---\n{text}"
+        );
+    }
+    let journal = host.root().join("state/journal.json");
+    let recover = fs::read_to_string(dir.join("slipway-recover.service")).unwrap();
+    assert!(
+        recover.contains(&format!("ConditionPathExists={}\n", journal.display())),
+        "{recover}"
+    );
 }
 
 #[test]
