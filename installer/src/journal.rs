@@ -373,6 +373,9 @@ pub fn load(layout: &Layout) -> Result<Option<Journal>, JournalError> {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    if let Err(message) = check_paths(layout, &journal) {
+        return Err(JournalError::Corrupt { path, message });
+    }
     if journal.format != JOURNAL_FORMAT {
         return Err(JournalError::Corrupt {
             path,
@@ -383,6 +386,70 @@ pub fn load(layout: &Layout) -> Result<Option<Journal>, JournalError> {
         });
     }
     Ok(Some(journal))
+}
+
+/// Whether every path and name in `j` stays where the transaction could
+/// have put it: the transaction id is one [`new_txn_id`] makes (an empty or
+/// odd id would match other snapshots by prefix), the release directories
+/// lie under `releases/` and the snapshot under `backups/`, with no `..`.
+/// A journal that fails this was not written by slipway, and recovery
+/// touches nothing on its word.
+pub fn check_paths(layout: &Layout, j: &Journal) -> Result<(), String> {
+    if !valid_txn_id(&j.txn) {
+        return Err(format!(
+            "transaction id {:?} is not one slipway makes",
+            j.txn
+        ));
+    }
+    let under = |p: &Path, dir: &Path, what: &str| -> Result<(), String> {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            layout.root().join(p)
+        };
+        let clean = p.components().all(|c| {
+            !matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        });
+        if clean && p.starts_with(dir) && p != dir {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} {} lies outside {}",
+                p.display(),
+                dir.display()
+            ))
+        }
+    };
+    let releases = layout.releases_dir();
+    if let Some(d) = &j.release_dir {
+        under(d, &releases, "release_dir")?;
+    }
+    if let Some(d) = &j.old_release {
+        under(d, &releases, "old_release")?;
+    }
+    if let Some(d) = &j.old_previous {
+        under(d, &releases, "old_previous")?;
+    }
+    if let Some(s) = &j.snapshot {
+        under(&s.dir, &layout.backups_dir(), "snapshot")?;
+    }
+    Ok(())
+}
+
+/// `YYYYMMDDTHHMMSSZ-<pid>`, as [`new_txn_id`] writes it.
+fn valid_txn_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() > 17
+        && b.len() <= 32
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(u8::is_ascii_digit)
 }
 
 /// Removes the journal durably: the transaction is over (and so is the
@@ -458,6 +525,35 @@ mod tests {
             let json = serde_json::to_string(&op).expect("json");
             assert_eq!(json, format!("\"{}\"", op.name()));
         }
+    }
+
+    #[test]
+    fn a_planted_journal_naming_paths_outside_the_root_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let now = Timestamp::parse("2026-03-01T10:20:30Z").expect("time");
+        let good = Journal::new(new_txn_id(now), Operation::Install, now, false);
+        assert_eq!(check_paths(&layout, &good), Ok(()));
+        let mut empty_txn = good.clone();
+        empty_txn.txn = String::new();
+        let mut outside = good.clone();
+        outside.release_dir = Some("/etc".into());
+        let mut dotdot = good.clone();
+        dotdot.release_dir = Some(layout.releases_dir().join("../state"));
+        let mut old = good.clone();
+        old.old_release = Some("../../etc".into());
+        for bad in [empty_txn, outside, dotdot, old] {
+            record(&layout, &bad).expect("record");
+            assert!(
+                matches!(load(&layout), Err(JournalError::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut fine = good.clone();
+        fine.release_dir = Some(layout.releases_dir().join("1.0.0-abc"));
+        fine.old_release = Some("releases/0.9.0-def".into());
+        record(&layout, &fine).expect("record");
+        assert_eq!(load(&layout).expect("load"), Some(fine));
     }
 
     #[test]

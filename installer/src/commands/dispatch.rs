@@ -278,6 +278,17 @@ fn load_config(cli: &Cli) -> Result<Config, CommandError> {
 }
 
 fn take_lock(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandError> {
+    // Checked before anything is created (create_dir_all follows links),
+    // and again after.
+    let unsafe_dir = |e: crate::layout::UnsafeDir| {
+        CommandError::new(
+            Exit::Usage,
+            "unsafe install root",
+            e.to_string(),
+            "nothing was changed; fix the directory as said, then run the command again",
+        )
+    };
+    host.layout.check_safe().map_err(unsafe_dir)?;
     for dir in host.layout.dirs() {
         crate::durable::create_dirs(&dir).map_err(|e| {
             CommandError::new(
@@ -288,6 +299,7 @@ fn take_lock(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandErro
             )
         })?;
     }
+    host.layout.check_safe().map_err(unsafe_dir)?;
     let wait = if args.wait {
         WAIT_FOR_LOCK
     } else {
