@@ -36,8 +36,7 @@
 //! only written after an index passed all of this, and only by commands
 //! that hold the lock ([`ReadOptions::persist`]).
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +48,7 @@ use slipway_formats::{
     ChannelIndex, ChannelRelease, KeyId, PublicKey, SignatureFile, TrustedKeys, Version,
     MAX_METADATA_BYTES, MAX_SIGNATURE_BYTES,
 };
+use slipway_fs::ReadError;
 use thiserror::Error;
 
 use crate::durable;
@@ -77,6 +77,11 @@ pub enum SourceError {
         what: &'static str,
         path: PathBuf,
         max: u64,
+    },
+    #[error("{what}: {source}")]
+    NotRegular {
+        what: &'static str,
+        source: ReadError,
     },
     #[error("{what}: {source}")]
     Fetch {
@@ -401,27 +406,28 @@ pub fn index_paths(dir: &Path, channel: &str) -> (PathBuf, PathBuf) {
     (dir.join(index), dir.join(sig))
 }
 
-/// Reads at most `max` bytes of `path`; a longer file is an error.
+/// Reads at most `max` bytes of the regular file `path` with
+/// [`slipway_fs::read_capped`] (no symlink, no FIFO or device, never
+/// blocking), naming it `what` in errors.
 pub fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, SourceError> {
-    let read_err = |source| SourceError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > max {
-        return Err(SourceError::TooLarge {
+    slipway_fs::read_capped(path, max).map_err(|e| match e {
+        ReadError::NotFound { path } => SourceError::Read {
             what,
-            path: path.to_path_buf(),
-            max,
-        });
-    }
-    Ok(bytes)
+            path,
+            source: io::ErrorKind::NotFound.into(),
+        },
+        ReadError::TooLarge { path, max } => SourceError::TooLarge { what, path, max },
+        ReadError::Io { path, source } => SourceError::Read { what, path, source },
+        other => SourceError::NotRegular {
+            what,
+            source: other,
+        },
+    })
 }
+
+/// The largest trust state (`trust.json`) read: it grows by one entry per
+/// channel and per learned key.
+pub const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Authenticates a channel index from its bytes and its signature's: the
 /// signature by a key in `keys` over the exact bytes, a `slipway-channel`
@@ -580,17 +586,15 @@ pub fn advance_trust(trust: &mut TrustState, verified: &VerifiedIndex, now: Time
 /// Loads `<root>/state/trust.json` (empty when absent).
 pub fn load_trust(layout: &Layout) -> Result<TrustState, SourceError> {
     let path = layout.trust_file();
-    match std::fs::read(&path) {
+    match read_capped(&path, MAX_STATE_BYTES, "trust state") {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SourceError::TrustCorrupt {
             path,
             message: e.to_string(),
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TrustState::default()),
-        Err(source) => Err(SourceError::Read {
-            what: "trust state",
-            path,
-            source,
-        }),
+        Err(SourceError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(TrustState::default())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -654,7 +658,9 @@ pub struct IndexCache {
 }
 
 fn load_cache(layout: &Layout, channel: &str, url: &str) -> Option<IndexCache> {
-    let bytes = std::fs::read(layout.index_cache_file(channel)).ok()?;
+    // The cache holds one index and its signature, JSON-escaped.
+    let cap = 2 * (MAX_METADATA_BYTES + MAX_SIGNATURE_BYTES) + 64 * 1024;
+    let bytes = slipway_fs::read_capped(&layout.index_cache_file(channel), cap).ok()?;
     let cache: IndexCache = serde_json::from_slice(&bytes).ok()?;
     let usable = cache.url == url
         && (cache.validators.etag.is_some() || cache.validators.last_modified.is_some());

@@ -12,9 +12,8 @@
 //! [`check_upgrade`] is the rest of step 4: the version order, the app, and
 //! whether the new code can read the host's data.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -25,6 +24,7 @@ use slipway_formats::{
     KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, Version, MANIFEST_PATH,
     MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
 };
+use slipway_fs::ReadError;
 use thiserror::Error;
 
 /// The read buffer of the verifying pass.
@@ -233,40 +233,6 @@ pub enum VerifyError {
     },
 }
 
-/// Opens `path` for reading without following a final symlink and without
-/// blocking on a FIFO, and refuses anything but a regular file.
-pub(crate) fn open_regular(path: &Path) -> io::Result<Result<File, &'static str>> {
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)?;
-    let kind = file.metadata()?.file_type();
-    if kind.is_file() {
-        Ok(Ok(file))
-    } else {
-        Ok(Err(describe_file_type(&kind)))
-    }
-}
-
-fn describe_file_type(kind: &std::fs::FileType) -> &'static str {
-    if kind.is_dir() {
-        "directory"
-    } else if kind.is_symlink() {
-        "symlink"
-    } else if kind.is_fifo() {
-        "FIFO"
-    } else if kind.is_socket() {
-        "socket"
-    } else if kind.is_char_device() {
-        "character device"
-    } else if kind.is_block_device() {
-        "block device"
-    } else {
-        "special file"
-    }
-}
-
 /// Verifies a release archive and its detached signature (SPEC §4 step 4,
 /// §6 "Archive"), reading the archive file exactly once for the hashes.
 ///
@@ -287,18 +253,21 @@ pub fn verify_archive(
     keys: &TrustedKeys,
     expect: &Expectations,
 ) -> Result<VerifiedArchive, VerifyError> {
-    let mut file = match open_regular(archive) {
-        Ok(Ok(f)) => f,
-        Ok(Err(kind)) => {
-            return Err(VerifyError::NotRegular {
-                path: archive.to_path_buf(),
-                kind,
+    let mut file = match slipway_fs::open_regular(archive) {
+        Ok(f) => f,
+        Err(ReadError::NotRegular { path, kind }) => {
+            return Err(VerifyError::NotRegular { path, kind })
+        }
+        Err(ReadError::NotFound { path }) => {
+            return Err(VerifyError::Open {
+                path,
+                source: io::ErrorKind::NotFound.into(),
             })
         }
-        Err(source) => {
+        Err(e) => {
             return Err(VerifyError::Open {
                 path: archive.to_path_buf(),
-                source,
+                source: io::Error::other(e.to_string()),
             })
         }
     };
@@ -507,30 +476,20 @@ fn read_signature(path: &Path) -> Result<String, VerifyError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = match open_regular(path).map_err(io_err)? {
-        Ok(f) => f,
-        Err(kind) => {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("it is a {kind}, not a regular file"),
-            )))
-        }
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_SIGNATURE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err)?;
-    if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
-        return Err(VerifyError::SignatureTooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        io_err(io::Error::new(
+    match slipway_fs::read_text_capped(path, MAX_SIGNATURE_BYTES) {
+        Ok(text) => Ok(text),
+        Err(ReadError::TooLarge { path, .. }) => Err(VerifyError::SignatureTooLarge { path }),
+        Err(ReadError::NotFound { .. }) => Err(io_err(io::ErrorKind::NotFound.into())),
+        Err(ReadError::Io { source, .. }) => Err(io_err(source)),
+        Err(ReadError::NotRegular { kind, .. }) => Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is a {kind}, not a regular file"),
+        ))),
+        Err(ReadError::NotText { .. }) => Err(io_err(io::Error::new(
             io::ErrorKind::InvalidData,
             "it is not UTF-8 text",
-        ))
-    })
+        ))),
+    }
 }
 
 /// Decompresses just enough of the archive to read its first entry, which

@@ -15,6 +15,8 @@
 
 use std::fs;
 use std::io::Read;
+
+use slipway_fs::{open_regular, read_capped_optional};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -116,11 +118,11 @@ impl Repo {
     pub fn read_channel(&self, channel: &str, keys: &TrustedKeys) -> Result<Option<SignedIndex>> {
         validate_name(channel).map_err(|r| PackError::channel(channel, r))?;
         let path = self.channel_path(channel);
-        let Some(bytes) = read_capped(&path, MAX_METADATA_BYTES)? else {
+        let Some(bytes) = read_capped_optional(&path, MAX_METADATA_BYTES)? else {
             return Ok(None);
         };
         let sig_path = self.channel_signature_path(channel);
-        let sig_text = read_capped(&sig_path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
+        let sig_text = read_capped_optional(&sig_path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
             PackError::verify(
                 &sig_path,
                 "missing: the channel index has no signature beside it",
@@ -262,7 +264,7 @@ impl Repo {
             (sig_src, self.signature_path(&verified.id)),
         ] {
             let mut temp = durable::temp_file_in(&dir)?;
-            let mut input = fs::File::open(&src).map_err(PackError::io("open", &src))?;
+            let mut input = open_regular(&src)?;
             std::io::copy(&mut input, temp.as_file_mut()).map_err(PackError::io("copy", &src))?;
             durable::persist(temp, &dst)?;
         }
@@ -357,26 +359,6 @@ pub fn archive_id_from_name(path: &Path) -> Result<ReleaseId> {
                 "an archive's file name must be <sha256 hex>.tar.zst, as `slipway-pack build` writes it",
             )
         })
-}
-
-/// Reads a whole file of at most `cap` bytes; `Ok(None)` if it does not exist.
-pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(PackError::io("open", path)(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut bytes)
-        .map_err(PackError::io("read", path))?;
-    if bytes.len() as u64 > cap {
-        return Err(PackError::verify(
-            path,
-            format!("larger than the {cap} bytes accepted"),
-        ));
-    }
-    Ok(Some(bytes))
 }
 
 /// How `publish`, `yank` and `refresh` sign the new index.
