@@ -40,13 +40,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use slipway_formats::channel::{ChannelError, Timestamp};
+use slipway_formats::channel::{
+    authenticate_index, AuthenticatedIndex, ChannelError, IndexAuthError, Timestamp,
+};
 use slipway_formats::rotation::{verify_rotation, KeyRotation, RotationError, MAX_ROTATION_CHAIN};
-use slipway_formats::signature::{SignatureError, TrustedComment, CHANNEL_COMMENT};
+use slipway_formats::signature::SignatureError;
 use slipway_formats::state::{ChannelTrust, LearnedKey, TrustState};
 use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, PublicKey, SignatureFile, TrustedKeys, Version,
-    MAX_METADATA_BYTES, MAX_SIGNATURE_BYTES,
+    ChannelIndex, ChannelRelease, KeyId, PublicKey, TrustedKeys, Version, MAX_METADATA_BYTES,
+    MAX_SIGNATURE_BYTES,
 };
 use slipway_fs::ReadError;
 use thiserror::Error;
@@ -429,10 +431,11 @@ pub fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>,
 /// channel and per learned key.
 pub const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Authenticates a channel index from its bytes and its signature's: the
-/// signature by a key in `keys` over the exact bytes, a `slipway-channel`
-/// trusted comment whose app, channel and version equal the index's, a
-/// strict parse, and the identity check (`app` is the running app, or
+/// Authenticates a channel index from its bytes and its signature's with
+/// [`authenticate_index`] (the check `slipway-pack verify` runs too: the
+/// signature by a key in `keys` over the exact bytes, a strict parse, and a
+/// `slipway-channel` trusted comment that is exactly the index's app,
+/// channel and version), then the identity check (`app` is the running app, or
 /// `None` on a first install, when the index names it). `location` and
 /// `sig_location` name where the bytes came from. Freshness is checked
 /// separately by [`check_freshness`].
@@ -455,41 +458,19 @@ pub fn verify_index(
             "the signature file is not UTF-8 text".into(),
         ))
     })?;
-    let signature = SignatureFile::parse(sig_text).map_err(sig_err)?;
-    let signer = signature.verify_bytes(keys, bytes).map_err(sig_err)?.id();
-    let comment_text = signature.trusted_comment().to_string();
-    let comment_err = |reason: String| SourceError::Comment {
-        location: location.to_string(),
-        comment: comment_text.clone(),
-        reason,
-    };
-    let comment = TrustedComment::parse(&comment_text)
-        .map_err(|e| comment_err(format!("is malformed ({e})")))?;
-    if comment.kind != CHANNEL_COMMENT {
-        return Err(comment_err(format!(
-            "is of kind {:?}, not {CHANNEL_COMMENT:?}",
-            comment.kind
-        )));
-    }
-    let index = ChannelIndex::parse(bytes).map_err(|source| SourceError::Index {
-        location: location.to_string(),
-        source,
-    })?;
-    let signed_version = index.version.to_string();
-    for (field, value) in [
-        ("app", index.app.as_str()),
-        ("channel", index.channel.as_str()),
-        ("version", signed_version.as_str()),
-    ] {
-        let signed = comment
-            .field(field)
-            .map_err(|_| comment_err(format!("has no {field} field")))?;
-        if signed != value {
-            return Err(comment_err(format!(
-                "says {field} {signed:?} but the index says {value:?}"
-            )));
-        }
-    }
+    let AuthenticatedIndex { index, signer } =
+        authenticate_index(bytes, sig_text, keys).map_err(|e| match e {
+            IndexAuthError::Signature(source) => sig_err(source),
+            IndexAuthError::Comment { comment, reason } => SourceError::Comment {
+                location: location.to_string(),
+                comment,
+                reason,
+            },
+            IndexAuthError::Index(source) => SourceError::Index {
+                location: location.to_string(),
+                source,
+            },
+        })?;
     let app = app.unwrap_or(index.app.as_str()).to_string();
     index
         .check_identity(&app, channel)

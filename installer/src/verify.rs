@@ -19,7 +19,10 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 use slipway_formats::manifest::ManifestError;
-use slipway_formats::signature::{SignatureError, TrustedComment, RELEASE_COMMENT};
+use slipway_formats::signature::{
+    check_release_comment, check_release_manifest, ReleaseCommentError, SignatureError,
+    TrustedComment,
+};
 use slipway_formats::{
     KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, Version, MANIFEST_PATH,
     MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
@@ -180,7 +183,7 @@ pub enum VerifyError {
     #[error("release {id}: the manifest says {field} {manifest:?} but the signature says {signed:?}; the archive was built or signed wrongly and is refused")]
     ManifestDisagrees {
         id: ReleaseId,
-        field: &'static str,
+        field: String,
         manifest: String,
         signed: String,
     },
@@ -255,6 +258,16 @@ pub fn verify_archive(
 ) -> Result<VerifiedArchive, VerifyError> {
     let mut file = match slipway_fs::open_regular(archive) {
         Ok(f) => f,
+        // A symlink is never followed: the open itself fails (ELOOP).
+        Err(ReadError::NotRegular {
+            path,
+            kind: "symlink",
+        }) => {
+            return Err(VerifyError::Open {
+                path,
+                source: io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()),
+            })
+        }
         Err(ReadError::NotRegular { path, kind }) => {
             return Err(VerifyError::NotRegular { path, kind })
         }
@@ -345,28 +358,24 @@ pub fn verify_archive(
     }
     let signer = check.finish().map_err(sig_err)?.id();
 
-    let comment_text = sig.trusted_comment();
-    let not_release = || VerifyError::NotReleaseComment {
-        path: signature.to_path_buf(),
-        comment: comment_text.to_string(),
-    };
-    let comment = TrustedComment::parse(comment_text).map_err(|_| not_release())?;
-    if comment.kind != RELEASE_COMMENT {
-        return Err(not_release());
-    }
-    let field = |name: &str| comment.field(name).map_err(sig_err);
-    let signed_id = field("id")?;
-    if signed_id.parse::<ReleaseId>().ok() != Some(id) {
-        return Err(VerifyError::SignedForAnotherArchive {
+    // The release comment rules are slipway_formats::signature's, shared
+    // with `slipway-pack verify`.
+    let comment = check_release_comment(sig.trusted_comment(), &id).map_err(|e| match e {
+        ReleaseCommentError::ForAnotherArchive { signed, actual } => {
+            VerifyError::SignedForAnotherArchive {
+                path: signature.to_path_buf(),
+                archive: archive.to_path_buf(),
+                signed,
+                actual,
+            }
+        }
+        _ => VerifyError::NotReleaseComment {
             path: signature.to_path_buf(),
-            archive: archive.to_path_buf(),
-            signed: signed_id.to_string(),
-            actual: id,
-        });
-    }
+            comment: sig.trusted_comment().to_string(),
+        },
+    })?;
+    let field = |name: &str| comment.field(name).map_err(sig_err);
     let signed_app = field("app")?;
-    let signed_version = field("version")?;
-    let signed_channel = field("channel")?;
     if let Some(app) = &expect.app {
         if app != signed_app {
             return Err(VerifyError::WrongApp {
@@ -381,23 +390,22 @@ pub fn verify_archive(
     let manifest_bytes = read_manifest_entry(&mut file, archive, id)?;
     let manifest =
         Manifest::parse(&manifest_bytes).map_err(|source| VerifyError::Manifest { id, source })?;
-    let disagrees = |field: &'static str, manifest: String, signed: &str| {
-        Err(VerifyError::ManifestDisagrees {
+    check_release_manifest(&comment, &id, &manifest).map_err(|e| match e {
+        ReleaseCommentError::ManifestDisagrees {
+            field,
+            manifest,
+            signed,
+        } => VerifyError::ManifestDisagrees {
             id,
             field,
             manifest,
-            signed: signed.to_string(),
-        })
-    };
-    if manifest.app != signed_app {
-        return disagrees("app", manifest.app.clone(), signed_app);
-    }
-    if signed_version.parse::<Version>().ok().as_ref() != Some(&manifest.version) {
-        return disagrees("version", manifest.version.to_string(), signed_version);
-    }
-    if manifest.channel != signed_channel {
-        return disagrees("channel", manifest.channel.clone(), signed_channel);
-    }
+            signed,
+        },
+        _ => VerifyError::NotReleaseComment {
+            path: signature.to_path_buf(),
+            comment: comment.to_string(),
+        },
+    })?;
     if let Some(channel) = &expect.channel {
         if channel != &manifest.channel {
             return Err(VerifyError::WrongChannel {

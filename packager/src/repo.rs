@@ -20,11 +20,11 @@ use slipway_fs::{open_regular, read_capped_optional};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use slipway_formats::channel::Timestamp;
+use slipway_formats::channel::{authenticate_index, AuthenticatedIndex, IndexAuthError, Timestamp};
 use slipway_formats::manifest::validate_name;
-use slipway_formats::signature::{TrustedComment, CHANNEL_COMMENT};
+use slipway_formats::signature::TrustedComment;
 use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, ReleaseId, SignatureFile, TrustedKeys, MAX_METADATA_BYTES,
+    ChannelIndex, ChannelRelease, KeyId, ReleaseId, TrustedKeys, MAX_METADATA_BYTES,
     MAX_SIGNATURE_BYTES,
 };
 
@@ -130,33 +130,19 @@ impl Repo {
         })?;
         let sig_text = String::from_utf8(sig_text)
             .map_err(|_| PackError::verify(&sig_path, "signature file is not UTF-8"))?;
-        let sig = SignatureFile::parse(&sig_text)
-            .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-        let key = sig
-            .verify_bytes(keys, &bytes)
-            .map_err(|e| PackError::verify(&path, e.to_string()))?;
-        let key_id = key.id();
-        let index =
-            ChannelIndex::parse(&bytes).map_err(|e| PackError::verify(&path, e.to_string()))?;
+        // The same authentication a host runs (slipway_formats::channel).
+        let AuthenticatedIndex { index, signer } = authenticate_index(&bytes, &sig_text, keys)
+            .map_err(|e| match e {
+                IndexAuthError::Comment { .. } => PackError::verify(&sig_path, e.to_string()),
+                other => PackError::verify(&path, other.to_string()),
+            })?;
+        let key_id = signer;
         if index.channel != channel {
             return Err(PackError::verify(
                 &path,
                 format!(
                     "the index is for channel {:?}, but the file is named for {channel:?}",
                     index.channel
-                ),
-            ));
-        }
-        let comment = TrustedComment::parse(sig.trusted_comment())
-            .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-        let expected = TrustedComment::for_channel(&index.app, &index.channel, index.version);
-        if comment.kind != CHANNEL_COMMENT || comment != expected {
-            return Err(PackError::verify(
-                &sig_path,
-                format!(
-                    "signed trusted comment {:?} does not describe this index ({:?})",
-                    sig.trusted_comment(),
-                    expected.to_string()
                 ),
             ));
         }
@@ -720,8 +706,10 @@ mod tests {
             .add_signed_archive(&key, &junk, "bot", "9.9.9", "stable")
             .expect("signed");
         assert_eq!(id, ReleaseId::of_bytes(b"not a tar"));
-        let sig = SignatureFile::parse(&fs::read_to_string(repo.signature_path(&id)).expect("sig"))
-            .expect("parse");
+        let sig = slipway_formats::SignatureFile::parse(
+            &fs::read_to_string(repo.signature_path(&id)).expect("sig"),
+        )
+        .expect("parse");
         let keys = own_key(&key);
         sig.verify_bytes(&keys, b"not a tar")
             .expect("signature verifies");

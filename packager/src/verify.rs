@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slipway_formats::channel::Timestamp;
-use slipway_formats::signature::{TrustedComment, RELEASE_COMMENT};
+use slipway_formats::signature::{check_release_comment, check_release_manifest};
 use slipway_formats::{
     EntryType, FileEntry, KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, MANIFEST_PATH,
     MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
@@ -105,44 +105,15 @@ pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive
         .map_err(|e| PackError::verify(path, e.to_string()))?;
     let key_id = key.id();
 
+    // The release comment rules are slipway_formats::signature's, the ones
+    // a host applies.
     let comment_text = sig.trusted_comment().to_string();
-    let comment = TrustedComment::parse(&comment_text)
+    let comment = check_release_comment(&comment_text, &id)
         .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-    if comment.kind != RELEASE_COMMENT {
-        return Err(PackError::verify(
-            &sig_path,
-            format!("trusted comment {comment_text:?} is not a slipway release comment"),
-        ));
-    }
-    let field = |k: &str| {
-        comment
-            .field(k)
-            .map(str::to_string)
-            .map_err(|e| PackError::verify(&sig_path, e.to_string()))
-    };
-    if field("id")? != id.to_string() {
-        return Err(PackError::verify(
-            &sig_path,
-            format!("the signature is for release {}, not {id}", field("id")?),
-        ));
-    }
 
     let manifest = check_contents(path)?;
-    for (k, value) in [
-        ("app", manifest.app.clone()),
-        ("version", manifest.version.to_string()),
-        ("channel", manifest.channel.clone()),
-    ] {
-        if field(k)? != value {
-            return Err(PackError::verify(
-                path,
-                format!(
-                    "the signature says {k} {:?}, the manifest says {value:?}",
-                    field(k)?
-                ),
-            ));
-        }
-    }
+    check_release_manifest(&comment, &id, &manifest)
+        .map_err(|e| PackError::verify(path, e.to_string()))?;
     Ok(VerifiedArchive {
         id,
         path: path.to_path_buf(),
