@@ -898,7 +898,7 @@ pub fn machine_id(configured: Option<&str>) -> Option<String> {
     if let Some(id) = configured.map(str::trim).filter(|s| !s.is_empty()) {
         return Some(id.to_string());
     }
-    std::fs::read_to_string("/etc/machine-id")
+    slipway_fs::read_text_capped(Path::new("/etc/machine-id"), 4096)
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())

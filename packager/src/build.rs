@@ -218,7 +218,7 @@ pub fn build_release(opts: &BuildOptions, key: &SigningKey) -> Result<BuiltRelea
 /// another key: replacing it could break an index that lists the release,
 /// so it is refused.
 fn refuse_other_signature(path: &Path, new_text: &str, id: &ReleaseId) -> Result<()> {
-    match std::fs::read_to_string(path) {
+    match slipway_fs::read_text_capped(path, slipway_formats::MAX_SIGNATURE_BYTES) {
         Ok(existing) if existing != new_text => {
             let by = slipway_formats::SignatureFile::parse(&existing)
                 .map(|s| format!("key {}", s.key_id()))
