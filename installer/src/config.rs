@@ -11,17 +11,28 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use slipway_fs::{read_text_capped, ReadError};
 use thiserror::Error;
+
+/// The largest configuration file read. A real one is a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The largest public key file read (a minisign `.pub` is about 100 bytes).
+pub const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
 
 /// Why the configuration could not be used. Exit code 2.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("no configuration file: looked for {0}; pass --config FILE or set SLIPWAY_CONFIG")]
     NotFound(String),
-    #[error("cannot read configuration {path}: {source}")]
+    /// The configuration file or a public key file it names could not be
+    /// read: missing, not a regular file (a FIFO, a device, a symlink), or
+    /// over [`MAX_CONFIG_BYTES`] / [`MAX_KEY_FILE_BYTES`].
+    #[error("cannot read the {what}: {source}")]
     Read {
+        what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        source: ReadError,
     },
     #[error("configuration {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -60,6 +71,12 @@ pub struct UpdateConfig {
     pub connect_timeout_seconds: u64,
     /// HTTP sources: a request that receives no byte for this long fails.
     pub stall_timeout_seconds: u64,
+    /// HTTP sources: every request ends this long after it started, however
+    /// steadily bytes arrive.
+    pub request_deadline_seconds: u64,
+    /// HTTP sources: no request of a run goes on past this long after the
+    /// run's first request.
+    pub run_deadline_seconds: u64,
     /// The timer's period in seconds, instead of `interval_minutes` (for
     /// tests and demos; `slipway units` only).
     pub interval_seconds: Option<u32>,
@@ -86,6 +103,8 @@ impl Default for UpdateConfig {
             token_file: None,
             connect_timeout_seconds: 10,
             stall_timeout_seconds: 30,
+            request_deadline_seconds: 900,
+            run_deadline_seconds: 1800,
             interval_seconds: None,
             lock_wait_seconds: 0,
         }
@@ -264,12 +283,17 @@ impl Config {
         ))
     }
 
-    /// Loads, applies the process environment, resolves and validates.
+    /// Loads, applies the process environment, resolves and validates. The
+    /// file is read with [`slipway_fs::read_capped`]: a FIFO, a device or a
+    /// symlink is refused at once, and nothing over [`MAX_CONFIG_BYTES`] is
+    /// read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            read_text_capped(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+                what: "configuration",
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -357,9 +381,12 @@ impl Config {
                 texts.push(entry.clone());
             } else {
                 let p = resolve(base, Path::new(entry));
-                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
+                let text = read_text_capped(&p, MAX_KEY_FILE_BYTES).map_err(|source| {
+                    ConfigError::Read {
+                        what: "public key file named in update.public_keys",
+                        path: p.clone(),
+                        source,
+                    }
                 })?;
                 texts.push(text);
             }

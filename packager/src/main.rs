@@ -577,7 +577,7 @@ fn parse_pubkeys(args: &[String]) -> Result<TrustedKeys> {
     for arg in args {
         let path = Path::new(arg);
         let key = if path.is_file() {
-            let text = std::fs::read_to_string(path)
+            let text = slipway_fs::read_text_capped(path, 16 * 1024)
                 .with_context(|| format!("reading public key {arg}"))?;
             PublicKey::parse(&text).with_context(|| format!("public key file {arg}"))?
         } else {
