@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> i32 {
 fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
     match &cli.command {
         Command::DebugFeatures => {
-            println!(
+            slipway_fs::outln!(
                 "fault-injection={}",
                 if crate::fault::ENABLED { "on" } else { "off" }
             );
@@ -107,7 +107,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 )
             })?;
             for p in pages {
-                println!("wrote {}", p.display());
+                slipway_fs::outln!("wrote {}", p.display());
             }
             return Ok(Exit::Done);
         }
@@ -344,7 +344,7 @@ pub(super) fn emit(o: &Outcome, json: bool) -> Exit {
     if json {
         print_json(o);
     } else if !o.message.is_empty() && o.failure.is_none() {
-        println!("{}", o.message);
+        slipway_fs::outln!("{}", o.message);
     }
     if let Some(f) = &o.failure {
         print_failure(f);
@@ -354,7 +354,7 @@ pub(super) fn emit(o: &Outcome, json: bool) -> Exit {
 
 pub(super) fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => slipway_fs::outln!("{s}"),
         Err(e) => eprintln!("slipway: error: cannot print JSON: {e}"),
     }
 }
