@@ -264,8 +264,11 @@ fn load_config(cli: &Cli) -> Result<Config, CommandError> {
                 "create /etc/slipway/update.toml (see docs/configuration.md) or pass --config FILE"
             }
             ConfigError::Read { .. } => "check the path and its permissions",
-            ConfigError::Invalid { .. } | ConfigError::Env { .. } => {
+            ConfigError::Invalid { .. } => {
                 "fix the key named above (see docs/configuration.md for every key)"
+            }
+            ConfigError::Env { .. } => {
+                "fix or unset the environment variable named above (docs/configuration.md lists them)"
             }
         };
         CommandError::new(Exit::Usage, "bad configuration", e, hint)
