@@ -2,6 +2,7 @@
 //! `command` backend (`examples/host/bot-ctl`), releases built by the real
 //! `slipway-pack`, in temporary directories. Each test starts its own bot
 //! on its own port and stops it when done.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 

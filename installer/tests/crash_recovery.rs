@@ -12,6 +12,7 @@
 //! version, the persistence is intact (as the paused app left it, or
 //! migrated once v2 committed), and no journal, staging directory, partial
 //! snapshot or stray file is left.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 

@@ -1,6 +1,7 @@
 //! The side-effect steps against real things: processes and process groups,
 //! a loopback HTTP server, the example bot (`examples/bot`), and real
 //! directory trees. Temp dirs only.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::io::{Read, Write};

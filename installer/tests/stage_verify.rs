@@ -1,6 +1,7 @@
 //! Steps 4 and 5 on ordinary input: verify a signed archive, stage it, and
 //! check an installed release against its manifest. The hostile archives are
 //! in `hostile_archives.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -9,7 +9,7 @@
 //! tests exercise the formats exactly as CI produces them.
 //!
 //! Dropping a [`TestHost`] stops the bot it started.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
