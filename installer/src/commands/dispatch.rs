@@ -324,9 +324,31 @@ fn take_lock(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandErro
     })
 }
 
+/// Makes SIGTERM (`systemctl stop`, a shutdown) end the run with exit 143
+/// instead of a death by the signal. The journal is consistent at every
+/// instant, so ending here is as safe as a SIGKILL; but systemd counts a
+/// death by SIGTERM as a clean stop, and a non-zero exit as a failure, which
+/// starts `slipway-recover.service` (`OnFailure=`) at once instead of at the
+/// next boot. Outside systemd the next command recovers, as after any kill.
+fn exit_at_sigterm(host: &Host) {
+    let log = host.log;
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    log.warn("stopped by SIGTERM; the journal stays and `slipway recover` finishes or undoes the transaction");
+                    std::process::exit(143);
+                }
+            });
+        }
+        Err(e) => log.debug(format!("cannot watch for SIGTERM: {e}")),
+    }
+}
+
 /// The lock, then recovery of anything a killed run left.
 fn lock_and_recover(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandError> {
     let lock = take_lock(host, args)?;
+    exit_at_sigterm(host);
     if let Some(o) = transaction::recover(host)? {
         host.log.warn(format!(
             "an interrupted transaction was recovered first: {}",
