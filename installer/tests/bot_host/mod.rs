@@ -126,22 +126,40 @@ pub struct TestHost {
     /// so tests add whole tables or override through `SLIPWAY_*`).
     pub config_path: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Where `root/` and `data/` live: the temporary directory itself, or
+    /// a directory under it that a test mounts a file system on.
+    files: PathBuf,
 }
 
 impl TestHost {
     /// A host with the default configuration plus `extra` (TOML lines put
     /// into the sections named by `sections`: a map from section to lines).
     pub fn new(extra: &[(&str, &str)]) -> TestHost {
+        TestHost::with_files_in("", extra)
+    }
+
+    /// A host whose install root and persistence are `<subdir>/root` and
+    /// `<subdir>/data` inside the temporary directory (created empty, so a
+    /// test can mount a file system on it before the first install); the
+    /// keys, the repository and the configuration stay outside it.
+    pub fn with_files_in(subdir: &str, extra: &[(&str, &str)]) -> TestHost {
         let dir = tempfile::Builder::new()
             .prefix("slipway-cli-")
             .tempdir()
             .expect("tempdir");
+        let files = if subdir.is_empty() {
+            dir.path().to_path_buf()
+        } else {
+            dir.path().join(subdir)
+        };
+        fs::create_dir_all(&files).expect("create the files directory");
         let port = free_port();
         let host = TestHost {
             config_path: dir.path().join("update.toml"),
             dir,
             port,
             env: Vec::new(),
+            files,
         };
         let keys = host.path("keys");
         run_ok(Command::new(pack_bin()).args([
@@ -159,11 +177,11 @@ impl TestHost {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.path("root")
+        self.files.join("root")
     }
 
     pub fn data(&self) -> PathBuf {
-        self.path("data")
+        self.files.join("data")
     }
 
     pub fn repo(&self) -> PathBuf {
