@@ -16,6 +16,7 @@
 //!
 //! Mounting needs root: without it the tests print why and skip, and they
 //! fail under `CI=true`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 
