@@ -1463,6 +1463,7 @@ mod tests {
             schema_version: 0,
             schema_min_compatible: 0,
             hooks: Hooks::default(),
+            runtime_paths: Vec::new(),
             files,
         }
     }

@@ -89,6 +89,7 @@ fn fake_release(dir: &Path, version: &str) -> Manifest {
         schema_version: 1,
         schema_min_compatible: 1,
         hooks: Hooks::default(),
+        runtime_paths: Vec::new(),
         files: vec![
             FileEntry::dir("app"),
             FileEntry::file("app/main.py", false, main.len() as u64, sha256_hex(main)),
