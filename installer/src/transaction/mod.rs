@@ -888,13 +888,12 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     match verify_installed(&pending.dir, &installed.manifest) {
         Ok(drift) if drift.is_empty() => {}
         Ok(drift) => {
-            let list: Vec<String> = drift.iter().take(5).map(|d| d.to_string()).collect();
             let f = Failure::new(
                 format!(
                     "the staged release {} changed since it was checked",
                     pending.dir.display()
                 ),
-                list.join("; "),
+                crate::diff::describe_drift(&drift),
                 "run `slipway update` (or `slipway install`) again to stage it afresh",
             );
             return clear_pending_and_fail(t, f);
@@ -980,13 +979,12 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
     match verify_installed(&dir, &installed.manifest) {
         Ok(drift) if drift.is_empty() => {}
         Ok(drift) => {
-            let list: Vec<String> = drift.iter().take(5).map(|d| d.to_string()).collect();
             return t.fail(Failure::new(
                 format!(
-                    "the previous release {} was modified on the host",
+                    "the previous release {} no longer matches its manifest",
                     dir.display()
                 ),
-                list.join("; "),
+                crate::diff::describe_drift(&drift),
                 "reinstall it with `slipway install --allow-downgrade --force SOURCE`",
             ));
         }
