@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use slipway::diff::{verify_installed, Drift};
-use slipway::stage::{stage_release, stage_release_with, StageError, StageOptions, SyncMode};
+use slipway::stage::{
+    stage_release, stage_release_into, stage_release_with, StageError, StageOptions, SyncMode,
+};
 use slipway::verify::{check_upgrade, verify_archive, Expectations, VerifiedArchive, VerifyError};
 use slipway_formats::signature::SignatureError;
 use slipway_formats::{Manifest, ReleaseId, TrustedKeys, MANIFEST_PATH};
@@ -466,6 +468,40 @@ fn missing_releases_dir_is_an_error_naming_it() {
     let err = stage_release(&mut verified, &nowhere).unwrap_err();
     assert!(err.to_string().contains("no/such/releases"), "{err}");
     assert!(!nowhere.exists());
+}
+
+#[test]
+fn a_clean_copy_is_staged_under_another_name_beside_the_first() {
+    let world = TestWorld::new();
+    let built = world.build(&sample_release("1.4.0"));
+    let mut verified = verify(&world, &built).unwrap();
+    let first = stage_release(&mut verified, &world.releases()).unwrap();
+    let name = format!("1.4.0-{}-r2", built.id.short());
+    let copy = stage_release_into(
+        &mut verified,
+        &world.releases(),
+        &name,
+        StageOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(copy, world.releases().join(&name));
+    assert_ne!(copy, first);
+    assert_eq!(verify_installed(&copy, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&first, &verified.manifest).unwrap(),
+        vec![]
+    );
+    for bad in ["", ".hidden", "a/b"] {
+        let err = stage_release_into(
+            &mut verified,
+            &world.releases(),
+            bad,
+            StageOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("one component"), "{bad:?}: {err}");
+    }
+    assert!(world.staging_dirs().is_empty());
 }
 
 // ---------------------------------------------------------------------------
