@@ -11,13 +11,84 @@ mod bot_host;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 
-use bot_host::{stderr, stdout, Flavor, TestHost};
+use bot_host::{run_ok, stderr, stdout, Flavor, TestHost};
 
 /// Makes `dir` writable by its owner, as a service running as root finds
 /// it anyway (root ignores the read-only modes staging sets).
 fn writable(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// What Python does when the service runs without
+/// `PYTHONDONTWRITEBYTECODE=1`: bytecode in `__pycache__` beside the code.
+fn write_bytecode_into(release: &Path) {
+    for dir in ["app", "app/bot"] {
+        writable(&release.join(dir));
+    }
+    run_ok(
+        Command::new("python3")
+            .args(["-m", "compileall", "-q"])
+            .arg(release.join("app"))
+            .env_remove("PYTHONDONTWRITEBYTECODE")
+            .env_remove("PYTHONPYCACHEPREFIX"),
+    );
+    assert!(
+        release.join("app/bot/__pycache__").is_dir(),
+        "compileall wrote no __pycache__"
+    );
+}
+
+#[test]
+fn a_bot_writing_pycache_into_its_release_still_updates_but_a_stray_file_blocks() {
+    let host = TestHost::new(&[]);
+    host.release("1.0.0", &Flavor::default());
+    host.run_expect(&["install", &host.repo().to_string_lossy()], 0);
+    host.wait_healthy("1.0.0");
+    let current = host.root().join("current");
+    let manifest = fs::read_to_string(current.join("slipway/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"runtime_paths\"") && manifest.contains("**/__pycache__/**"),
+        "examples/bot/slipway.toml declares its bytecode:\n{manifest}"
+    );
+
+    write_bytecode_into(&current);
+    let out = host.run_expect(&["verify"], 0);
+    assert!(stdout(&out).contains("clean"), "{}", stdout(&out));
+
+    // The timer's run is not skipped as dirty.
+    let v2 = host.release("2.0.0", &Flavor::default());
+    let o = host.json(&["update", "--auto"], 0);
+    assert_eq!(o["result"], "updated", "{o}");
+    assert_eq!(host.link("current"), Some(v2.dir_name()));
+    host.wait_healthy("2.0.0");
+
+    // A stray file that matches no pattern is drift; the bytecode beside it
+    // is still not.
+    write_bytecode_into(&current);
+    fs::write(current.join("app/bot/notes.txt"), b"a note\n").unwrap();
+    let out = host.run_expect(&["verify"], 1);
+    let listed = stdout(&out);
+    assert!(listed.contains("extra app/bot/notes.txt"), "{listed}");
+    assert!(!listed.contains("__pycache__"), "{listed}");
+    assert!(
+        stderr(&out).contains("no longer matches its manifest"),
+        "{}",
+        stderr(&out)
+    );
+
+    host.release("3.0.0", &Flavor::default());
+    let out = host.run_expect(&["update", "--auto", "--json"], 4);
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["result"], "skipped", "{o}");
+    assert_eq!(o["rule"], "dirty_release", "{o}");
+    let message = o["message"].as_str().unwrap();
+    assert!(message.contains("extra app/bot/notes.txt"), "{message}");
+    assert!(!message.contains("__pycache__"), "{message}");
+    assert!(!message.contains("edited"), "{message}");
+    assert!(message.contains("slipway install --force"), "{message}");
+    assert_eq!(host.link("current"), Some(v2.dir_name()));
 }
 
 #[test]
