@@ -206,6 +206,31 @@ fn hook_env(
     env
 }
 
+/// How many transactions' hook output is kept under `state/hook-output/`.
+pub const KEEP_HOOK_OUTPUT: usize = 10;
+
+/// `<root>/state/hook-output/<txn>/`, where this transaction's hooks keep
+/// their whole output (named in a failure's message). Only the newest
+/// [`KEEP_HOOK_OUTPUT`] transactions' directories are kept.
+fn hook_log_dir(host: &Host, txn: &str) -> PathBuf {
+    let base = host.layout.state_dir().join("hook-output");
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.as_str() != txn)
+            .collect();
+        // Transaction ids sort by time.
+        names.sort();
+        let excess = names.len().saturating_sub(KEEP_HOOK_OUTPUT - 1);
+        for old in &names[..excess] {
+            let _ = durable::remove_tree(&base.join(old));
+        }
+    }
+    base.join(txn)
+}
+
 /// A throwaway directory for hook bytecode, outside the install root.
 fn pycache_dir() -> Option<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -844,12 +869,14 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
             .map_or(Path::new("/nonexistent"), |d| d.path()),
     );
     let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
+    let logs = hook_log_dir(host, &t.journal.txn);
     match hooks::run_checks(
         &target.dir,
         release_check,
         &host.config.hooks.check,
         &env,
         timeout,
+        Some(&logs),
     ) {
         Ok(outputs) => {
             for o in outputs {
@@ -1190,7 +1217,8 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 .map_or(Path::new("/nonexistent"), |d| d.path()),
         );
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
-        if let Err(e) = hooks::run_command(&argv, &target.dir, &env, timeout) {
+        let log = hook_log_dir(host, &t.journal.txn).join("migrate.log");
+        if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, Some(&log)) {
             if let (Some(id), true) = (target.id, t.journal.op.installs_new_release()) {
                 let mut state = HostState::load_at(&host.layout, host.clock.now())?;
                 state.mark_bad(
