@@ -224,8 +224,8 @@ fn stage_inner(
     releases_dir: &Path,
     options: StageOptions,
 ) -> Result<PathBuf, StageError> {
-    let id = verified.id;
-    let final_dir = releases_dir.join(verified.manifest.release_dir_name(&id));
+    let id = verified.release.id;
+    let final_dir = releases_dir.join(verified.release.manifest.release_dir_name(&id));
     let meta =
         fs::metadata(releases_dir).map_err(io_at("use the releases directory", releases_dir))?;
     if !meta.is_dir() {
@@ -255,7 +255,7 @@ fn stage_inner(
         .map_err(io_at("open", &staging))
         .and_then(|root| {
             unpack(verified, &staging, options)?;
-            seal(&staging, &root, &verified.manifest, options)
+            seal(&staging, &root, &verified.release.manifest, options)
         })
         .and_then(|()| move_into_place(&staging, &final_dir, existing.is_some(), releases_dir));
     match staged {
@@ -287,10 +287,10 @@ fn is_clean(dir: &Path, verified: &VerifiedArchive) -> bool {
         &dir.join(MANIFEST_PATH),
         slipway_formats::MAX_MANIFEST_BYTES,
     )
-    .map(|bytes| bytes == verified.manifest_bytes)
+    .map(|bytes| bytes == verified.release.manifest_bytes)
     .unwrap_or(false);
     manifest_same
-        && verify_installed(dir, &verified.manifest)
+        && verify_installed(dir, &verified.release.manifest)
             .map(|drift| drift.is_empty())
             .unwrap_or(false)
 }
@@ -385,16 +385,16 @@ fn unpack(
     staging: &Path,
     options: StageOptions,
 ) -> Result<(), StageError> {
-    let id = verified.id;
+    let id = verified.release.id;
     let archive_path = verified.path.clone();
     verified
         .file
         .seek(SeekFrom::Start(0))
         .map_err(io_at("rewind the archive", &archive_path))?;
     let file = &mut verified.file;
-    let recheck = &verified.recheck;
-    let manifest = &verified.manifest;
-    let manifest_bytes = &verified.manifest_bytes;
+    let recheck = &verified.release.recheck;
+    let manifest = &verified.release.manifest;
+    let manifest_bytes = &verified.release.manifest_bytes;
     std::thread::scope(|scope| {
         let (chunks, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
         let (spare_tx, spares) = mpsc::channel();

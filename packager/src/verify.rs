@@ -2,11 +2,13 @@
 //! host would, without writing anything.
 //!
 //! An archive is read twice, both times streaming with bounded buffers:
-//! first to check that its SHA-256 equals the id in its file name and that
-//! its `.minisig` is a prehashed signature by a trusted key, and only then
-//! (the bytes being authentic) to decompress it and check every tar entry
-//! one to one against the manifest: path, type, mode, size, content hash,
-//! link target, mtime and owner. Unauthenticated bytes are never parsed.
+//! first by [`verify_release`], the check `slipway install` runs (its
+//! SHA-256 equals the id in its file name, its `.minisig` is a prehashed
+//! signature by a trusted key whose release comment names this id and the
+//! manifest's app, version and channel), and only then (the bytes being
+//! authentic) to decompress it and check every tar entry one to one against
+//! the manifest: path, type, mode, size, content hash, link target, mtime
+//! and owner. Unauthenticated bytes are never parsed.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -14,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use slipway_formats::archive::{verify_release, ArchiveError, Expectations};
 use slipway_formats::channel::Timestamp;
-use slipway_formats::signature::{check_release_comment, check_release_manifest};
 use slipway_formats::{
-    EntryType, FileEntry, KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, MANIFEST_PATH,
+    EntryType, FileEntry, KeyId, Manifest, ReleaseId, TrustedKeys, MANIFEST_PATH,
     MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
 };
 
@@ -25,9 +27,6 @@ use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
 use crate::repo::{archive_id_from_name, signature_path_of, Repo};
 use slipway_fs::{open_regular, read_capped_optional};
-
-/// The largest zstd window accepted (128 MiB), as on hosts.
-pub const WINDOW_LOG_MAX: u32 = 27;
 
 /// An archive whose hash, signature and contents all checked out.
 #[derive(Debug, Clone, Serialize)]
@@ -53,8 +52,9 @@ fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
 }
 
 /// Verifies one archive (`<hex>.tar.zst`, its `.minisig` beside it) with
-/// `keys`: hash = name, prehashed signature by a trusted key, trusted comment
-/// consistent with the id and the manifest, every entry as the manifest says.
+/// `keys`, as a host does: hash = name, prehashed signature by a trusted
+/// key, trusted comment consistent with the id and the manifest, every
+/// entry as the manifest says.
 pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive> {
     let id = archive_id_from_name(path)?;
     let sig_path = signature_path_of(path);
@@ -66,61 +66,30 @@ pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive
     })?;
     let sig_text = String::from_utf8(sig_bytes)
         .map_err(|_| PackError::verify(&sig_path, "signature file is not UTF-8"))?;
-    let sig =
-        SignatureFile::parse(&sig_text).map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-    if !sig.is_prehashed() {
-        return Err(PackError::verify(
-            &sig_path,
-            "is a legacy (non-prehashed) minisign signature, which slipway refuses; re-sign the archive with slipway-pack or a current minisign without -l",
-        ));
-    }
-    let mut check = sig
-        .start_check(keys)
-        .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
 
     let mut file = open_regular(path)?;
-    let mut sha = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(PackError::io("read", path)(e)),
-        };
-        sha.update(&buf[..n]);
-        check.update(&buf[..n]);
-        size += n as u64;
-    }
-    let actual = ReleaseId::from_digest(sha.finalize().into());
-    if actual != id {
-        return Err(PackError::verify(
+    let expect = Expectations {
+        id: Some(id),
+        ..Expectations::default()
+    };
+    let release = verify_release(&mut file, &sig_text, keys, &expect).map_err(|e| match e {
+        ArchiveError::Signature(_) | ArchiveError::Comment { .. } => {
+            PackError::verify(&sig_path, e.to_string())
+        }
+        ArchiveError::IdMismatch { found, .. } => PackError::verify(
             path,
-            format!("sha256 of the file is {actual}, but its name says {id}: the archive is corrupted or was altered; fetch or build it again"),
-        ));
-    }
-    let key = check
-        .finish()
-        .map_err(|e| PackError::verify(path, e.to_string()))?;
-    let key_id = key.id();
-
-    // The release comment rules are slipway_formats::signature's, the ones
-    // a host applies.
-    let comment_text = sig.trusted_comment().to_string();
-    let comment = check_release_comment(&comment_text, &id)
-        .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-
-    let manifest = check_contents(path)?;
-    check_release_manifest(&comment, &id, &manifest)
-        .map_err(|e| PackError::verify(path, e.to_string()))?;
+            format!("sha256 of the file is {found}, but its name says {id}: the archive is corrupted or was altered; fetch or build it again"),
+        ),
+        _ => PackError::verify(path, e.to_string()),
+    })?;
+    check_contents(path)?;
     Ok(VerifiedArchive {
         id,
         path: path.to_path_buf(),
-        size,
-        key_id,
-        trusted_comment: comment_text,
-        manifest,
+        size: release.size,
+        key_id: release.signer,
+        trusted_comment: release.comment.to_string(),
+        manifest: release.manifest,
     })
 }
 
@@ -132,7 +101,7 @@ pub(crate) fn open_tar(
     let mut decoder =
         zstd::stream::read::Decoder::new(file).map_err(PackError::io("decompress", path))?;
     decoder
-        .window_log_max(WINDOW_LOG_MAX)
+        .window_log_max(slipway_formats::archive::ZSTD_WINDOW_LOG_MAX)
         .map_err(PackError::io("decompress", path))?;
     Ok(tar::Archive::new(decoder))
 }
