@@ -17,8 +17,8 @@
 //! - [`rollout`]: the stable per-host bucket for staged rollouts.
 //! - [`rotation`]: key rotation statements (`keys/rotation-<KEYID>.json`).
 //! - [`bundle`]: the offline bundle's checksum list and its signed comment.
-//! - [`archive`]: release archives: the verification both binaries run over
-//!   the same bytes.
+//! - [`archive`]: release archives: verification, the entry policy and the
+//!   walk both binaries run over the same bytes.
 
 pub mod archive;
 pub mod bundle;

@@ -310,32 +310,6 @@ fn read_signature(path: &Path) -> Result<String, VerifyError> {
     }
 }
 
-/// Whether a decoding error is zstd refusing a window over the limit.
-pub(crate) fn is_window_error(e: &io::Error) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    text.contains("window") || text.contains("too much memory")
-}
-
-/// A tar entry type in words, for messages.
-pub(crate) fn describe_tar_type(kind: tar::EntryType) -> String {
-    match kind {
-        tar::EntryType::Regular => "regular file".into(),
-        tar::EntryType::Directory => "directory".into(),
-        tar::EntryType::Symlink => "symlink".into(),
-        tar::EntryType::Link => "hard link".into(),
-        tar::EntryType::Char => "character device".into(),
-        tar::EntryType::Block => "block device".into(),
-        tar::EntryType::Fifo => "FIFO".into(),
-        tar::EntryType::Continuous => "contiguous file".into(),
-        tar::EntryType::GNUSparse => "GNU sparse file".into(),
-        tar::EntryType::XGlobalHeader => "PAX global header".into(),
-        tar::EntryType::XHeader => "PAX extended header".into(),
-        tar::EntryType::GNULongName => "GNU long name header".into(),
-        tar::EntryType::GNULongLink => "GNU long link header".into(),
-        other => format!("unknown type {:?}", char::from(other.as_byte())),
-    }
-}
-
 /// Checks that `new` may replace `running` on this host (SPEC §4 step 4):
 ///
 /// - the same app;

@@ -1,25 +1,36 @@
-//! Release archives (`<sha256>.tar.zst`): the one implementation of the
-//! checks that decide whether an archive is an authentic release, for
-//! `slipway install` and `slipway-pack verify` alike.
+//! Release archives (`<sha256>.tar.zst`): the one implementation of every
+//! check that decides whether an archive is an authentic, well-formed
+//! release. `slipway install` and `slipway-pack verify` both call it, on
+//! the same bytes, in the same order:
 //!
-//! [`verify_release`]: one streaming pass over the compressed file (size
-//! cap, SHA-256 = the release id, minisign's prehash, and a keyed BLAKE3
-//! [`Recheck`] of every byte), then the signature and its release comment,
-//! then the first tar entry: the manifest, decompressed under a cap and
-//! parsed strictly ([`read_manifest_entry`]). Nothing is decompressed before
-//! the bytes are known to be authentic.
+//! 1. [`verify_release`]: one streaming pass over the compressed file (size
+//!    cap, SHA-256 = the release id, minisign's prehash, and a keyed BLAKE3
+//!    [`Recheck`] of every byte), then the signature and its release
+//!    comment, then the first tar entry: the manifest, decompressed under a
+//!    cap and parsed strictly. Nothing is decompressed before the bytes are
+//!    known to be authentic.
+//! 2. [`walk_release`]: a second pass over the same descriptor, which must
+//!    give the same bytes ([`Recheck`]); every tar entry is checked against
+//!    the manifest by one entry policy ([`entries`]: path rules, type, mode,
+//!    mtime, owner, size, link target, order, a decompression budget and the
+//!    zstd window limit) and handed to an [`EntrySink`]: the installer's
+//!    writes the files, [`check_release_contents`]'s only hashes them.
 //!
 //! Like the rest of this crate it opens nothing by path: the binaries open
 //! the archive with `slipway_fs::open_regular` and pass the descriptor.
 
+pub mod entries;
 mod verify;
+mod walk;
 
 use std::io::{self, BufRead};
 
+pub use entries::{check_file_digest, EntryError, EntrySink, SinkError, WalkError};
 pub use verify::{
     read_manifest_entry, verify_release, ArchiveError, Expectations, ManifestEntryError, Recheck,
     VerifiedRelease,
 };
+pub use walk::{check_release_contents, walk_release};
 
 /// The largest zstd window accepted, as a power of two (128 MiB): it bounds
 /// the decoder's memory. Releases are compressed with far smaller windows.
@@ -57,3 +68,6 @@ fn describe_tar_type(kind: tar::EntryType) -> String {
         other => format!("unknown type {:?}", char::from(other.as_byte())),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -178,9 +178,8 @@ pub enum ManifestEntryError {
 /// app, version and channel are exactly the signed ones (and whose channel
 /// is `expect.channel`).
 ///
-/// On success `archive` is rewound to offset 0: read the release from it,
-/// never reopen the file by path, and check what is read again with
-/// [`VerifiedRelease::recheck`].
+/// On success `archive` is rewound to offset 0: hand it to
+/// [`super::walk_release`], never reopen the file by path.
 pub fn verify_release<R: Read + Seek>(
     archive: &mut R,
     signature: &str,
@@ -420,5 +419,17 @@ impl<R: Read> Read for CappedReader<R> {
         let n = self.inner.read(&mut buf[..want])?;
         self.left -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+impl Recheck {
+    /// The recheck a verification of exactly `bytes` would have made.
+    pub(crate) fn of(bytes: &[u8]) -> Recheck {
+        let key = [7u8; 32];
+        Recheck {
+            key,
+            mac: blake3::keyed_hash(&key, bytes),
+        }
     }
 }
