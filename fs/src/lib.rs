@@ -10,6 +10,7 @@
 //! - [`durable`]: every file either binary leaves behind is written to a
 //!   temporary sibling, fsynced, renamed into place and its directory
 //!   fsynced, so a crash leaves the old content or the new, never a mix.
+//! - [`stdout`]: standard output that a closed pipe ends quietly (`outln!`).
 //!
 //! This crate holds no rule about what the bytes mean: that is
 //! `slipway-formats`, which never opens a file by path; the binaries open
@@ -17,5 +18,6 @@
 
 pub mod durable;
 pub mod read;
+pub mod stdout;
 
 pub use read::{open_regular, read_capped, read_capped_optional, read_text_capped, ReadError};

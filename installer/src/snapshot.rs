@@ -395,7 +395,8 @@ pub fn newest_save_age(persistence: &Path) -> Result<Option<Duration>, SnapshotE
 ///    as the snapshot, the restore is done.
 /// 1. Remove any R; copy the snapshot's data into R (verifying the digest as
 ///    it copies: a damaged snapshot fails here, with nothing changed);
-///    fsync. *Crash: P untouched, R partial; a re-run recopies R.*
+///    fsync. A copy that fails (no room) removes R. *Crash: P untouched, R
+///    partial; a re-run recopies R.*
 /// 2. Rename P → O (when P exists); fsync the parent. *Crash: no P, O and a
 ///    complete R; a re-run recopies R and goes on.*
 /// 3. Rename R → P; fsync the parent. *Crash: P (restored, no meta) and O
@@ -449,7 +450,16 @@ pub fn restore_snapshot(snapshot: &Snapshot, persistence: &Path) -> Result<(), S
         source_meta.clone()
     };
     remove_tree(&r).map_err(io_error("remove the leftover", &r))?;
-    let stats = copy_tree(&source, &r, &top)?;
+    let stats = match copy_tree(&source, &r, &top) {
+        Ok(stats) => stats,
+        Err(e) => {
+            // A copy that cannot be completed (the disk is full) gives its
+            // room back at once; the next run copies again from the start.
+            let _ = remove_tree(&r);
+            let _ = fsync_dir(&parent);
+            return Err(e);
+        }
+    };
     if stats.digest != snapshot.digest {
         remove_tree(&r).map_err(io_error("remove", &r))?;
         return Err(SnapshotError::Damaged {

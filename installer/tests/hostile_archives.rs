@@ -5,6 +5,7 @@
 //! leftover staging directory), that the file the archive aimed at does not
 //! exist, and that `slipway-pack verify`, which runs the same checks, refuses
 //! the archive too.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -213,7 +213,7 @@ pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, Comma
                 .iter()
                 .map(|(name, text)| format!("# {name}\n{text}"))
                 .collect();
-            println!("{}", printed.join("\n"));
+            slipway_fs::outln!("{}", printed.join("\n"));
         }
         Some(dir) => {
             for (name, text) in units.files() {
@@ -226,9 +226,9 @@ pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, Comma
                         "check that the directory exists and is writable",
                     )
                 })?;
-                println!("wrote {}", path.display());
+                slipway_fs::outln!("wrote {}", path.display());
             }
-            println!(
+            slipway_fs::outln!(
                 "then: systemctl daemon-reload && systemctl enable --now {RECOVER_SERVICE} {UPDATE_TIMER}"
             );
         }

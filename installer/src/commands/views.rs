@@ -34,7 +34,7 @@ pub(super) fn print_switch_result(json: bool, enabled: bool, message: &str) {
             "message": message,
         }));
     } else {
-        println!("{message}");
+        slipway_fs::outln!("{message}");
     }
 }
 
@@ -112,7 +112,7 @@ pub(super) fn check(host: &Host, allow_expired: bool, json: bool) -> Result<Exit
                     "message": o.message,
                 }));
             } else {
-                println!("{}", o.message);
+                slipway_fs::outln!("{}", o.message);
             }
             return Ok(Exit::Done);
         }
@@ -129,7 +129,7 @@ pub(super) fn check(host: &Host, allow_expired: bool, json: bool) -> Result<Exit
             "candidate": preview,
         }));
     } else {
-        println!("update available:");
+        slipway_fs::outln!("update available:");
         print_preview(&preview, false);
     }
     Ok(if preview.refused.is_some() {
@@ -423,7 +423,7 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
             drift: &drift,
         });
     } else if drift.is_empty() {
-        println!(
+        slipway_fs::outln!(
             "{} {} in {}: clean ({} entries match the manifest)",
             running.manifest.app,
             running.manifest.version,
@@ -431,7 +431,7 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
             running.manifest.files.len()
         );
     } else {
-        println!(
+        slipway_fs::outln!(
             "{} {} in {}: {} difference(s) from the manifest:",
             running.manifest.app,
             running.manifest.version,
@@ -439,7 +439,7 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
             drift.len()
         );
         for d in &drift {
-            println!("  {d}");
+            slipway_fs::outln!("  {d}");
         }
     }
     if drift.is_empty() {
@@ -477,7 +477,7 @@ pub(super) fn gc_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
             Ok(Exit::Done)
         }
         Ok(r) => {
-            println!(
+            slipway_fs::outln!(
                 "removed {} release(s), {} snapshot(s), {} download(s), {} temporary file(s); kept {}",
                 r.removed_releases.len(),
                 r.removed_snapshots.len(),

@@ -116,11 +116,10 @@ pub fn preview(
             });
         }
     }
-    let needed = verified
-        .release
-        .manifest
-        .total_size()
-        .saturating_add(tree_bytes(host.persistence()));
+    // A dry run sets nothing aside: count what a real run would.
+    let needed = room_needed(&verified.release.manifest, host.persistence())
+        .saturating_add(crate::reserve::JOURNAL_ROOM)
+        .saturating_add(crate::reserve::copy_room(host.persistence()));
     let ineligible = check_eligibility(&EligibilityInput {
         config: host.config,
         layout: &host.layout,
@@ -171,6 +170,8 @@ pub fn preview(
             &host.config.hooks.check,
             &env,
             timeout,
+            // A dry run writes nothing under the root: no kept output.
+            None,
         ) {
             Ok(_) => checks_passed = Some(true),
             Err(e) => {
