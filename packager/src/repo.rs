@@ -290,7 +290,7 @@ impl Repo {
         durable::create_dirs(&dir).map_err(PackError::io("create directory", &dir))?;
         let mut temp = durable::temp_file_in(&dir)
             .map_err(PackError::io("create a temporary file in", &dir))?;
-        let mut input = fs::File::open(source).map_err(PackError::io("open", source))?;
+        let mut input = open_regular(source)?;
         let mut sha = sha2::Sha256::new();
         let mut prehash = crate::keys::Prehasher::new();
         let mut buf = vec![0u8; crate::build::BUFFER_SIZE];
