@@ -48,11 +48,11 @@ fn happy_path_stages_every_file_mode_and_symlink() {
         &expect,
     )
     .unwrap();
-    assert_eq!(verified.id, built.id);
-    assert_eq!(verified.manifest, built.manifest);
-    assert_eq!(verified.size, built.size);
-    assert_eq!(verified.signer, world.key.key_id());
-    assert_eq!(verified.comment.field("version").unwrap(), "1.4.0");
+    assert_eq!(verified.release.id, built.id);
+    assert_eq!(verified.release.manifest, built.manifest);
+    assert_eq!(verified.release.size, built.size);
+    assert_eq!(verified.release.signer, world.key.key_id());
+    assert_eq!(verified.release.comment.field("version").unwrap(), "1.4.0");
 
     let dir = stage_release(&mut verified, &world.releases()).unwrap();
     assert_eq!(
@@ -65,7 +65,7 @@ fn happy_path_stages_every_file_mode_and_symlink() {
     );
     assert_eq!(
         fs::read(dir.join(MANIFEST_PATH)).unwrap(),
-        verified.manifest_bytes
+        verified.release.manifest_bytes
     );
     assert_eq!(
         fs::read_link(dir.join("app/current.py")).unwrap(),
@@ -77,7 +77,10 @@ fn happy_path_stages_every_file_mode_and_symlink() {
     assert_eq!(mode_of(&dir.join("app/bot")), 0o555);
     assert_eq!(mode_of(&dir.join("slipway")), 0o555);
     assert_eq!(mode_of(&dir), 0o555);
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
     assert!(world.staging_dirs().is_empty());
     // Exactly one entry in releases/: the release.
     assert_eq!(fs::read_dir(world.releases()).unwrap().count(), 1);
@@ -96,7 +99,10 @@ fn per_file_sync_mode_stages_the_same_tree() {
         },
     )
     .unwrap();
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
 }
 
 #[test]
@@ -446,7 +452,7 @@ fn restaging_over_a_tampered_release_replaces_it() {
     fs::set_permissions(&main, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&main, b"tampered\n").unwrap();
     assert_eq!(
-        verify_installed(&dir, &verified.manifest).unwrap(),
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
         vec![Drift::Modified {
             path: "app/bot/main.py".into()
         }]
@@ -455,7 +461,10 @@ fn restaging_over_a_tampered_release_replaces_it() {
     let again = stage_release(&mut verified, &world.releases()).unwrap();
     assert_eq!(again, dir);
     assert_ne!(fs::metadata(&again).unwrap().ino(), inode, "re-unpacked");
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
     assert_eq!(fs::read_dir(world.releases()).unwrap().count(), 1);
 }
 
@@ -486,9 +495,12 @@ fn a_clean_copy_is_staged_under_another_name_beside_the_first() {
     .unwrap();
     assert_eq!(copy, world.releases().join(&name));
     assert_ne!(copy, first);
-    assert_eq!(verify_installed(&copy, &verified.manifest).unwrap(), vec![]);
     assert_eq!(
-        verify_installed(&first, &verified.manifest).unwrap(),
+        verify_installed(&copy, &verified.release.manifest).unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        verify_installed(&first, &verified.release.manifest).unwrap(),
         vec![]
     );
     for bad in ["", ".hidden", "a/b"] {
@@ -518,7 +530,7 @@ fn staged(world: &TestWorld) -> (std::path::PathBuf, Manifest) {
             fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
-    (dir, verified.manifest)
+    (dir, verified.release.manifest)
 }
 
 #[test]
@@ -808,7 +820,10 @@ fn archive_built_by_slipway_pack_stages() {
     )
     .unwrap();
     let dir = stage_release(&mut verified, &world.releases()).unwrap();
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
     assert_eq!(fs::read(dir.join("app").join(&long)).unwrap(), b"long\n");
     assert_eq!(
         fs::read_link(dir.join("app/bot/link.py")).unwrap(),
