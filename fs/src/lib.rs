@@ -13,4 +13,7 @@
 
 pub mod read;
 
-pub use read::{open_regular, read_capped, read_capped_optional, read_text_capped, ReadError};
+pub use read::{
+    open_regular, open_regular_at, read_capped, read_capped_at, read_capped_optional,
+    read_text_capped, ReadError,
+};
