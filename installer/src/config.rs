@@ -173,8 +173,13 @@ pub struct ServiceConfig {
     pub save: Vec<String>,
     pub save_url: Option<String>,
     pub save_timeout_seconds: u64,
-    /// Unix user the update units run as (`slipway units`).
+    /// The user the service runs as: the app's hooks run as it, and the
+    /// directories slipway creates for the app belong to it. Unset: the
+    /// systemd unit's `User=` (root for the other managers).
     pub user: Option<String>,
+    /// The service's group (default: the unit's `Group=`, else the user's
+    /// primary group).
+    pub group: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -201,6 +206,7 @@ impl Default for ServiceConfig {
             save_url: None,
             save_timeout_seconds: 60,
             user: None,
+            group: None,
         }
     }
 }

@@ -42,6 +42,7 @@ use slipway_formats::state::AttemptResult;
 use slipway_formats::{Manifest, ReleaseId, Version, MANIFEST_PATH, MAX_MANIFEST_BYTES};
 use thiserror::Error;
 
+use crate::app_user::AppUser;
 use crate::config::Config;
 use crate::diff::verify_installed;
 use crate::durable;
@@ -126,6 +127,8 @@ pub struct Host<'a> {
     pub service: Service,
     pub clock: &'a dyn Clock,
     pub log: Log,
+    /// The service's user, found on first use ([`Host::app_user`]).
+    app_user: std::cell::OnceCell<Result<AppUser, String>>,
 }
 
 impl<'a> Host<'a> {
@@ -137,24 +140,36 @@ impl<'a> Host<'a> {
             service: Service::from_config(&config.service),
             clock,
             log,
+            app_user: std::cell::OnceCell::new(),
         }
     }
 
     fn persistence(&self) -> &Path {
         &self.config.paths.persistence
     }
+
+    /// The user the app's hooks run as and its directories belong to
+    /// ([`AppUser::of_service`]), looked up once per run.
+    pub fn app_user(&self) -> Result<&AppUser, Failure> {
+        self.app_user
+            .get_or_init(|| {
+                AppUser::of_service(&self.config.service, &self.service).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|why| {
+                Failure::new(
+                    "cannot tell which user the app's hooks run as",
+                    why,
+                    "set [service] user and group in the configuration",
+                )
+            })
+    }
 }
 
-/// Bytes under `dir` (regular files), for the disk-space rule.
+/// Bytes in the regular files of the persistence directory `dir`, for the
+/// disk-space rule (walked without following a link: [`snapshot::data_bytes`]).
 fn tree_bytes(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+    snapshot::data_bytes(dir)
 }
 
 /// Where the service's own commands (save, quiesce, resume) run: the
@@ -213,6 +228,34 @@ fn pycache_dir() -> Option<tempfile::TempDir> {
         .prefix("slipway-pycache-")
         .tempdir()
         .ok()
+}
+
+/// The persistence directory exists before a new release first starts,
+/// created (when missing) for the service's user: a service that runs as
+/// its own user cannot create it under a root-owned parent.
+fn ensure_app_dirs(host: &Host) -> Result<(), Failure> {
+    let path = host.persistence();
+    let cannot = |e: crate::app_dir::AppDirError| {
+        Failure::new(
+            format!("cannot create the persistence directory {}", path.display()),
+            e,
+            "check paths.persistence and the permissions of its parent",
+        )
+    };
+    if crate::app_dir::open_persistence(path)
+        .map_err(cannot)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let user = host.app_user()?;
+    crate::app_dir::ensure_persistence(path, Some(user)).map_err(cannot)?;
+    host.log.info(format!(
+        "created {} for the service's user {}",
+        path.display(),
+        user.name
+    ));
+    Ok(())
 }
 
 fn ms(d: Duration) -> u64 {
@@ -515,7 +558,10 @@ fn report_with_current(host: &Host, state: &HostState, attempt: &Attempt) {
             previous_version: previous_version.clone(),
         })
     });
-    if let Err(e) = report::report_attempt(&host.layout, host.config, state, attempt, current) {
+    let owner = host.app_user().ok();
+    if let Err(e) =
+        report::report_attempt(&host.layout, host.config, state, attempt, current, owner)
+    {
         host.log.warn(format!("reporting the attempt: {e}"));
     }
 }
@@ -1130,6 +1176,9 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     };
     t.journal.data_changed = migrate.is_some();
     t.enter(Step::Migrate)?;
+    if let Err(failure) = ensure_app_dirs(host) {
+        return t.abort(failure);
+    }
     if let Some((from, argv)) = migrate {
         log.info(format!(
             "migrating the data from schema {from} to {schema_to}"
