@@ -7,6 +7,23 @@
 //! the whole group is killed with SIGKILL, so a hook that forked a
 //! background child (`sleep 60 & wait`) leaves nothing behind. A command is
 //! never run through a shell; an argv is an argv.
+//!
+//! Whose command it is decides how it runs ([`Runner`]):
+//!
+//! - **The app's hooks** (the release's `check` and `migrate`, the host's
+//!   `[hooks] check`, which run the release's code) run as the service's
+//!   user and group ([`crate::app_user`]), with supplementary groups
+//!   dropped, and a clean environment: exactly `PATH` (slipway's, else
+//!   [`DEFAULT_PATH`]), `LANG` (slipway's, else `C.UTF-8`), `HOME` (the
+//!   user's), [`CHILD_ENV`](crate::children::CHILD_ENV) and the variables
+//!   the transaction passes ([`HOOK_ENV_VARS`], `PYTHONDONTWRITEBYTECODE`,
+//!   `PYTHONPYCACHEPREFIX`). Nothing else of slipway's environment (proxy
+//!   settings, tokens, `SLIPWAY_*` configuration) reaches the app.
+//! - **slipway's and the operator's commands** (`systemctl`, the restart and
+//!   status commands, `save`, `quiesce`, `resume`) run as slipway runs, with
+//!   its environment minus the hook variables: they are the host's, written
+//!   by whoever wrote the configuration (wrap one in `setpriv` or `runuser`
+//!   to drop privileges).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -18,6 +35,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+
+use crate::app_user::AppUser;
 
 /// How much of each output stream is kept: the last 16 KiB.
 pub const TAIL_BYTES: usize = 16 * 1024;
@@ -31,6 +50,19 @@ pub const HOOK_ENV_VARS: [&str; 5] = [
     "SLIPWAY_SCHEMA_FROM",
     "SLIPWAY_SCHEMA_TO",
 ];
+
+/// `PATH` of an app hook when slipway has none (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whose command is run, which decides its user and environment (see the
+/// module docs).
+#[derive(Debug, Clone, Copy)]
+pub enum Runner<'a> {
+    /// slipway's or the operator's command: as slipway runs.
+    Updater,
+    /// One of the app's hooks: as the service's user, clean environment.
+    App(&'a AppUser),
+}
 
 /// After the command exits, how long its output pipes may stay open (held by
 /// a background child that escaped the group) before the tails are taken as
@@ -195,7 +227,26 @@ pub fn run_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, false)?)
+    succeeded(
+        argv,
+        run_process(argv, cwd, env, timeout, false, Runner::Updater)?,
+    )
+}
+
+/// [`run_command`] for one of the app's hooks: as `user` (its uid, its
+/// group, no supplementary groups; unchanged when slipway does not run as
+/// root), with the clean environment of the module docs plus `env`.
+pub fn run_app_command(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    user: &AppUser,
+) -> Result<CommandOutput, HookError> {
+    succeeded(
+        argv,
+        run_process(argv, cwd, env, timeout, false, Runner::App(user))?,
+    )
 }
 
 /// A command's output if it exited 0; else [`HookError::Failed`] with the
@@ -219,7 +270,7 @@ pub fn run_command_status(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    run_process(argv, cwd, env, timeout, false)
+    run_process(argv, cwd, env, timeout, false, Runner::Updater)
 }
 
 /// Like [`run_command`], but processes the command started in the
@@ -231,7 +282,10 @@ pub fn run_service_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, true)?)
+    succeeded(
+        argv,
+        run_process(argv, cwd, env, timeout, true, Runner::Updater)?,
+    )
 }
 
 fn run_process(
@@ -240,6 +294,7 @@ fn run_process(
     env: &[(String, String)],
     timeout: Duration,
     leave_children: bool,
+    runner: Runner<'_>,
 ) -> Result<CommandOutput, HookError> {
     let (program, args) = argv.split_first().ok_or(HookError::EmptyArgv)?;
     let started = Instant::now();
@@ -251,8 +306,21 @@ fn run_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    for name in HOOK_ENV_VARS {
-        command.env_remove(name);
+    match runner {
+        Runner::Updater => {
+            for name in HOOK_ENV_VARS {
+                command.env_remove(name);
+            }
+        }
+        Runner::App(user) => {
+            command.env_clear().envs(app_env(user));
+            if rustix::process::geteuid().is_root() && !user.is_root() {
+                // std drops the supplementary groups (setgroups(0)) before
+                // setuid when it changes the uid: the hook has exactly the
+                // user's uid and the service's gid.
+                command.gid(user.gid).uid(user.uid);
+            }
+        }
     }
     // Containment (crate::children): every child but a service start
     // command carries this run's token, and every child's group is recorded
@@ -342,6 +410,20 @@ fn run_process(
     Ok(output)
 }
 
+/// The environment an app hook starts from (see the module docs).
+fn app_env(user: &AppUser) -> Vec<(OsString, OsString)> {
+    let inherited = |name: &str, default: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| OsString::from(default))
+    };
+    vec![
+        ("PATH".into(), inherited("PATH", DEFAULT_PATH)),
+        ("LANG".into(), inherited("LANG", "C.UTF-8")),
+        ("HOME".into(), user.home.clone().into_os_string()),
+    ]
+}
+
 fn status_code(status: ExitStatus) -> Option<i32> {
     if status.signal().is_some() {
         None
@@ -377,7 +459,8 @@ fn wait_until(child: &Child, deadline: Instant) -> std::io::Result<bool> {
 }
 
 /// Runs the release's `check` hook, then each of the host's checks, all in
-/// `release_dir`, each with `timeout`; stops at the first failure.
+/// `release_dir` as the app's hooks ([`run_app_command`] as `user`), each
+/// with `timeout`; stops at the first failure.
 ///
 /// Returns the outputs of all checks when every one passed. A failure here
 /// happens before anything is switched: the running release is untouched.
@@ -387,15 +470,29 @@ pub fn run_checks(
     host_checks: &[Vec<String>],
     env: &[(String, String)],
     timeout: Duration,
+    user: &AppUser,
 ) -> Result<Vec<CommandOutput>, HookError> {
     let mut outputs = Vec::with_capacity(host_checks.len() + 1);
     for argv in release_check
         .into_iter()
         .chain(host_checks.iter().map(Vec::as_slice))
     {
-        outputs.push(run_command(argv, release_dir, env, timeout)?);
+        outputs.push(run_app_command(argv, release_dir, env, timeout, user)?);
     }
     Ok(outputs)
+}
+
+/// A scratch directory for the app's hooks (Python's bytecode cache,
+/// `PYTHONPYCACHEPREFIX`), outside the install root and writable by `user`.
+pub fn hook_scratch_dir(user: &AppUser) -> Option<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("slipway-pycache-")
+        .tempdir()
+        .ok()?;
+    if rustix::process::geteuid().is_root() && !user.is_root() {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).ok()?;
+    }
+    Some(dir)
 }
 
 #[cfg(test)]
@@ -434,6 +531,34 @@ mod tests {
         let err =
             run_command(&[], Path::new("/"), &[], Duration::from_secs(1)).expect_err("empty argv");
         assert!(matches!(err, HookError::EmptyArgv));
+    }
+
+    #[test]
+    fn an_app_hook_gets_a_clean_environment() {
+        let out = run_app_command(
+            &argv(&["sh", "-c", "env | sort"]),
+            Path::new("/"),
+            &[("SLIPWAY_VERSION".into(), "2.0.0".into())],
+            Duration::from_secs(10),
+            &AppUser::root(),
+        )
+        .expect("runs");
+        let names: Vec<&str> = out
+            .stdout_tail
+            .lines()
+            .filter_map(|l| l.split('=').next())
+            // The shell's own.
+            .filter(|n| !["PWD", "SHLVL", "_", "OLDPWD"].contains(n))
+            .collect();
+        assert_eq!(
+            names,
+            ["HOME", "LANG", "PATH", "SLIPWAY_CHILD", "SLIPWAY_VERSION"]
+        );
+        assert!(
+            out.stdout_tail.contains("HOME=/root\n"),
+            "{}",
+            out.stdout_tail
+        );
     }
 
     #[test]

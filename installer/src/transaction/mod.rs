@@ -222,14 +222,6 @@ fn hook_env(
     env
 }
 
-/// A throwaway directory for hook bytecode, outside the install root.
-fn pycache_dir() -> Option<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix("slipway-pycache-")
-        .tempdir()
-        .ok()
-}
-
 /// The persistence directory exists before a new release first starts,
 /// created (when missing) for the service's user: a service that runs as
 /// its own user cannot create it under a root-owned parent.
@@ -838,9 +830,19 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
     if release_check.is_none() && host.config.hooks.check.is_empty() {
         return Ok(None);
     }
-    host.log
-        .info(format!("running checks in {}", target.dir.display()));
-    let pycache = pycache_dir();
+    let user = match host.app_user() {
+        Ok(user) => user,
+        Err(failure) => {
+            t.discard_staged();
+            return Ok(Some(failure));
+        }
+    };
+    host.log.info(format!(
+        "running checks in {} as {}",
+        target.dir.display(),
+        user.name
+    ));
+    let pycache = hooks::hook_scratch_dir(user);
     let env = hook_env(
         &target.dir,
         &target.manifest,
@@ -857,6 +859,7 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
         &host.config.hooks.check,
         &env,
         timeout,
+        user,
     ) {
         Ok(outputs) => {
             for o in outputs {
@@ -1180,10 +1183,15 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         return t.abort(failure);
     }
     if let Some((from, argv)) = migrate {
+        let user = match host.app_user() {
+            Ok(user) => user,
+            Err(failure) => return t.abort(failure),
+        };
         log.info(format!(
-            "migrating the data from schema {from} to {schema_to}"
+            "migrating the data from schema {from} to {schema_to} as {}",
+            user.name
         ));
-        let pycache = pycache_dir();
+        let pycache = hooks::hook_scratch_dir(user);
         let env = hook_env(
             &target.dir,
             &target.manifest,
@@ -1194,7 +1202,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 .map_or(Path::new("/nonexistent"), |d| d.path()),
         );
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
-        if let Err(e) = hooks::run_command(&argv, &target.dir, &env, timeout) {
+        if let Err(e) = hooks::run_app_command(&argv, &target.dir, &env, timeout, user) {
             if let (Some(id), true) = (target.id, t.journal.op.installs_new_release()) {
                 let mut state = HostState::load_at(&host.layout, host.clock.now())?;
                 state.mark_bad(
