@@ -82,6 +82,21 @@ pub struct UpdateConfig {
     pub interval_seconds: Option<u32>,
     /// Seconds a second run waits for the lock before exiting 5.
     pub lock_wait_seconds: u64,
+    /// Who the update units run as (`slipway units`): root, or the
+    /// service's user.
+    pub run_as: UpdaterUser,
+}
+
+/// `[update] run_as`: the user `slipway units` runs the updater as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdaterUser {
+    /// root (the default): hooks still run as the service's user.
+    Root,
+    /// The service's user (`[service] user`, else the unit's `User=`): the
+    /// install root must then belong to that user, and a polkit rule
+    /// (`slipway units --polkit`) lets it restart the one unit.
+    Service,
 }
 
 impl Default for UpdateConfig {
@@ -107,6 +122,7 @@ impl Default for UpdateConfig {
             run_deadline_seconds: 1800,
             interval_seconds: None,
             lock_wait_seconds: 0,
+            run_as: UpdaterUser::Root,
         }
     }
 }
