@@ -8,10 +8,13 @@
 //!   place of a file is an ordinary error naming the path, never a hang or an
 //!   unbounded read.
 //!
+//! - [`stdout`]: standard output that a closed pipe ends quietly (`outln!`).
+//!
 //! This crate holds no rule about what the bytes mean: that is
 //! `slipway-formats`, which opens files only through [`read`].
 
 pub mod read;
+pub mod stdout;
 
 pub use read::{
     open_regular, open_regular_at, read_capped, read_capped_at, read_capped_optional,

@@ -38,7 +38,9 @@ pub mod verify;
 pub enum Exit {
     /// Done, or nothing to do.
     Done = 0,
-    /// Failed; the old release is still running.
+    /// Failed; the old release is still running (or, in the one CRITICAL
+    /// case of a flip back whose restore failed, the links are back and
+    /// the journal stays for `recover`: docs/transaction.md, "A full disk").
     Failed = 1,
     /// Bad usage or configuration.
     Usage = 2,

@@ -5,13 +5,16 @@
 //!
 //! [`set_aside`] allocates two files under `<root>/state/` when the
 //! transaction begins, before its first journal write: `reserve.journal`
-//! (a fixed [`JOURNAL_ROOM`]) and `reserve.restore` (the size of the
-//! persistence directory, what restoring the snapshot copies). A journal
-//! write that fails for lack of room frees `reserve.journal` and tries once
-//! more ([`crate::journal::record`]); a restore frees `reserve.restore`
-//! just before it copies. Both go when the transaction ends
-//! ([`release`]). A run killed in between leaves them for `recover`, which
-//! releases them the same way.
+//! (a fixed [`JOURNAL_ROOM`]) and `reserve.restore` (what a copy of the
+//! persistence directory takes, [`copy_room`]: restoring the snapshot
+//! copies it). A journal write that fails for lack of room frees
+//! `reserve.journal` and tries once more ([`crate::journal::record`]); a
+//! restore frees `reserve.restore` just before it copies. Both go when the
+//! transaction ends ([`release`]). A run killed in between leaves them for
+//! `recover`, which releases them the same way.
+//!
+//! The restore copy lands beside the persistence directory, so the reserve
+//! only helps when the persistence is on the install root's file system.
 //!
 //! The allocation is real (`fallocate(2)`), not a sparse file: the blocks
 //! are taken from the file system's free count. On a file system without
@@ -52,6 +55,35 @@ impl std::fmt::Display for ReserveError {
             ReserveError::Io(e) => write!(f, "{e}"),
         }
     }
+}
+
+/// The room a copy of the persistence tree `dir` takes on its file system:
+/// each regular file's length rounded up to whole blocks, and a block for
+/// each directory and symlink. A copy allocates blocks, not bytes: a
+/// thousand 100-byte files take a thousand blocks. A missing `dir` (or one
+/// that cannot be opened) takes nothing. The tree is the app's: it is
+/// walked through directory descriptors, never following a link
+/// ([`crate::app_dir`]).
+pub fn copy_room(dir: &Path) -> u64 {
+    let Ok(Some(top)) = crate::app_dir::open_persistence(dir) else {
+        return 0;
+    };
+    let block = rustix::fs::fstatvfs(&top)
+        .map(|s| s.f_frsize)
+        .ok()
+        .filter(|b| *b > 0)
+        .unwrap_or(4096);
+    let mut total = block;
+    let _ = crate::app_dir::walk(&top, &[], &mut |e, visit| {
+        let room = match visit {
+            crate::app_dir::Visit::File => e.meta.len().div_ceil(block).saturating_mul(block),
+            crate::app_dir::Visit::Leave(_) => 0,
+            _ => block,
+        };
+        total = total.saturating_add(room);
+        Ok::<(), crate::app_dir::AppDirError>(())
+    });
+    total
 }
 
 /// Sets aside [`JOURNAL_ROOM`] and `restore_bytes` under `state/`.
@@ -123,6 +155,20 @@ pub fn release(layout: &Layout) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_takes_whole_blocks_per_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let block = rustix::fs::statvfs(dir.path()).expect("statvfs").f_frsize;
+        fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        for i in 0..10 {
+            fs::write(dir.path().join("sub").join(i.to_string()), b"x").expect("write");
+        }
+        fs::write(dir.path().join("big"), vec![0u8; block as usize + 1]).expect("write");
+        // Two directories, ten one-block files, one two-block file.
+        assert_eq!(copy_room(dir.path()), (2 + 10 + 2) * block);
+        assert_eq!(copy_room(&dir.path().join("missing")), 0);
+    }
 
     #[test]
     fn reserves_take_real_blocks_and_go_away() {

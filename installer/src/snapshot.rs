@@ -383,22 +383,6 @@ pub fn newest_save_age(persistence: &Path) -> Result<Option<Duration>, SnapshotE
     }))
 }
 
-/// Bytes in the regular files under `persistence` (without `meta/`), for
-/// the disk-space rule; 0 when it cannot be walked.
-pub fn data_bytes(persistence: &Path) -> u64 {
-    let Ok(Some(top)) = app_dir::open_persistence(persistence) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    let _ = app_dir::walk(&top, &[META_DIR], &mut |e, visit| {
-        if let Visit::File = visit {
-            total = total.saturating_add(e.meta.len());
-        }
-        Ok::<(), SnapshotError>(())
-    });
-    total
-}
-
 /// Puts the snapshot's data back as `persistence`, keeping the current
 /// `meta/` (slipway's outputs are never rewound) and the directory's own
 /// mode and owner. Crash-safe and idempotent: after a crash at any point,
@@ -413,7 +397,8 @@ pub fn data_bytes(persistence: &Path) -> u64 {
 ///    as the snapshot, the restore is done.
 /// 1. Remove any R; copy the snapshot's data into R (verifying the digest as
 ///    it copies: a damaged snapshot fails here, with nothing changed);
-///    fsync. *Crash: P untouched, R partial; a re-run recopies R.*
+///    fsync. A copy that fails (no room) removes R. *Crash: P untouched, R
+///    partial; a re-run recopies R.*
 /// 2. Rename P → O (when P exists); fsync the parent. *Crash: no P, O and a
 ///    complete R; a re-run recopies R and goes on.*
 /// 3. Rename R → P; fsync the parent. *Crash: P (restored, no meta) and O
@@ -477,7 +462,16 @@ pub fn restore_snapshot(snapshot: &Snapshot, persistence: &Path) -> Result<(), S
         _ => return Err(SnapshotError::NotADirectory { path: loc.path() }),
     };
     parent.remove_tree(&r)?;
-    let (stats, copy) = copy_tree(&source, parent, &r, &top)?;
+    let (stats, copy) = match copy_tree(&source, parent, &r, &top) {
+        Ok(done) => done,
+        Err(e) => {
+            // A copy that cannot be completed (the disk is full) gives its
+            // room back at once; the next run copies again from the start.
+            let _ = parent.remove_tree(&r);
+            let _ = parent.sync();
+            return Err(e);
+        }
+    };
     if stats.digest != snapshot.digest {
         parent.remove_tree(&r)?;
         return Err(SnapshotError::Damaged {

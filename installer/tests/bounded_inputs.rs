@@ -6,6 +6,7 @@
 //! binary: it must fail fast with an error naming the file or URL, and
 //! never hang, grow or hold the lock. Every run has a hard timeout, so a
 //! regression shows as a failed test, not a stuck one.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 

@@ -12,6 +12,7 @@
 //! version, the persistence is intact (as the paused app left it, or
 //! migrated once v2 committed), and no journal, staging directory, partial
 //! snapshot or stray file is left.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 
@@ -171,6 +172,10 @@ fn assert_consistent(case: &Case, expect: &Release) {
     ];
     for e in fs::read_dir(root.join("state")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "hook-output" {
+            // The kept output of the hooks of the last transactions.
+            continue;
+        }
         if name == "children" {
             // The ledger of children: empty once nothing is left running.
             let left: Vec<_> = fs::read_dir(root.join("state/children"))
@@ -448,4 +453,46 @@ fn an_orphaned_migrate_hook_is_killed_before_recovery_decides() {
     );
     let (_, body) = host.health().expect("health");
     assert_eq!(body["paused"], false, "{body}");
+}
+
+#[test]
+fn sigterm_ends_a_run_with_exit_143_and_recovery_undoes_it() {
+    // `systemctl stop` and a shutdown send SIGTERM. A death by SIGTERM is a
+    // clean stop to systemd (no OnFailure= recovery); slipway exits 143
+    // instead, leaving the journal for `recover`.
+    let case = setup(&Flavor {
+        schema: Some(2),
+        late_migrate: Some(3),
+        ..Flavor::default()
+    });
+    let host = &case.host;
+    let mut child = host
+        .slipway(&["install", &case.v2.archive.to_string_lossy()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("install v2");
+    let journal = host.root().join("state/journal.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"Migrate\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached Migrate"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "slipway ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = child.wait().expect("reap");
+    assert_eq!(exit.code(), Some(143), "{exit:?}");
+    assert!(journal.exists(), "the journal stays for recover");
+    let o = recover(&case);
+    assert_eq!(o["interrupted_at"], "Migrate", "{o}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_consistent(&case, &case.v1);
+    assert_eq!(host.data_schema(), 1);
 }

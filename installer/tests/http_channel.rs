@@ -20,6 +20,7 @@
 //! Most hosts here use `manager = "none"` and no health URL: the service
 //! side is covered by `cli.rs` and the systemd tests; these tests are about
 //! what reaches the host and what it accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 

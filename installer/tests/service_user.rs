@@ -3,6 +3,8 @@
 //! run as root; skipped otherwise (a failure under `CI=true`, where the
 //! tests must run as root).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod bot_host;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,7 @@
 //! The side-effect steps against real things: processes and process groups,
 //! a loopback HTTP server, the example bot (`examples/bot`), and real
 //! directory trees. Temp dirs only.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::io::{Read, Write};
@@ -176,6 +177,7 @@ fn run_command_captures_the_tails_and_reports_failures() {
             argv,
             status,
             stderr_tail,
+            ..
         } => {
             assert_eq!(*status, Some(3));
             assert!(argv.contains("exit 3"), "{argv}");
@@ -229,6 +231,7 @@ fn run_checks_runs_in_the_release_and_stops_at_the_first_failure() {
         &env,
         Duration::from_secs(10),
         &AppUser::root(),
+        None,
     )
     .expect_err("second host check fails");
     assert!(err.to_string().contains("tests failed"), "{err}");
@@ -249,6 +252,7 @@ fn run_checks_runs_in_the_release_and_stops_at_the_first_failure() {
         &env,
         Duration::from_secs(10),
         &AppUser::root(),
+        None,
     )
     .expect("passes");
     assert_eq!(outputs.len(), 1);

@@ -11,6 +11,8 @@
 //! holding a secret; after the attack, neither a snapshot, nor the
 //! persistence, nor the target holds anything it should not.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

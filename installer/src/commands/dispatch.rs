@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> i32 {
 fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
     match &cli.command {
         Command::DebugFeatures => {
-            println!(
+            slipway_fs::outln!(
                 "fault-injection={}",
                 if crate::fault::ENABLED { "on" } else { "off" }
             );
@@ -114,7 +114,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 )
             })?;
             for p in pages {
-                println!("wrote {}", p.display());
+                slipway_fs::outln!("wrote {}", p.display());
             }
             return Ok(Exit::Done);
         }
@@ -271,8 +271,11 @@ fn load_config(cli: &Cli) -> Result<Config, CommandError> {
                 "create /etc/slipway/update.toml (see docs/configuration.md) or pass --config FILE"
             }
             ConfigError::Read { .. } => "check the path and its permissions",
-            ConfigError::Invalid { .. } | ConfigError::Env { .. } => {
+            ConfigError::Invalid { .. } => {
                 "fix the key named above (see docs/configuration.md for every key)"
+            }
+            ConfigError::Env { .. } => {
+                "fix or unset the environment variable named above (docs/configuration.md lists them)"
             }
         };
         CommandError::new(Exit::Usage, "bad configuration", e, hint)
@@ -328,9 +331,31 @@ fn take_lock(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandErro
     })
 }
 
+/// Makes SIGTERM (`systemctl stop`, a shutdown) end the run with exit 143
+/// instead of a death by the signal. The journal is consistent at every
+/// instant, so ending here is as safe as a SIGKILL; but systemd counts a
+/// death by SIGTERM as a clean stop, and a non-zero exit as a failure, which
+/// starts `slipway-recover.service` (`OnFailure=`) at once instead of at the
+/// next boot. Outside systemd the next command recovers, as after any kill.
+fn exit_at_sigterm(host: &Host) {
+    let log = host.log;
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    log.warn("stopped by SIGTERM; the journal stays and `slipway recover` finishes or undoes the transaction");
+                    std::process::exit(143);
+                }
+            });
+        }
+        Err(e) => log.debug(format!("cannot watch for SIGTERM: {e}")),
+    }
+}
+
 /// The lock, then recovery of anything a killed run left.
 fn lock_and_recover(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandError> {
     let lock = take_lock(host, args)?;
+    exit_at_sigterm(host);
     if let Some(o) = transaction::recover(host)? {
         host.log.warn(format!(
             "an interrupted transaction was recovered first: {}",
@@ -351,7 +376,7 @@ pub(super) fn emit(o: &Outcome, json: bool) -> Exit {
     if json {
         print_json(o);
     } else if !o.message.is_empty() && o.failure.is_none() {
-        println!("{}", o.message);
+        slipway_fs::outln!("{}", o.message);
     }
     if let Some(f) = &o.failure {
         print_failure(f);
@@ -361,7 +386,7 @@ pub(super) fn emit(o: &Outcome, json: bool) -> Exit {
 
 pub(super) fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => slipway_fs::outln!("{s}"),
         Err(e) => eprintln!("slipway: error: cannot print JSON: {e}"),
     }
 }

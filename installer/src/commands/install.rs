@@ -99,7 +99,7 @@ pub(super) fn install_interactive(
                 "message": message,
             }));
         } else {
-            println!("{message}");
+            slipway_fs::outln!("{message}");
         }
         return Ok(Exit::Skipped);
     }

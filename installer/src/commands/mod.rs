@@ -9,6 +9,7 @@
 //! | 3 | updated, found unhealthy, rolled back |
 //! | 4 | skipped: not eligible (the message says why) |
 //! | 5 | locked by another run (the message names its pid) |
+//! | 143 | stopped by SIGTERM mid-run; the journal stays and `recover` finishes or undoes it (docs/transaction.md) |
 //!
 //! Mutating commands (`install`, `update`, `apply`, `rollback`, `recover`,
 //! `gc`, `enable`, `disable`) take the transaction lock and run

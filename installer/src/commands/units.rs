@@ -299,7 +299,7 @@ pub(super) fn print_polkit_rule(config: &Config, user: Option<&str>) -> Result<E
             "pass the unprivileged user the updater runs as",
         ));
     }
-    print!("{}", polkit_rule(&user, &config.service.unit));
+    slipway_fs::out!("{}", polkit_rule(&user, &config.service.unit));
     Ok(Exit::Done)
 }
 
@@ -326,7 +326,7 @@ pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, Comma
                 .iter()
                 .map(|(name, text)| format!("# {name}\n{text}"))
                 .collect();
-            println!("{}", printed.join("\n"));
+            slipway_fs::outln!("{}", printed.join("\n"));
         }
         Some(dir) => {
             for (name, text) in units.files() {
@@ -339,16 +339,16 @@ pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, Comma
                         "check that the directory exists and is writable",
                     )
                 })?;
-                println!("wrote {}", path.display());
+                slipway_fs::outln!("wrote {}", path.display());
             }
             if run_as_service && config.service.manager == ManagerKind::Systemd {
-                println!(
+                slipway_fs::outln!(
                     "then: slipway units --polkit > {POLKIT_RULE_FILE} (the units run as {}, who needs it to restart {})",
                     config.service.user.as_deref().unwrap_or_default(),
                     config.service.unit
                 );
             }
-            println!(
+            slipway_fs::outln!(
                 "then: systemctl daemon-reload && systemctl enable --now {RECOVER_SERVICE} {UPDATE_TIMER}"
             );
         }

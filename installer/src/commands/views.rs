@@ -30,7 +30,7 @@ pub(super) fn print_switch_result(json: bool, enabled: bool, message: &str) {
             "message": message,
         }));
     } else {
-        println!("{message}");
+        slipway_fs::outln!("{message}");
     }
 }
 
@@ -108,7 +108,7 @@ pub(super) fn check(host: &Host, allow_expired: bool, json: bool) -> Result<Exit
                     "message": o.message,
                 }));
             } else {
-                println!("{}", o.message);
+                slipway_fs::outln!("{}", o.message);
             }
             return Ok(Exit::Done);
         }
@@ -125,7 +125,7 @@ pub(super) fn check(host: &Host, allow_expired: bool, json: bool) -> Result<Exit
             "candidate": preview,
         }));
     } else {
-        println!("update available:");
+        slipway_fs::outln!("update available:");
         print_preview(&preview, false);
     }
     Ok(if preview.refused.is_some() {
@@ -419,7 +419,7 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
             drift: &drift,
         });
     } else if drift.is_empty() {
-        println!(
+        slipway_fs::outln!(
             "{} {} in {}: clean ({} entries match the manifest)",
             running.manifest.app,
             running.manifest.version,
@@ -427,7 +427,7 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
             running.manifest.files.len()
         );
     } else {
-        println!(
+        slipway_fs::outln!(
             "{} {} in {}: {} difference(s) from the manifest:",
             running.manifest.app,
             running.manifest.version,
@@ -435,7 +435,7 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
             drift.len()
         );
         for d in &drift {
-            println!("  {d}");
+            slipway_fs::outln!("  {d}");
         }
     }
     if drift.is_empty() {
@@ -473,7 +473,7 @@ pub(super) fn gc_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
             Ok(Exit::Done)
         }
         Ok(r) => {
-            println!(
+            slipway_fs::outln!(
                 "removed {} release(s), {} snapshot(s), {} download(s), {} temporary file(s); kept {}",
                 r.removed_releases.len(),
                 r.removed_snapshots.len(),

@@ -166,10 +166,15 @@ impl<'a> Host<'a> {
     }
 }
 
-/// Bytes in the regular files of the persistence directory `dir`, for the
-/// disk-space rule (walked without following a link: [`snapshot::data_bytes`]).
-fn tree_bytes(dir: &Path) -> u64 {
-    snapshot::data_bytes(dir)
+/// The room an update of `manifest` needs on the root's file system for
+/// the disk-space rule, besides what [`Txn::begin`] sets aside for the
+/// journal and a restore ([`crate::reserve`]): the unpacked release, and
+/// two copies of the persistence (the snapshot, and the paused snapshot,
+/// which is written beside it before the first one goes).
+fn room_needed(manifest: &Manifest, persistence: &Path) -> u64 {
+    manifest
+        .total_size()
+        .saturating_add(crate::reserve::copy_room(persistence).saturating_mul(2))
 }
 
 /// Where the service's own commands (save, quiesce, resume) run: the
@@ -250,6 +255,31 @@ fn ensure_app_dirs(host: &Host) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How many transactions' hook output is kept under `state/hook-output/`.
+pub const KEEP_HOOK_OUTPUT: usize = 10;
+
+/// `<root>/state/hook-output/<txn>/`, where this transaction's hooks keep
+/// their whole output (named in a failure's message). Only the newest
+/// [`KEEP_HOOK_OUTPUT`] transactions' directories are kept.
+fn hook_log_dir(host: &Host, txn: &str) -> PathBuf {
+    let base = host.layout.state_dir().join("hook-output");
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.as_str() != txn)
+            .collect();
+        // Transaction ids sort by time.
+        names.sort();
+        let excess = names.len().saturating_sub(KEEP_HOOK_OUTPUT - 1);
+        for old in &names[..excess] {
+            let _ = durable::remove_tree(&base.join(old));
+        }
+    }
+    base.join(txn)
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
@@ -328,7 +358,7 @@ impl<'h, 'a> Txn<'h, 'a> {
         };
         // Before the first write of the transaction: the room its journal
         // and a flip back's restore copy will need (crate::reserve).
-        match crate::reserve::set_aside(&host.layout, tree_bytes(host.persistence())) {
+        match crate::reserve::set_aside(&host.layout, crate::reserve::copy_room(host.persistence())) {
             Ok(()) => {}
             Err(crate::reserve::ReserveError::Unsupported) => host
                 .log
@@ -792,8 +822,7 @@ fn eligibility(
     manifest: &Manifest,
     opts: &InstallOptions,
 ) -> Result<(), Ineligible> {
-    let persistence_bytes = tree_bytes(host.persistence());
-    let needed = manifest.total_size().saturating_add(persistence_bytes);
+    let needed = room_needed(manifest, host.persistence());
     let running = if opts.force {
         None
     } else {
@@ -853,6 +882,7 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
             .map_or(Path::new("/nonexistent"), |d| d.path()),
     );
     let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
+    let logs = hook_log_dir(host, &t.journal.txn);
     match hooks::run_checks(
         &target.dir,
         release_check,
@@ -860,6 +890,7 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
         &env,
         timeout,
         user,
+        Some(&logs),
     ) {
         Ok(outputs) => {
             for o in outputs {
@@ -1151,7 +1182,9 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                     ack.duration_ms, ack.method, ack.target
                 ));
                 t.journal.quiesced = true;
-                refresh_snapshot(&mut t)?;
+                if let Some(failure) = refresh_snapshot(&mut t)? {
+                    return t.abort(failure);
+                }
             }
             Err(e) => {
                 // It may have half-paused: the undo resumes it either way.
@@ -1202,7 +1235,8 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 .map_or(Path::new("/nonexistent"), |d| d.path()),
         );
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
-        if let Err(e) = hooks::run_app_command(&argv, &target.dir, &env, timeout, user) {
+        let log = hook_log_dir(host, &t.journal.txn).join("migrate.log");
+        if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, user, Some(&log)) {
             if let (Some(id), true) = (target.id, t.journal.op.installs_new_release()) {
                 let mut state = HostState::load_at(&host.layout, host.clock.now())?;
                 state.mark_bad(
@@ -1273,42 +1307,55 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
 /// After the quiesce acknowledged: if the app wrote since the snapshot (it
 /// saves when it pauses), snapshot again, so that a flip back restores the
 /// data exactly as the app left it when it paused and loses nothing.
-fn refresh_snapshot(t: &mut Txn) -> Result<(), TxnError> {
+///
+/// `Some(failure)` when that cannot be done (the disk is full, the data
+/// cannot be read): the caller aborts, which resumes the app. Going on would
+/// leave a flip back only the earlier snapshot, without what the app saved
+/// when it paused. The failed copy has already removed its `.partial`.
+fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
     let host = t.host;
     let Some(old) = t.journal.snapshot.clone() else {
-        return Ok(());
+        return Ok(None);
     };
+    let hint = "the app was resumed and nothing was changed; free space in the install root \
+                (`slipway gc` removes old releases and snapshots) or fix the cause above, \
+                then run the update again";
     let digest = match snapshot::tree_digest(host.persistence()) {
         Ok(d) => d,
         Err(e) => {
-            host.log.warn(format!(
-                "cannot digest the persistence after the quiesce: {e}"
-            ));
-            return Ok(());
+            return Ok(Some(Failure::new(
+                "cannot read the paused data to snapshot it again",
+                e,
+                hint,
+            )))
         }
     };
     if digest == old.digest {
-        return Ok(());
+        return Ok(None);
     }
     let stamp = format!("{}-paused", t.journal.txn);
-    match snapshot::take_snapshot(host.persistence(), &host.layout.backups_dir(), &stamp) {
-        Ok(fresh) => {
-            t.journal.snapshot = Some(fresh);
-            // The journal must name the new snapshot before the old one goes.
-            let step = t.journal.step;
-            t.enter(step)?;
-            if let Err(e) = durable::remove_tree(&old.dir) {
-                host.log
-                    .warn(format!("cannot remove {}: {e}", old.dir.display()));
+    let fresh =
+        match snapshot::take_snapshot(host.persistence(), &host.layout.backups_dir(), &stamp) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                return Ok(Some(Failure::new(
+                    "cannot snapshot the paused data",
+                    e,
+                    hint,
+                )))
             }
-            host.log
-                .debug("data changed while quiescing: snapshot taken again");
-        }
-        Err(e) => host.log.warn(format!(
-            "cannot snapshot the paused data again ({e}); a flip back restores the earlier snapshot"
-        )),
+        };
+    t.journal.snapshot = Some(fresh);
+    // The journal must name the new snapshot before the old one goes.
+    let step = t.journal.step;
+    t.enter(step)?;
+    if let Err(e) = durable::remove_tree(&old.dir) {
+        host.log
+            .warn(format!("cannot remove {}: {e}", old.dir.display()));
     }
-    Ok(())
+    host.log
+        .debug("data changed while quiescing: snapshot taken again");
+    Ok(None)
 }
 
 /// Step 13, success: the new release is healthy.

@@ -116,10 +116,10 @@ pub fn preview(
             });
         }
     }
-    let needed = verified
-        .manifest
-        .total_size()
-        .saturating_add(tree_bytes(host.persistence()));
+    // A dry run sets nothing aside: count what a real run would.
+    let needed = room_needed(&verified.manifest, host.persistence())
+        .saturating_add(crate::reserve::JOURNAL_ROOM)
+        .saturating_add(crate::reserve::copy_room(host.persistence()));
     let ineligible = check_eligibility(&EligibilityInput {
         config: host.config,
         layout: &host.layout,
@@ -180,6 +180,8 @@ pub fn preview(
             &env,
             timeout,
             user,
+            // A dry run writes nothing under the root: no kept output.
+            None,
         ) {
             Ok(_) => checks_passed = Some(true),
             Err(e) => {

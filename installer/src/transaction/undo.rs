@@ -101,10 +101,10 @@ pub(super) fn undo_step(host: &Host, j: &Journal) -> Result<Undone, TxnError> {
             let restored = if j.data_changed {
                 restore_if_changed(host, j.snapshot.as_ref()).map_err(|e| {
                     TxnError::host(
-                        "cannot restore the persistence snapshot after an interrupted migration",
+                        "CRITICAL: cannot restore the persistence snapshot after an interrupted migration",
                         e,
                         format!(
-                            "the app stays paused; free space or fix the cause, then run `slipway recover` (or restore {} by hand)",
+                            "the app stays paused on the old release; free space or fix the cause, then run `slipway recover` (or restore {} by hand)",
                             j.snapshot.as_ref().map_or_else(
                                 || "the snapshot".to_string(),
                                 |s| s.dir.display().to_string()
@@ -184,11 +184,14 @@ pub(super) fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack,
         us(timing.fsync)
     ));
     if let Err(e) = restore_if_changed(host, j.snapshot.as_ref()) {
+        // `current` is the old release again, but it cannot run on the new
+        // release's data: it is not started. The failing release stays
+        // stopped, or quiesced where the backend cannot stop it.
         return Err(TxnError::host(
-            "cannot restore the persistence snapshot after the flip back",
+            "CRITICAL: cannot restore the persistence snapshot after the flip back; the old release was not started",
             e,
             format!(
-                "restore {} into {} by hand, then start the service; `slipway recover` retries",
+                "free space (or fix the cause above), then run `slipway recover`: it restores the snapshot and starts the old release; or restore {} into {} by hand, then start the service",
                 j.snapshot.as_ref().map_or_else(
                     || "the snapshot".to_string(),
                     |s| s.dir.display().to_string()
