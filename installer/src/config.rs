@@ -380,6 +380,16 @@ impl Config {
         if self.service.healthy_polls == 0 {
             return Err("service.healthy_polls must be at least 1".into());
         }
+        let named = |v: &Option<String>| v.as_deref().is_some_and(|u| !u.trim().is_empty());
+        if self.update.run_as == UpdaterUser::Service
+            && !named(&self.service.user)
+            && self.service.manager != ManagerKind::Systemd
+        {
+            return Err("update.run_as = \"service\" needs service.user (the user to run as), or service.manager = \"systemd\" to take the unit's User=".into());
+        }
+        if named(&self.service.group) && !named(&self.service.user) {
+            return Err("service.group needs service.user: the group goes with a user".into());
+        }
         if self.update.interval_seconds == Some(0) {
             return Err("update.interval_seconds must be at least 1".into());
         }
@@ -758,6 +768,23 @@ check = [["python3", "-m", "compileall", "-q", "."]]
         let err = parse("", &[("SLIPWAY_UPDATE_NO_SUCH_KEY", "1")]).expect_err("unknown env key");
         assert!(err.to_string().contains("no_such_key"), "{err}");
         assert!(parse("", &[("BOT_AUTO_UPDATE", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn running_as_the_service_user_needs_a_user_to_run_as() {
+        let err = parse(
+            "[update]\nrun_as = \"service\"\n[service]\nmanager = \"none\"\n",
+            &[],
+        )
+        .expect_err("no user");
+        assert!(err.to_string().contains("update.run_as"), "{err}");
+        parse(
+            "[update]\nrun_as = \"service\"\n[service]\nmanager = \"none\"\nuser = \"bot\"\n",
+            &[],
+        )
+        .expect("a named user");
+        parse("[update]\nrun_as = \"service\"\n", &[]).expect("the unit's User=");
+        assert!(parse("[service]\ngroup = \"bot\"\n", &[]).is_err());
     }
 
     #[test]
