@@ -447,9 +447,9 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
     } else {
         if !json {
             print_failure(&Failure::new(
-                "the running release was modified on the host",
+                "the running release no longer matches its manifest",
                 format!("{} difference(s) listed above", drift.len()),
-                "ship the change as a release, or reinstall the running one with `slipway install --force`",
+                crate::diff::drift_hint(&drift),
             ));
         }
         Ok(Exit::Failed)
