@@ -96,6 +96,8 @@ pub struct Flavor {
     /// The migrate hook sleeps for this many seconds, then migrates (so an
     /// orphaned hook of a killed run would write late).
     pub late_migrate: Option<u32>,
+    /// A shell script run by the migrate hook before it migrates.
+    pub before_migrate: Option<String>,
     /// `[schema] min_compatible` (default 1).
     pub min_compatible: Option<u32>,
 }
@@ -307,6 +309,17 @@ impl TestHost {
                 ),
             );
             assert!(toml.contains("sleep"), "slipway.toml changed shape");
+        }
+        if let Some(script) = &flavor.before_migrate {
+            let script = format!("{script}; exec python3 app/bot/migrate.py");
+            toml = toml.replace(
+                "migrate = [\"python3\", \"app/bot/migrate.py\"]",
+                &format!(
+                    "migrate = [\"sh\", \"-c\", {}]",
+                    toml::Value::String(script)
+                ),
+            );
+            assert!(toml.contains("exec python3"), "slipway.toml changed shape");
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
         fs::write(
