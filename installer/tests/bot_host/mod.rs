@@ -93,6 +93,9 @@ pub struct Flavor {
     /// The migrate hook migrates, then sleeps for this many seconds (so a
     /// test can kill slipway in the middle of the Migrate step).
     pub slow_migrate: Option<u32>,
+    /// The release's migrate hook, as a TOML array replacing the default
+    /// one (the kill campaign's slow hook); not together with `slow_migrate`.
+    pub migrate_hook: Option<String>,
 }
 
 /// A built release.
@@ -268,6 +271,11 @@ impl TestHost {
                 ),
             );
             assert!(toml.contains("sleep"), "slipway.toml changed shape");
+        }
+        if let Some(hook) = &flavor.migrate_hook {
+            let default = "migrate = [\"python3\", \"app/bot/migrate.py\"]";
+            assert!(toml.contains(default), "slipway.toml changed shape");
+            toml = toml.replace(default, &format!("migrate = {hook}"));
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
         fs::write(
