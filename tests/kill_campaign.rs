@@ -5,7 +5,8 @@
 //! inside every journal step, by pid and by process tree, then
 //! `slipway recover` and every invariant of a crash-exact update (see
 //! `slipway_e2e::campaign`). v2 and v3 carry a migrate hook that takes
-//! about two seconds, so kills land while it runs.
+//! about two seconds (one Python process for v2, a shell and its children
+//! for v3), so kills land while it runs.
 //!
 //! Runs as root only (without root it prints why it skips; under `CI=true`
 //! it fails instead). It takes minutes, so `cargo test` skips it;
@@ -25,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use slipway_e2e::campaign::{
-    self, kill_pid, processes, Host, Managed, Proc, Release, Releases, Settings, Spawned, TAG_ENV,
+    self, kill_pid, processes, Host, Managed, Proc, Release, Releases, Settings, SlowMigrate,
+    Spawned, TAG_ENV,
 };
 use slipway_e2e::{bot_unit, shared_tempdir, Container, OutputExt, BOT_UNIT};
 
@@ -57,7 +59,7 @@ struct Flavor {
     version: &'static str,
     schema: u32,
     fail_health: bool,
-    slow_migrate: bool,
+    slow_migrate: Option<SlowMigrate>,
 }
 
 fn run_ok(cmd: &mut Command) -> Result<Output> {
@@ -86,15 +88,12 @@ fn build_release(dir: &Path, key: &Path, marker: &str, f: &Flavor) -> Result<Rel
     fs::write(src.join("schema/VERSION"), format!("{}\n", f.schema))?;
     let mut toml = fs::read_to_string(src.join("slipway.toml"))?
         .replace("version = 1\n", &format!("version = {}\n", f.schema));
-    if f.slow_migrate {
+    if let Some(slow) = f.slow_migrate {
         let default = "migrate = [\"python3\", \"app/bot/migrate.py\"]";
         if !toml.contains(default) {
             bail!("examples/bot/slipway.toml has no `{default}` line to replace");
         }
-        toml = toml.replace(
-            default,
-            &format!("migrate = {}", campaign::slow_migrate_hook(marker)),
-        );
+        toml = toml.replace(default, &format!("migrate = {}", slow.hook(marker)));
     }
     fs::write(src.join("slipway.toml"), toml)?;
     fs::write(
@@ -155,19 +154,19 @@ impl SystemdHost {
                 version: "1.0.0",
                 schema: 1,
                 fail_health: false,
-                slow_migrate: false,
+                slow_migrate: None,
             })?,
             v2: build(Flavor {
                 version: "2.0.0",
                 schema: 2,
                 fail_health: false,
-                slow_migrate: true,
+                slow_migrate: Some(SlowMigrate::OneProcess),
             })?,
             v3: build(Flavor {
                 version: "3.0.0",
                 schema: 2,
                 fail_health: true,
-                slow_migrate: true,
+                slow_migrate: Some(SlowMigrate::Shell),
             })?,
         };
 

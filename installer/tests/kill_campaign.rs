@@ -5,9 +5,10 @@
 //! of a crash-exact update (see `slipway_e2e::campaign`).
 //!
 //! The releases make the interesting steps long: v2 and v3 carry a migrate
-//! hook that takes about two seconds (sleep, migrate, sleep), and the
-//! restart command stops the bot, sleeps a second, then starts it, so kills
-//! land while the hook and the restart command run.
+//! hook that takes about two seconds (wait, migrate, wait; one Python
+//! process for v2, a shell and its children for v3), and the restart
+//! command stops the bot, sleeps a second, then starts it, so kills land
+//! while the hook and the restart command run.
 //!
 //! It takes minutes, so `cargo test` skips it; `scripts/test` runs the
 //! short version and `bench/kill-campaign.sh` the long one:
@@ -27,7 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bot_host::{Flavor, TestHost};
 use slipway_e2e::campaign::{
-    self, kill_pid, processes, Host, Managed, Proc, Release, Releases, Settings, Spawned, TAG_ENV,
+    self, kill_pid, processes, Host, Managed, Proc, Release, Releases, Settings, SlowMigrate,
+    Spawned, TAG_ENV,
 };
 
 /// Kills when `KILL_CAMPAIGN_KILLS` is not set.
@@ -75,13 +77,12 @@ impl CommandHost {
         ]);
         host.env.push((TAG_ENV.to_string(), token.clone()));
 
-        let slow = campaign::slow_migrate_hook(&migrate_marker);
         let v1 = host.build("1.0.0", &Flavor::default());
         let v2 = host.build(
             "2.0.0",
             &Flavor {
                 schema: Some(2),
-                migrate_hook: Some(slow.clone()),
+                migrate_hook: Some(SlowMigrate::OneProcess.hook(&migrate_marker)),
                 ..Flavor::default()
             },
         );
@@ -89,7 +90,7 @@ impl CommandHost {
             "3.0.0",
             &Flavor {
                 schema: Some(2),
-                migrate_hook: Some(slow),
+                migrate_hook: Some(SlowMigrate::Shell.hook(&migrate_marker)),
                 fail_health: true,
                 ..Flavor::default()
             },

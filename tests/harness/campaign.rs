@@ -34,6 +34,7 @@
 //! | `KILL_CAMPAIGN_KILLS` | kills per backend (the caller's default otherwise) |
 //! | `KILL_CAMPAIGN_SEED` | the RNG seed (decimal or `0x` hex); random otherwise, always printed |
 //! | `KILL_CAMPAIGN_FULL_EVERY` | a full update after every N kills (default 8) |
+//! | `KILL_CAMPAIGN_STEPS` | only these targets: step names and `anytime`, comma-separated (default all) |
 //!
 //! The seed fixes the plan of every kill (scenario, target, kill mode and
 //! the delay as a fraction of the step's measured length); the instants
@@ -57,6 +58,9 @@ pub const KILLS_ENV: &str = "KILL_CAMPAIGN_KILLS";
 pub const SEED_ENV: &str = "KILL_CAMPAIGN_SEED";
 /// A full update after every N kills.
 pub const FULL_EVERY_ENV: &str = "KILL_CAMPAIGN_FULL_EVERY";
+/// Only these targets (comma-separated step names, `anytime` for random
+/// instants), to replay a failure.
+pub const STEPS_ENV: &str = "KILL_CAMPAIGN_STEPS";
 /// A file the report is also written to (`bench/kill-campaign.sh`).
 pub const REPORT_ENV: &str = "KILL_CAMPAIGN_REPORT";
 /// The environment variable slipway runs get, so that every process they
@@ -71,12 +75,40 @@ const SETTLE: Duration = Duration::from_secs(4);
 /// How long after `recover` the data and the service are checked again.
 const LATE_CHECK: Duration = Duration::from_millis(1500);
 
-/// The example bot's migrate hook, made slow: it sleeps, migrates, then
-/// sleeps again (about two seconds in all), so that kills land before and
-/// after the data changes. `marker` becomes the shell's `$0`, so the hook's
-/// own process is recognisable by its command line.
-pub fn slow_migrate_hook(marker: &str) -> String {
-    format!("[\"sh\", \"-c\", \"sleep 1 && python3 app/bot/migrate.py && sleep 1\", \"{marker}\"]")
+/// A migrate hook of the example bot made slow (about two seconds: it
+/// waits a second, migrates, waits another), so that kills land before and
+/// after the data changes. `marker` is on its command line, so the hook's
+/// own process is recognisable; the value is a TOML array for
+/// `slipway.toml`'s `[hooks] migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowMigrate {
+    /// One Python process that reads `app/bot/migrate.py` first and runs it
+    /// after the first second, the way a long migration is one process
+    /// busy with the data: orphaned, it still writes, even once recovery
+    /// has deleted the release it ran from.
+    OneProcess,
+    /// `sh -c 'sleep 1 && python3 app/bot/migrate.py && sleep 1'`: a tree of
+    /// processes (the shell and its children, one after another).
+    Shell,
+}
+
+impl SlowMigrate {
+    pub fn hook(self, marker: &str) -> String {
+        match self {
+            SlowMigrate::OneProcess => format!(
+                "[\"python3\", \"-c\", \"import sys, time\\n\
+                 code = open('app/bot/migrate.py').read()\\n\
+                 time.sleep(1)\\n\
+                 try:\\n    exec(compile(code, 'app/bot/migrate.py', 'exec'), {{'__name__': '__main__'}})\\n    rc = 0\\n\
+                 except SystemExit as e:\\n    rc = e.code\\n\
+                 time.sleep(1)\\n\
+                 sys.exit(rc)\\n\", \"{marker}\"]"
+            ),
+            SlowMigrate::Shell => format!(
+                "[\"sh\", \"-c\", \"sleep 1 && python3 app/bot/migrate.py && sleep 1\", \"{marker}\"]"
+            ),
+        }
+    }
 }
 
 /// What one campaign run does.
@@ -85,6 +117,8 @@ pub struct Settings {
     pub kills: usize,
     pub seed: u64,
     pub full_update_every: usize,
+    /// Only these targets (step names, `anytime`); empty: all.
+    pub only: Vec<String>,
 }
 
 impl Settings {
@@ -111,10 +145,17 @@ impl Settings {
                 .max(1),
             _ => 8,
         };
+        let only = std::env::var(STEPS_ENV)
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         Ok(Settings {
             kills,
             seed,
             full_update_every,
+            only,
         })
     }
 }
@@ -244,7 +285,7 @@ impl Proc {
             self.pid,
             self.ppid,
             self.state,
-            self.cmdline,
+            self.cmdline.escape_debug(),
             self.cwd
                 .as_ref()
                 .map_or_else(|| "?".to_string(), |c| c.display().to_string())
@@ -840,6 +881,7 @@ fn indent(text: &str, prefix: &str) -> String {
 struct Campaign<'a, H: Host> {
     host: &'a H,
     rng: Rng,
+    only: Vec<String>,
     work: PathBuf,
     /// Measured in the calibration runs: how long each step lasted (from
     /// the journal naming it to the journal naming the next), per scenario.
@@ -854,18 +896,24 @@ struct Campaign<'a, H: Host> {
 /// in `work`, printing one line per kill, and returns the report.
 pub fn run<H: Host>(host: &H, settings: &Settings, work: &Path) -> Result<Report> {
     eprintln!(
-        "kill campaign, {}: {} kills, seed {} (reproduce with {SEED_ENV}={} {KILLS_ENV}={}), a full update every {} kills",
+        "kill campaign, {}: {} kills, seed {} (reproduce with {SEED_ENV}={} {KILLS_ENV}={}), a full update every {} kills{}",
         host.label(),
         settings.kills,
         settings.seed,
         settings.seed,
         settings.kills,
-        settings.full_update_every
+        settings.full_update_every,
+        if settings.only.is_empty() {
+            String::new()
+        } else {
+            format!(", only {}", settings.only.join(","))
+        }
     );
     let started = Instant::now();
     let mut c = Campaign {
         host,
         rng: Rng::new(settings.seed),
+        only: settings.only.clone(),
         work: work.to_path_buf(),
         step_length: BTreeMap::new(),
         run_length: BTreeMap::new(),
@@ -892,6 +940,12 @@ pub fn run<H: Host>(host: &H, settings: &Settings, work: &Path) -> Result<Report
         }
         if deck.is_empty() {
             deck = c.deal();
+            if deck.is_empty() {
+                bail!(
+                    "{STEPS_ENV}={:?} names no step of either scenario (nor `anytime`)",
+                    settings.only
+                );
+            }
         }
         let plan = deck.pop().context("an empty deck")?;
         if c.kill_once(plan)? {
@@ -916,6 +970,15 @@ impl<H: Host> Campaign<'_, H> {
         let targeted = aims.len();
         for i in 0..targeted / 2 {
             aims.push((Scenario::ALL[i % 2], Aim::Anytime));
+        }
+        if !self.only.is_empty() {
+            aims.retain(|(_, aim)| {
+                let name = match aim {
+                    Aim::Anytime => "anytime",
+                    Aim::Step(s) => s,
+                };
+                self.only.iter().any(|o| o.eq_ignore_ascii_case(name))
+            });
         }
         self.rng.shuffle(&mut aims);
         aims.into_iter()
