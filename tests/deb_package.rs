@@ -63,10 +63,13 @@ fn deb_installs_runs_and_removes_cleanly_in_a_container() -> Result<()> {
         "verify",
         "/lib/systemd/system/slipway-update.service",
         "/lib/systemd/system/slipway-update.timer",
+        "/lib/systemd/system/slipway-recover.service",
     ])?;
     // Installed but not enabled: a host must be configured first.
-    let enabled = c.exec(&["systemctl", "is-enabled", "slipway-update.timer"])?;
-    assert_eq!(enabled.stdout_text().trim(), "disabled");
+    for unit in ["slipway-update.timer", "slipway-recover.service"] {
+        let enabled = c.exec(&["systemctl", "is-enabled", unit])?;
+        assert_eq!(enabled.stdout_text().trim(), "disabled", "{unit}");
+    }
     // Man pages render; completions are where the shells look.
     let page = c
         .sh_ok("MANWIDTH=80 man -l -P cat /usr/share/man/man1/slipway.1.gz 2>&1")?
@@ -114,7 +117,11 @@ fn packaged_units_are_the_ones_slipway_units_writes() -> Result<()> {
     let text = text
         .replace(&config.display().to_string(), "/etc/slipway/update.toml")
         .replace(&slipway()?.display().to_string(), "/usr/bin/slipway");
-    for name in ["slipway-update.service", "slipway-update.timer"] {
+    for name in [
+        "slipway-update.service",
+        "slipway-update.timer",
+        "slipway-recover.service",
+    ] {
         let packaged = std::fs::read_to_string(workspace_root().join("packaging/deb").join(name))?;
         assert!(
             text.contains(&format!("# {name}\n{packaged}")),

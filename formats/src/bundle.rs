@@ -162,6 +162,35 @@ pub fn check_bundle_path(path: &str) -> Result<(), String> {
     crate::path::validate_entry_path(path).map_err(|e| e.to_string())
 }
 
+/// The largest `README.txt` a bundle may carry.
+pub const MAX_README_BYTES: u64 = 64 * 1024;
+
+/// The most bytes the bundle file `path` (relative to the bundle's top
+/// directory) may hold, by what it is: the checksum list, its signature,
+/// a channel index or its signature, a key file or rotation statement, the
+/// README. `None` for a release archive (`releases/*.tar.zst`), whose size
+/// only its signed channel index knows; a reader bounds those by the bundle
+/// file's own length. Applied to every member before it is written
+/// anywhere, so a bundle cannot fill a disk with a member no check would
+/// ever accept.
+pub fn max_member_bytes(path: &str) -> Option<u64> {
+    use crate::{MAX_METADATA_BYTES, MAX_SIGNATURE_BYTES};
+    if path == SUMS_FILE {
+        return Some(MAX_SUMS_BYTES);
+    }
+    if path == README_FILE {
+        return Some(MAX_README_BYTES);
+    }
+    if path.ends_with(".minisig") {
+        return Some(MAX_SIGNATURE_BYTES);
+    }
+    if path.starts_with("releases/") && path.ends_with(".tar.zst") {
+        return None;
+    }
+    // channels/*.json, keys/*.pub, keys/rotation-*.json and anything else.
+    Some(MAX_METADATA_BYTES)
+}
+
 /// The trusted comment signed with a bundle's checksum list: the app, the
 /// channel and the channel index version it carries.
 pub fn bundle_comment(app: &str, channel: &str, index_version: u64) -> TrustedComment {
@@ -213,6 +242,24 @@ mod tests {
             assert!(BundleSums::parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
         assert!(BundleSums::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn every_member_but_an_archive_has_a_format_cap() {
+        assert_eq!(max_member_bytes(SUMS_FILE), Some(MAX_SUMS_BYTES));
+        assert_eq!(
+            max_member_bytes("channels/stable.json"),
+            Some(crate::MAX_METADATA_BYTES)
+        );
+        assert_eq!(
+            max_member_bytes("channels/stable.json.minisig"),
+            Some(crate::MAX_SIGNATURE_BYTES)
+        );
+        assert_eq!(
+            max_member_bytes("keys/ABCD.pub"),
+            Some(crate::MAX_METADATA_BYTES)
+        );
+        assert_eq!(max_member_bytes("releases/ab.tar.zst"), None);
     }
 
     #[test]

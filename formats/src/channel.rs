@@ -15,6 +15,9 @@ use time::OffsetDateTime;
 
 use crate::id::ReleaseId;
 use crate::manifest::validate_name;
+use crate::signature::{
+    KeyId, SignatureError, SignatureFile, TrustedComment, TrustedKeys, CHANNEL_COMMENT,
+};
 use crate::version::Version;
 
 /// The channel index format this crate reads and writes.
@@ -45,6 +48,67 @@ pub enum ChannelError {
     DuplicateId(ReleaseId),
     #[error("channel index release {version}: rollout {rollout} is above 100 percent")]
     Rollout { version: Version, rollout: u8 },
+}
+
+/// Why a channel index failed authentication ([`authenticate_index`]).
+#[derive(Debug, Error)]
+pub enum IndexAuthError {
+    /// The signature is malformed, by an unknown key, or does not verify.
+    #[error("{0}")]
+    Signature(#[from] SignatureError),
+    /// The signed comment is not the one `slipway-pack publish` writes for
+    /// this index.
+    #[error("the signed comment {comment:?} {reason}")]
+    Comment { comment: String, reason: String },
+    /// The bytes are signed but not a valid index.
+    #[error("{0}")]
+    Index(#[from] ChannelError),
+}
+
+/// A channel index whose signature and comment verified.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedIndex {
+    pub index: ChannelIndex,
+    /// The key that signed it.
+    pub signer: KeyId,
+}
+
+/// Authenticates a channel index from its exact bytes and its `.minisig`
+/// text: a prehashed minisign signature by a key in `keys` over the bytes,
+/// a `slipway-channel` trusted comment, a strict parse, and the comment
+/// exactly [`TrustedComment::for_channel`] of the index's app, channel and
+/// version ([`TrustedComment::require`]).
+///
+/// The one implementation both binaries run: `slipway` before it looks at
+/// freshness and identity, `slipway-pack` before it extends or verifies an
+/// index. Which app and channel the caller wanted, expiry and rollback are
+/// the caller's checks.
+pub fn authenticate_index(
+    bytes: &[u8],
+    signature: &str,
+    keys: &TrustedKeys,
+) -> Result<AuthenticatedIndex, IndexAuthError> {
+    let sig = SignatureFile::parse(signature)?;
+    let signer = sig.verify_bytes(keys, bytes)?.id();
+    let comment_text = sig.trusted_comment();
+    let comment_err = |reason: String| IndexAuthError::Comment {
+        comment: comment_text.to_string(),
+        reason,
+    };
+    let comment = TrustedComment::parse(comment_text)
+        .map_err(|e| comment_err(format!("is malformed ({e})")))?;
+    if comment.kind != CHANNEL_COMMENT {
+        return Err(comment_err(format!(
+            "is of kind {:?}, not {CHANNEL_COMMENT:?}",
+            comment.kind
+        )));
+    }
+    let index = ChannelIndex::parse(bytes)?;
+    let expected = TrustedComment::for_channel(&index.app, &index.channel, index.version);
+    comment
+        .require(&expected, "the index")
+        .map_err(|m| comment_err(m.reason))?;
+    Ok(AuthenticatedIndex { index, signer })
 }
 
 /// An RFC 3339 instant, as written in indexes and state files.

@@ -461,6 +461,134 @@ impl TrustedComment {
     }
 }
 
+impl TrustedComment {
+    /// Requires this (signed) comment to be exactly `expected`: the same
+    /// kind, every field present with the same value, and no other field.
+    /// The error names the first difference, with `what` naming where the
+    /// expected values come from ("the index", "the manifest").
+    ///
+    /// This is the one comparison both binaries make between a signed
+    /// comment and the document it signs, so `slipway-pack verify` and a
+    /// host accept and refuse the same comments.
+    pub fn require(&self, expected: &TrustedComment, what: &str) -> Result<(), CommentMismatch> {
+        if self.kind != expected.kind {
+            return Err(CommentMismatch {
+                field: "kind".into(),
+                reason: format!("is of kind {:?}, not {:?}", self.kind, expected.kind),
+            });
+        }
+        for (field, value) in &expected.fields {
+            match self.fields.get(field) {
+                None => {
+                    return Err(CommentMismatch {
+                        field: field.clone(),
+                        reason: format!("has no {field} field"),
+                    })
+                }
+                Some(signed) if signed != value => {
+                    return Err(CommentMismatch {
+                        field: field.clone(),
+                        reason: format!("says {field} {signed:?} but {what} says {value:?}"),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        match self
+            .fields
+            .keys()
+            .find(|k| !expected.fields.contains_key(*k))
+        {
+            Some(extra) => Err(CommentMismatch {
+                field: extra.clone(),
+                reason: format!("has a field {extra:?} that {what} does not account for"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a signed comment differs from the one expected
+/// ([`TrustedComment::require`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{reason}")]
+pub struct CommentMismatch {
+    /// The field that differs (`kind` for the kind word).
+    pub field: String,
+    /// The difference, in words: "says version \"8\" but the index says \"7\"".
+    pub reason: String,
+}
+
+/// Why a release signature's trusted comment was refused
+/// ([`check_release_comment`], [`check_release_manifest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReleaseCommentError {
+    #[error("trusted comment {comment:?} is not a slipway release comment; sign releases with slipway-pack")]
+    NotRelease { comment: String },
+    #[error("the signature is for release {signed}, not {actual}: it belongs to another archive")]
+    ForAnotherArchive { signed: String, actual: ReleaseId },
+    #[error("the manifest says {field} {manifest:?} but the signature says {signed:?}; the archive was built or signed wrongly")]
+    ManifestDisagrees {
+        field: String,
+        manifest: String,
+        signed: String,
+    },
+}
+
+/// The first check of a release's signed comment, made as soon as the
+/// signature verified and before anything of the archive is decompressed:
+/// it is a `slipway-release` comment and its `id` is this archive's.
+pub fn check_release_comment(
+    comment_text: &str,
+    id: &ReleaseId,
+) -> Result<TrustedComment, ReleaseCommentError> {
+    let not_release = || ReleaseCommentError::NotRelease {
+        comment: comment_text.to_string(),
+    };
+    let comment = TrustedComment::parse(comment_text).map_err(|_| not_release())?;
+    if comment.kind != RELEASE_COMMENT {
+        return Err(not_release());
+    }
+    let signed = comment.field("id").map_err(|_| not_release())?;
+    if signed.parse::<ReleaseId>().ok().as_ref() != Some(id) {
+        return Err(ReleaseCommentError::ForAnotherArchive {
+            signed: signed.to_string(),
+            actual: *id,
+        });
+    }
+    Ok(comment)
+}
+
+/// The second check, once the manifest is read: the signed comment is
+/// exactly the one `slipway-pack build` writes for this manifest and id
+/// (app, version, channel, id, and no other field). The version is the
+/// manifest's semver in its one canonical spelling, so a comment that
+/// spells it differently is refused too.
+pub fn check_release_manifest(
+    comment: &TrustedComment,
+    id: &ReleaseId,
+    manifest: &crate::Manifest,
+) -> Result<(), ReleaseCommentError> {
+    let version = manifest.version.to_string();
+    let expected = TrustedComment::for_release(&manifest.app, &version, &manifest.channel, id);
+    comment.require(&expected, "the manifest").map_err(|m| {
+        let manifest_value = expected.fields.get(&m.field).cloned().unwrap_or_default();
+        ReleaseCommentError::ManifestDisagrees {
+            signed: comment
+                .fields
+                .get(&m.field)
+                .cloned()
+                .unwrap_or_else(|| "(none)".into()),
+            manifest: if manifest_value.is_empty() {
+                "(none)".into()
+            } else {
+                manifest_value
+            },
+            field: m.field,
+        }
+    })
+}
+
 impl fmt::Display for TrustedComment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.kind)?;
@@ -475,6 +603,70 @@ impl fmt::Display for TrustedComment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signed_comment_must_be_exactly_the_expected_one() {
+        let want = TrustedComment::for_channel("bot", "stable", 7);
+        want.require(&want, "the index").expect("same");
+        let mut other = want.clone();
+        other.fields.insert("version".into(), "8".into());
+        let m = other.require(&want, "the index").expect_err("value");
+        assert_eq!(m.field, "version");
+        assert!(m.reason.contains("the index says \"7\""), "{m}");
+        let mut extra = want.clone();
+        extra.fields.insert("note".into(), "x".into());
+        assert_eq!(
+            extra.require(&want, "the index").expect_err("extra").field,
+            "note"
+        );
+        let mut missing = want.clone();
+        missing.fields.remove("app");
+        assert_eq!(
+            missing
+                .require(&want, "the index")
+                .expect_err("missing")
+                .field,
+            "app"
+        );
+    }
+
+    #[test]
+    fn a_release_comment_names_this_archive_and_exactly_its_manifest() {
+        let id = ReleaseId::of_bytes(b"archive");
+        let text = TrustedComment::for_release("bot", "1.2.0", "stable", &id).to_string();
+        let comment = check_release_comment(&text, &id).expect("this archive");
+        let other = ReleaseId::of_bytes(b"other");
+        assert!(matches!(
+            check_release_comment(&text, &other),
+            Err(ReleaseCommentError::ForAnotherArchive { .. })
+        ));
+        let channel = TrustedComment::for_channel("bot", "stable", 1).to_string();
+        assert!(matches!(
+            check_release_comment(&channel, &id),
+            Err(ReleaseCommentError::NotRelease { .. })
+        ));
+        let manifest = |version: &str| crate::Manifest {
+            format: crate::manifest::MANIFEST_FORMAT,
+            app: "bot".into(),
+            version: version.parse().expect("version"),
+            channel: "stable".into(),
+            created: 0,
+            source: None,
+            schema_version: 1,
+            schema_min_compatible: 1,
+            hooks: crate::Hooks::default(),
+            files: Vec::new(),
+        };
+        check_release_manifest(&comment, &id, &manifest("1.2.0")).expect("matches");
+        assert!(matches!(
+            check_release_manifest(&comment, &id, &manifest("1.2.1")),
+            Err(ReleaseCommentError::ManifestDisagrees { field, .. }) if field == "version"
+        ));
+        // One more field than `slipway-pack build` writes is refused too.
+        let mut extra = comment.clone();
+        extra.fields.insert("note".into(), "x".into());
+        assert!(check_release_manifest(&extra, &id, &manifest("1.2.0")).is_err());
+    }
 
     // A key and signature produced by the stock minisign CLI (prehashed):
     // `minisign -G -W`, then `minisign -Sm data -t 'slipway-release\t...'`.

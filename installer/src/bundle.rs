@@ -19,8 +19,9 @@
 //!   repository and is left to the index and archive checks.
 //! - [`unpack_bundle_tar`]: a `.tar` bundle is unpacked into a fresh
 //!   scratch directory first, accepting only directories and regular
-//!   files under one top directory, with names a bundle can have; then it
-//!   is checked as a directory.
+//!   files under one top directory, with names a bundle can have and sizes
+//!   within [`max_member_bytes`] (checked from the header, before a byte of
+//!   the member is written); then it is checked as a directory.
 //!
 //! `keys/` in a bundle is informational (the operator compares it with the
 //! host's configuration): nothing here ever adds a trusted key, but a
@@ -28,18 +29,19 @@
 //! that does not match the list.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use slipway_formats::bundle::{
-    check_bundle_path, BundleSums, SumsError, BUNDLE_COMMENT, BUNDLE_DIRS, MAX_SUMS_BYTES,
-    README_FILE, SUMS_FILE, SUMS_SIGNATURE_FILE,
+    check_bundle_path, max_member_bytes, BundleSums, SumsError, BUNDLE_COMMENT, BUNDLE_DIRS,
+    MAX_SUMS_BYTES, README_FILE, SUMS_FILE, SUMS_SIGNATURE_FILE,
 };
 use slipway_formats::signature::{SignatureError, TrustedComment};
 use slipway_formats::{KeyId, SignatureFile, TrustedKeys, MAX_SIGNATURE_BYTES};
+use slipway_fs::ReadError;
 use thiserror::Error;
 
 /// The most entries a bundle tar may hold.
@@ -121,11 +123,15 @@ pub fn is_bundle_tar(path: &Path) -> bool {
 /// when `dir` has no `SHA256SUMS` (a plain repository).
 pub fn check_bundle(dir: &Path, keys: &TrustedKeys) -> Result<Option<BundleCheck>, BundleError> {
     let sums_path = dir.join(SUMS_FILE);
-    let Some(sums_bytes) = read_capped(&sums_path, MAX_SUMS_BYTES)? else {
+    let Some(sums_bytes) =
+        slipway_fs::read_capped_optional(&sums_path, MAX_SUMS_BYTES).map_err(bundle_read_error)?
+    else {
         return Ok(None);
     };
     let sig_path = dir.join(SUMS_SIGNATURE_FILE);
-    let signed_by = match read_capped(&sig_path, MAX_SIGNATURE_BYTES)? {
+    let signed_by = match slipway_fs::read_capped_optional(&sig_path, MAX_SIGNATURE_BYTES)
+        .map_err(bundle_read_error)?
+    {
         None => None,
         Some(sig_bytes) => {
             let sig_err = |source| BundleError::Signature {
@@ -215,65 +221,26 @@ pub fn check_bundle(dir: &Path, keys: &TrustedKeys) -> Result<Option<BundleCheck
     }))
 }
 
-/// Reads at most `max` bytes of a regular file; `Ok(None)` if it does not
-/// exist.
-fn read_capped(path: &Path, max: u64) -> Result<Option<Vec<u8>>, BundleError> {
-    let file = match open_regular(path) {
-        Ok(f) => f,
-        Err(BundleError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| BundleError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if bytes.len() as u64 > max {
-        return Err(BundleError::TooLarge {
-            path: path.to_path_buf(),
-            max,
-        });
+/// A shared reader's error as a bundle error (the same words for the same
+/// file whichever check read it).
+fn bundle_read_error(e: ReadError) -> BundleError {
+    match e {
+        ReadError::TooLarge { path, max } => BundleError::TooLarge { path, max },
+        ReadError::NotRegular { path, .. } => BundleError::NotRegular { path },
+        ReadError::NotFound { path } => BundleError::Read {
+            path,
+            source: io::ErrorKind::NotFound.into(),
+        },
+        ReadError::Io { path, source } => BundleError::Read { path, source },
+        ReadError::NotText { path } => BundleError::Read {
+            path,
+            source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"),
+        },
     }
-    Ok(Some(bytes))
-}
-
-/// Opens `path` without following a symlink and insists on a regular file.
-fn open_regular(path: &Path) -> Result<File, BundleError> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|source| {
-            // ELOOP: the last component is a symlink.
-            if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                BundleError::NotRegular {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                BundleError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
-    let meta = file.metadata().map_err(|source| BundleError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(BundleError::NotRegular {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(file)
 }
 
 fn sha256_of_regular(path: &Path) -> Result<[u8; 32], BundleError> {
-    let mut file = open_regular(path)?;
+    let mut file = slipway_fs::open_regular(path).map_err(bundle_read_error)?;
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -296,7 +263,8 @@ fn sha256_of_regular(path: &Path) -> Result<[u8; 32], BundleError> {
 /// Only directories and regular files are accepted, all under one top
 /// directory, at most [`MAX_TAR_ENTRIES`] of them, with the names a bundle
 /// has (`README.txt`, `SHA256SUMS`, `SHA256SUMS.minisig` and files directly
-/// under `channels/`, `releases/`, `keys/`). Files are created with
+/// under `channels/`, `releases/`, `keys/`), each no larger than
+/// [`max_member_bytes`] allows and than the rest of the file can hold. Files are created with
 /// `O_EXCL | O_NOFOLLOW`, so nothing is written outside the new directory.
 /// The result is then checked with [`check_bundle`] like any bundle.
 pub fn unpack_bundle_tar(
@@ -311,7 +279,14 @@ pub fn unpack_bundle_tar(
             dir: scratch.to_path_buf(),
             source,
         })?;
-    let file = open_regular(path)?;
+    let file = slipway_fs::open_regular(path).map_err(bundle_read_error)?;
+    let tar_len = file
+        .metadata()
+        .map_err(|source| BundleError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     let mut archive = tar::Archive::new(file);
     let entries = archive.entries().map_err(|e| BundleError::Tar {
         path: path.to_path_buf(),
@@ -368,6 +343,23 @@ pub fn unpack_bundle_tar(
         if !allowed {
             return Err(refuse("not a name a bundle has"));
         }
+        // Sizes are bounded before a byte is written: each member by what
+        // its format allows, and every member by what the file can hold (a
+        // header claiming more is a lie).
+        let size = entry.size();
+        if !is_dir {
+            let rel = rest.unwrap_or_default();
+            if let Some(max) = max_member_bytes(rel).filter(|max| size > *max) {
+                return Err(refuse(&format!(
+                    "it is {size} bytes, over the {max} bytes a bundle's {rel} may have; refused before anything was written"
+                )));
+            }
+            if size > tar_len.saturating_sub(entry.raw_file_position()) {
+                return Err(refuse(&format!(
+                    "its header claims {size} bytes, more than the rest of the {tar_len}-byte bundle file holds"
+                )));
+            }
+        }
         let dest = tmp.path().join(clean);
         let unpack_err = |source| BundleError::Unpack {
             path: path.to_path_buf(),
@@ -399,7 +391,10 @@ pub fn unpack_bundle_tar(
                     }
                     _ => unpack_err(e),
                 })?;
-            io::copy(&mut entry, &mut out).map_err(unpack_err)?;
+            let copied = io::copy(&mut (&mut entry).take(size), &mut out).map_err(unpack_err)?;
+            if copied != size {
+                return Err(refuse("the bundle file ends inside this entry"));
+            }
         }
     }
     let Some(top) = top else {
@@ -419,7 +414,7 @@ mod tests {
     fn tar_with(entries: &[(&str, tar::EntryType, &[u8])]) -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("b.tar");
-        let mut builder = tar::Builder::new(File::create(&path).expect("create"));
+        let mut builder = tar::Builder::new(fs::File::create(&path).expect("create"));
         for (name, kind, data) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
@@ -455,6 +450,35 @@ mod tests {
             fs::read(dir.join("channels/stable.json")).expect("read"),
             b"{}"
         );
+    }
+
+    /// A member whose header claims more than the file holds is refused
+    /// from the header, before its bytes are copied.
+    #[test]
+    fn refuses_a_member_larger_than_the_bundle_file() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("b.tar");
+        let mut builder = tar::Builder::new(fs::File::create(&path).expect("create"));
+        for (name, kind, size) in [
+            ("b/", tar::EntryType::Directory, 0u64),
+            ("b/releases/", tar::EntryType::Directory, 0),
+            ("b/releases/x.tar.zst", tar::EntryType::Regular, 1 << 40),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(0o644);
+            h.set_size(size);
+            h.set_path(name).expect("name");
+            h.set_cksum();
+            builder.append(&h, &b"tiny"[..0]).expect("append");
+        }
+        builder.finish().expect("finish");
+        drop(builder);
+        let scratch = tmp.path().join("scratch");
+        fs::create_dir(&scratch).expect("mkdir");
+        let err = unpack_bundle_tar(&path, &scratch).expect_err("a lying header");
+        assert!(err.to_string().contains("more than the rest"), "{err}");
+        assert_eq!(fs::read_dir(&scratch).expect("ls").count(), 0);
     }
 
     #[test]

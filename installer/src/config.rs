@@ -11,17 +11,28 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use slipway_fs::{read_text_capped, ReadError};
 use thiserror::Error;
+
+/// The largest configuration file read. A real one is a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The largest public key file read (a minisign `.pub` is about 100 bytes).
+pub const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
 
 /// Why the configuration could not be used. Exit code 2.
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("no configuration file: looked for {0}; pass --config FILE or set SLIPWAY_CONFIG")]
     NotFound(String),
-    #[error("cannot read configuration {path}: {source}")]
+    /// The configuration file or a public key file it names could not be
+    /// read: missing, not a regular file (a FIFO, a device, a symlink), or
+    /// over [`MAX_CONFIG_BYTES`] / [`MAX_KEY_FILE_BYTES`].
+    #[error("cannot read the {what}: {source}")]
     Read {
+        what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        source: ReadError,
     },
     #[error("configuration {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -44,6 +55,8 @@ pub struct UpdateConfig {
     pub interval_minutes: u32,
     /// When false, an update is staged and checked, then waits for `slipway apply`.
     pub auto_restart: bool,
+    /// The seed's `require_signed_tags` is the same key.
+    #[serde(alias = "require_signed_tags")]
     pub require_signed: bool,
     pub max_attempts_per_day: u32,
     pub max_failures_per_day: u32,
@@ -60,6 +73,12 @@ pub struct UpdateConfig {
     pub connect_timeout_seconds: u64,
     /// HTTP sources: a request that receives no byte for this long fails.
     pub stall_timeout_seconds: u64,
+    /// HTTP sources: every request ends this long after it started, however
+    /// steadily bytes arrive.
+    pub request_deadline_seconds: u64,
+    /// HTTP sources: no request of a run goes on past this long after the
+    /// run's first request.
+    pub run_deadline_seconds: u64,
     /// The timer's period in seconds, instead of `interval_minutes` (for
     /// tests and demos; `slipway units` only).
     pub interval_seconds: Option<u32>,
@@ -86,6 +105,8 @@ impl Default for UpdateConfig {
             token_file: None,
             connect_timeout_seconds: 10,
             stall_timeout_seconds: 30,
+            request_deadline_seconds: 900,
+            run_deadline_seconds: 1800,
             interval_seconds: None,
             lock_wait_seconds: 0,
         }
@@ -264,12 +285,17 @@ impl Config {
         ))
     }
 
-    /// Loads, applies the process environment, resolves and validates.
+    /// Loads, applies the process environment, resolves and validates. The
+    /// file is read with [`slipway_fs::read_capped`]: a FIFO, a device or a
+    /// symlink is refused at once, and nothing over [`MAX_CONFIG_BYTES`] is
+    /// read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            read_text_capped(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
+                what: "configuration",
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::from_toml(&text, path, std::env::vars())
     }
 
@@ -335,6 +361,78 @@ impl Config {
         if self.update.interval_seconds == Some(0) {
             return Err("update.interval_seconds must be at least 1".into());
         }
+        if self.update.interval_minutes == 0 {
+            return Err("update.interval_minutes must be at least 1".into());
+        }
+        // Durations: a value no operator means (i64::MAX seconds) would
+        // overflow a deadline; 30 days is far beyond any sane setting.
+        for (key, secs) in [
+            (
+                "update.connect_timeout_seconds",
+                self.update.connect_timeout_seconds,
+            ),
+            (
+                "update.stall_timeout_seconds",
+                self.update.stall_timeout_seconds,
+            ),
+            (
+                "update.request_deadline_seconds",
+                self.update.request_deadline_seconds,
+            ),
+            (
+                "update.run_deadline_seconds",
+                self.update.run_deadline_seconds,
+            ),
+            ("update.lock_wait_seconds", self.update.lock_wait_seconds),
+            (
+                "service.health_timeout_seconds",
+                self.service.health_timeout_seconds,
+            ),
+            (
+                "service.health_interval_ms",
+                self.service.health_interval_ms / 1000,
+            ),
+            (
+                "service.quiesce_timeout_seconds",
+                self.service.quiesce_timeout_seconds,
+            ),
+            (
+                "service.save_timeout_seconds",
+                self.service.save_timeout_seconds,
+            ),
+            ("hooks.timeout_seconds", self.hooks.timeout_seconds),
+        ] {
+            if secs > MAX_DURATION_SECONDS {
+                return Err(format!(
+                    "{key} is {secs} seconds; at most {MAX_DURATION_SECONDS} (30 days) is accepted"
+                ));
+            }
+        }
+        if let Some(url) = &self.service.health_url {
+            let lower = url.trim().to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(format!(
+                    "service.health_url = {url:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if self.service.health_interval_ms
+            > self.service.health_timeout_seconds.saturating_mul(1000)
+        {
+            return Err(format!(
+                "service.health_interval_ms = {} is longer than service.health_timeout_seconds = {}: the gate could never poll twice",
+                self.service.health_interval_ms, self.service.health_timeout_seconds
+            ));
+        }
+        for (key, value) in [
+            ("quiesce_signal", &self.service.quiesce_signal),
+            ("resume_signal", &self.service.resume_signal),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.trim().is_empty()) {
+                crate::quiesce::parse_signal(key, v).map_err(|e| e.to_string())?;
+            }
+        }
+        self.check_persistence_apart()?;
         if self.update.keep_releases < 2 {
             return Err("update.keep_releases must be at least 2 (current and previous)".into());
         }
@@ -345,9 +443,47 @@ impl Config {
         Ok(())
     }
 
+    /// The persistence directory must be the app's own: not the root, not
+    /// under one of slipway's own directories (a restore would rewind
+    /// slipway's state, a `gc` would delete the data), and not above the
+    /// root.
+    fn check_persistence_apart(&self) -> Result<(), String> {
+        let p = normalize(&self.paths.persistence);
+        let root = normalize(&self.paths.root);
+        let layout = crate::layout::Layout::new(&root);
+        let mut own = vec![root.clone()];
+        own.extend(layout.dirs());
+        own.push(layout.current_link());
+        own.push(layout.previous_link());
+        if root.starts_with(&p) {
+            return Err(format!(
+                "paths.persistence = {} contains paths.root = {}: slipway's releases and state would be part of the app's data",
+                p.display(),
+                root.display()
+            ));
+        }
+        for dir in own.iter().skip(1) {
+            if p.starts_with(dir) {
+                return Err(format!(
+                    "paths.persistence = {} lies inside slipway's own {}: use a directory of the app's (for example {}/bot_persistence/default)",
+                    p.display(),
+                    dir.display(),
+                    root.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The trusted keys: each entry is a base64 key, or a path to a `.pub`
     /// file (relative to the config file).
     pub fn trusted_keys(&self) -> Result<slipway_formats::TrustedKeys, ConfigError> {
+        if self.update.public_keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: self.file.clone(),
+                message: "update.public_keys is empty: list at least one trusted key (its base64 line, or the path of its .pub file)".into(),
+            });
+        }
         let base = self.file.parent().unwrap_or(Path::new("."));
         let mut texts = Vec::new();
         for entry in &self.update.public_keys {
@@ -357,9 +493,12 @@ impl Config {
                 texts.push(entry.clone());
             } else {
                 let p = resolve(base, Path::new(entry));
-                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
+                let text = read_text_capped(&p, MAX_KEY_FILE_BYTES).map_err(|source| {
+                    ConfigError::Read {
+                        what: "public key file named in update.public_keys",
+                        path: p.clone(),
+                        source,
+                    }
                 })?;
                 texts.push(text);
             }
@@ -369,6 +508,25 @@ impl Config {
             message: format!("update.public_keys: {e}"),
         })
     }
+}
+
+/// The most seconds any duration key accepts: 30 days.
+pub const MAX_DURATION_SECONDS: u64 = 30 * 24 * 3600;
+
+/// `p` without `.` components and with `..` applied lexically (the paths
+/// of a configuration are compared before they exist).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -404,6 +562,7 @@ fn apply_env(
             }
         };
         let value = env_value(&var, &raw, &key)?;
+        check_env_value(&var, &raw, section, &key, &value)?;
         let entry = table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -420,6 +579,49 @@ fn apply_env(
         }
     }
     Ok(())
+}
+
+/// Type-checks one override on its own, so that a bad value is reported
+/// with the variable that carried it (`BOT_UPDATE_INTERVAL=abc`), not as a
+/// fault of the file.
+fn check_env_value(
+    var: &str,
+    raw: &str,
+    section: &str,
+    key: &str,
+    value: &toml::Value,
+) -> Result<(), ConfigError> {
+    let mut probe = toml::Table::new();
+    probe.insert(key.to_string(), value.clone());
+    let probe = toml::Value::Table(probe);
+    let checked = match section {
+        "update" => probe.try_into::<UpdateConfig>().map(|_| ()),
+        "paths" => probe.try_into::<PathsConfig>().map(|_| ()),
+        "service" => probe.try_into::<ServiceConfig>().map(|_| ()),
+        "hooks" => probe.try_into::<HooksConfig>().map(|_| ()),
+        _ => probe.try_into::<ReportConfig>().map(|_| ()),
+    };
+    let message = match checked {
+        Err(e) => Some(format!(
+            "{raw:?} is not a valid {section}.{key}: {}",
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid value")
+                .trim()
+        )),
+        Ok(()) if key == "interval_minutes" && value.as_integer() == Some(0) => {
+            Some("0 is not an interval: give at least 1 (minutes)".to_string())
+        }
+        Ok(()) => None,
+    };
+    match message {
+        Some(message) => Err(ConfigError::Env {
+            var: var.to_string(),
+            message,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Reads an environment value as TOML (numbers, booleans, arrays), the
@@ -544,6 +746,75 @@ check = [["python3", "-m", "compileall", "-q", "."]]
     }
     /// The reference in docs/configuration.md parses, and documents every key
     /// the code knows.
+    #[test]
+    fn values_that_cannot_work_are_refused_at_load_naming_the_key_or_variable() {
+        let refused = |text: &str, env: &[(&str, &str)], names: &str| {
+            let e = parse(text, env).expect_err(text).to_string();
+            assert!(e.contains(names), "{text} {env:?}: {e}");
+        };
+        refused(
+            "[service]\nhealth_url = \"ftp://127.0.0.1/health\"\n",
+            &[],
+            "service.health_url",
+        );
+        refused(
+            "[service]\nhealth_interval_ms = 90000\nhealth_timeout_seconds = 60\n",
+            &[],
+            "service.health_interval_ms",
+        );
+        refused(
+            "[service]\nquiesce_signal = \"SIGBOGUS\"\n",
+            &[],
+            "quiesce_signal",
+        );
+        refused(
+            "[paths]\nroot = \"/opt/bot\"\npersistence = \"/opt/bot\"\n",
+            &[],
+            "paths.persistence",
+        );
+        refused(
+            "[paths]\nroot = \"/opt/bot\"\npersistence = \"/opt/bot/state/data\"\n",
+            &[],
+            "slipway's own",
+        );
+        refused(
+            "[paths]\nroot = \"/opt/bot\"\npersistence = \"/opt\"\n",
+            &[],
+            "contains paths.root",
+        );
+        refused(
+            "[update]\ninterval_minutes = 0\n",
+            &[],
+            "update.interval_minutes",
+        );
+        refused("", &[("BOT_UPDATE_INTERVAL", "abc")], "BOT_UPDATE_INTERVAL");
+        refused("", &[("BOT_UPDATE_INTERVAL", "0")], "BOT_UPDATE_INTERVAL");
+        refused(
+            "",
+            &[("SLIPWAY_UPDATE_LOCK_WAIT_SECONDS", "9223372036854775807")],
+            "update.lock_wait_seconds",
+        );
+        refused(
+            "",
+            &[("SLIPWAY_UPDATE_LOCK_WAIT_SECONDS", "-1")],
+            "SLIPWAY_UPDATE_LOCK_WAIT_SECONDS",
+        );
+        // The seed's own file loads as written.
+        let seed = "[update]\nchannel = \"main\"\ninterval_minutes = 60\nauto_restart = true\nrequire_signed_tags = true\nmax_failures_per_day = 2\n";
+        let c = parse(seed, &[]).expect("the seed's config/update.toml");
+        assert!(c.update.require_signed);
+        assert_eq!(c.update.channel, "main");
+        // ...and a host with no key is a configuration error, not a failure.
+        assert!(matches!(c.trusted_keys(), Err(ConfigError::Invalid { .. })));
+        // The spec's layout (persistence under the root, beside slipway's
+        // own directories) is fine.
+        parse(
+            "[paths]\nroot = \"/opt/bot\"\npersistence = \"/opt/bot/bot_persistence/default\"\n",
+            &[],
+        )
+        .expect("spec layout");
+    }
+
     #[test]
     fn every_documented_key_parses() {
         let doc = include_str!("../../docs/configuration.md");

@@ -18,8 +18,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slipway_formats::{EntryType, Manifest, MANIFEST_PATH};
 
-use crate::verify::open_regular;
-
 /// One way an installed release differs from its manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "drift", rename_all = "snake_case")]
@@ -269,8 +267,10 @@ fn kind_of(t: &fs::FileType) -> &'static str {
 /// Whether the file's SHA-256 is `wanted`. The file is opened without
 /// following symlinks and must still be a regular file.
 fn same_content(path: &Path, wanted: Option<&str>, buf: &mut [u8]) -> io::Result<bool> {
-    let mut file: File = match open_regular(path)? {
+    let mut file: File = match slipway_fs::open_regular(path) {
         Ok(f) => f,
+        Err(slipway_fs::ReadError::Io { source, .. }) => return Err(source),
+        Err(slipway_fs::ReadError::NotFound { .. }) => return Err(io::ErrorKind::NotFound.into()),
         Err(_) => return Ok(false),
     };
     let mut sha = Sha256::new();

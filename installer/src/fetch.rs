@@ -9,7 +9,12 @@
 //!   `ALL_PROXY`, `NO_PROXY`);
 //! - a connect timeout (`connect_timeout_seconds`, DNS included) and a
 //!   stall timeout (`stall_timeout_seconds`): no byte received for that long
-//!   ends the request, however slowly the rest would have come;
+//!   ends the request;
+//! - on top of those, two overall deadlines, so that a server dripping one
+//!   byte just before each stall timeout cannot hold the run (and its lock)
+//!   for long: every request ends `request_deadline_seconds` after it
+//!   started, and no request runs past `run_deadline_seconds` after the
+//!   process made its first client (a process is one run);
 //! - no automatic decompression, so byte offsets are the file's own and a
 //!   `Range` resume is exact;
 //! - an optional read-only bearer token from `update.token_file`, sent as
@@ -37,7 +42,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -75,6 +80,15 @@ pub enum FetchError {
     ConnectTimeout { url: String, secs: u64 },
     #[error("{url}: the server sent nothing for {secs} s (stall timeout); the server or the network is too slow: try again later (a partial download is resumed), or raise update.stall_timeout_seconds")]
     Stall { url: String, secs: u64 },
+    #[error("{url}: not done within the {secs} s {which} deadline (update.{key}); the server or the network is too slow, or the server is stalling on purpose: try again later (a partial download is resumed), or raise update.{key}")]
+    Deadline {
+        url: String,
+        secs: u64,
+        /// `"request"` or `"run"`.
+        which: &'static str,
+        /// The configuration key that sets it.
+        key: &'static str,
+    },
     #[error("{url}: TLS failed ({detail}); check the server's certificate against this host's root certificates (the system store; SSL_CERT_FILE for a private CA) and the system clock")]
     Tls { url: String, detail: String },
     #[error("{url}: the proxy failed ({detail}); check HTTPS_PROXY / HTTP_PROXY / NO_PROXY")]
@@ -113,6 +127,7 @@ impl FetchError {
             | FetchError::Connect { .. }
             | FetchError::ConnectTimeout { .. }
             | FetchError::Stall { .. }
+            | FetchError::Deadline { .. }
             | FetchError::Network { .. }
             | FetchError::Proxy { .. } => true,
             _ => false,
@@ -178,6 +193,10 @@ impl fmt::Debug for Token {
 pub struct HttpSettings {
     pub connect_timeout: Duration,
     pub stall_timeout: Duration,
+    /// Every request ends this long after it started, however it goes.
+    pub request_deadline: Duration,
+    /// No request runs past this long after the client was made.
+    pub run_deadline: Duration,
     pub token: Option<Token>,
     /// Show a progress bar for downloads when stderr is a terminal.
     pub progress: bool,
@@ -193,6 +212,8 @@ impl HttpSettings {
         Ok(HttpSettings {
             connect_timeout: Duration::from_secs(update.connect_timeout_seconds.max(1)),
             stall_timeout: Duration::from_secs(update.stall_timeout_seconds.max(1)),
+            request_deadline: Duration::from_secs(update.request_deadline_seconds.max(1)),
+            run_deadline: Duration::from_secs(update.run_deadline_seconds.max(1)),
             token,
             progress,
         })
@@ -264,10 +285,16 @@ struct PartMeta {
     validators: Validators,
 }
 
+/// When the first [`HttpClient`] of this process (one run) was made.
+static RUN_STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// The HTTP client of one run (see the module docs).
 pub struct HttpClient {
     agent: ureq::Agent,
     settings: HttpSettings,
+    /// When this process made its first client: the run deadline counts
+    /// from here, whichever client of the run makes the request.
+    started: Instant,
 }
 
 impl fmt::Debug for HttpClient {
@@ -297,6 +324,7 @@ impl HttpClient {
         HttpClient {
             agent: ureq::Agent::new_with_config(config),
             settings,
+            started: *RUN_STARTED.get_or_init(Instant::now),
         }
     }
 
@@ -305,11 +333,55 @@ impl HttpClient {
         HttpSettings::from_config(update, progress).map(HttpClient::new)
     }
 
-    fn get(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
-        let request = self.agent.get(url);
-        match &self.settings.token {
+    /// A `GET` whose whole exchange, body included, must end within the
+    /// request deadline and before the run deadline (ureq's global timeout,
+    /// checked at every read). Refused at once when the run deadline has
+    /// passed.
+    fn get(
+        &self,
+        url: &str,
+    ) -> Result<ureq::RequestBuilder<ureq::typestate::WithoutBody>, FetchError> {
+        let left = self
+            .settings
+            .run_deadline
+            .saturating_sub(self.started.elapsed());
+        if left.is_zero() {
+            return Err(self.run_deadline_error(url));
+        }
+        let request = self
+            .agent
+            .get(url)
+            .config()
+            .timeout_global(Some(self.settings.request_deadline.min(left)))
+            .build();
+        Ok(match &self.settings.token {
             Some(token) => request.header("Authorization", token.header()),
             None => request,
+        })
+    }
+
+    fn run_deadline_error(&self, url: &str) -> FetchError {
+        FetchError::Deadline {
+            url: url.to_string(),
+            secs: self.settings.run_deadline.as_secs(),
+            which: "run",
+            key: "run_deadline_seconds",
+        }
+    }
+
+    /// Which deadline a global timeout was: the run's when it has (nearly)
+    /// passed, else the request's.
+    fn deadline_error(&self, url: &str) -> FetchError {
+        let margin = Duration::from_millis(500);
+        if self.started.elapsed() + margin >= self.settings.run_deadline {
+            self.run_deadline_error(url)
+        } else {
+            FetchError::Deadline {
+                url: url.to_string(),
+                secs: self.settings.request_deadline.as_secs(),
+                which: "request",
+                key: "request_deadline_seconds",
+            }
         }
     }
 
@@ -330,7 +402,7 @@ impl HttpClient {
         max: u64,
         validators: Option<&Validators>,
     ) -> Result<Metadata, FetchError> {
-        let mut request = self.get(url);
+        let mut request = self.get(url)?;
         if let Some(v) = validators {
             if let Some(etag) = &v.etag {
                 request = request.header("If-None-Match", etag);
@@ -401,9 +473,10 @@ impl HttpClient {
         // What an earlier run left, if it is the same download.
         let mut offset = 0u64;
         let mut resume_validators = None;
-        let previous: Option<PartMeta> = fs::read(&part_meta)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let previous: Option<PartMeta> =
+            slipway_fs::read_capped(&part_meta, slipway_formats::MAX_METADATA_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
         let part_len = fs::symlink_metadata(&part)
             .ok()
             .filter(|m| m.is_file())
@@ -429,7 +502,7 @@ impl HttpClient {
         // At most two requests: a resume, then (if the server will not
         // resume) one from zero.
         for _ in 0..2 {
-            let mut request = self.get(url);
+            let mut request = self.get(url)?;
             if offset > 0 {
                 request = request.header("Range", format!("bytes={offset}-"));
                 if let Some(v) = &resume_validators {
@@ -587,6 +660,7 @@ impl HttpClient {
                     url,
                     secs: secs(self.settings.connect_timeout),
                 },
+                ureq::Timeout::Global | ureq::Timeout::PerCall => self.deadline_error(&url),
                 _ => FetchError::Stall {
                     url,
                     secs: secs(self.settings.stall_timeout),

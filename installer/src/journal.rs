@@ -72,7 +72,51 @@ pub enum Step {
     Collect,
 }
 
+/// What undoes a step: the action a run that fails in the step takes, and
+/// the one `slipway recover` takes after a run that died in it. One table
+/// for both ([`Step::undo`]), so the forward path and recovery cannot drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Undo {
+    /// Only the transaction's own files exist: remove its staging
+    /// directories, the release it staged and its snapshots. The service
+    /// was not touched. (A partial download stays for the next run.)
+    Discard,
+    /// The app may be paused and the migrate hook may have written: restore
+    /// the snapshot if the data no longer matches it, resume the app, then
+    /// [`Undo::Discard`] (the snapshot is kept until `gc`).
+    RestoreAndResume,
+    /// The links may point at the new release and the service may run it:
+    /// stop the service, put both links back, restore the snapshot if the
+    /// data changed, start the old release through the manager and
+    /// health-gate it.
+    FlipBack,
+    /// The outcome was decided and journaled: finish recording it (commit,
+    /// report, collect); nothing is undone.
+    Finish,
+}
+
 impl Step {
+    /// How this step is undone (see [`Undo`]). Exhaustive: a new step does
+    /// not compile until it says how it is undone.
+    pub fn undo(self) -> Undo {
+        match self {
+            Step::Fetch | Step::Verify | Step::Stage | Step::Check | Step::Save => Undo::Discard,
+            // A snapshot only adds files under backups/: removing them
+            // (the `.partial` first) is the whole undo.
+            Step::Snapshot => Undo::Discard,
+            // Quiesce: the app may have paused. Migrate: the hook may have
+            // written (its orphans are killed before this runs).
+            Step::Quiesce | Step::Migrate => Undo::RestoreAndResume,
+            Step::Switch | Step::Restart | Step::HealthGate | Step::FlipBack => Undo::FlipBack,
+            Step::Commit | Step::Report | Step::Collect => Undo::Finish,
+        }
+    }
+
+    /// Whether, when a run is in this step, the app may be paused by it.
+    pub fn app_may_be_paused(self) -> bool {
+        matches!(self.undo(), Undo::RestoreAndResume | Undo::FlipBack)
+    }
+
     /// Every step, in order.
     pub const ALL: [Step; 15] = [
         Step::Fetch,
@@ -137,6 +181,48 @@ impl FromStr for Step {
     }
 }
 
+/// What a transaction does (the journal's `op`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// `slipway install SOURCE`.
+    #[default]
+    Install,
+    /// `slipway update` (by hand or `--auto`).
+    Update,
+    /// `slipway apply`: finish an update staged with `auto_restart = false`.
+    Apply,
+    /// `slipway rollback`: back to `previous`.
+    Rollback,
+    /// `slipway check`: discovery and verification only; never journaled.
+    Check,
+}
+
+impl Operation {
+    /// The name in the journal, the history and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Install => "install",
+            Operation::Update => "update",
+            Operation::Apply => "apply",
+            Operation::Rollback => "rollback",
+            Operation::Check => "check",
+        }
+    }
+
+    /// Whether a failure of the target release puts it on the bad list
+    /// (a rollback's target is the operator's choice, never bad-listed).
+    pub fn installs_new_release(self) -> bool {
+        !matches!(self, Operation::Rollback)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The result a transaction decided on at `Commit` or `FlipBack`, kept so
 /// that a run killed during `Report` reports the same thing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,8 +244,7 @@ pub struct Journal {
     /// The transaction id: a UTC timestamp and the pid, also the name of
     /// its snapshot in `backups/`.
     pub txn: String,
-    /// `install`, `update`, `apply` or `rollback`.
-    pub op: String,
+    pub op: Operation,
     /// The step about to run, or running.
     pub step: Step,
     pub started_at: Timestamp,
@@ -195,11 +280,11 @@ pub struct Journal {
 
 impl Journal {
     /// A fresh journal at step `Verify`.
-    pub fn new(txn: String, op: &str, started_at: Timestamp, auto: bool) -> Journal {
+    pub fn new(txn: String, op: Operation, started_at: Timestamp, auto: bool) -> Journal {
         Journal {
             format: JOURNAL_FORMAT,
             txn,
-            op: op.to_string(),
+            op,
             step: Step::Verify,
             started_at,
             auto,
@@ -253,9 +338,25 @@ pub fn new_txn_id(now: Timestamp) -> String {
 /// gives the crash tests their chance ([`crate::fault::after_journal`]).
 pub fn record(layout: &Layout, journal: &Journal) -> Result<(), JournalError> {
     let path = layout.journal_file();
-    durable::create_dirs(&layout.state_dir())
-        .and_then(|()| durable::write_json_atomic(&path, journal))
-        .map_err(|source| JournalError::Write { path, source })?;
+    let write = || {
+        durable::create_dirs(&layout.state_dir())
+            .and_then(|()| durable::write_json_atomic(&path, journal))
+    };
+    match write() {
+        Ok(()) => {}
+        // The disk filled up since the transaction began: the room set
+        // aside for exactly this (crate::reserve) is given back, once.
+        Err(e)
+            if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+                && crate::reserve::free_journal_room(layout) =>
+        {
+            write().map_err(|source| JournalError::Write {
+                path: path.clone(),
+                source,
+            })?
+        }
+        Err(source) => return Err(JournalError::Write { path, source }),
+    }
     crate::fault::after_journal(journal.step);
     Ok(())
 }
@@ -272,6 +373,9 @@ pub fn load(layout: &Layout) -> Result<Option<Journal>, JournalError> {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    if let Err(message) = check_paths(layout, &journal) {
+        return Err(JournalError::Corrupt { path, message });
+    }
     if journal.format != JOURNAL_FORMAT {
         return Err(JournalError::Corrupt {
             path,
@@ -284,8 +388,74 @@ pub fn load(layout: &Layout) -> Result<Option<Journal>, JournalError> {
     Ok(Some(journal))
 }
 
-/// Removes the journal durably: the transaction is over.
+/// Whether every path and name in `j` stays where the transaction could
+/// have put it: the transaction id is one [`new_txn_id`] makes (an empty or
+/// odd id would match other snapshots by prefix), the release directories
+/// lie under `releases/` and the snapshot under `backups/`, with no `..`.
+/// A journal that fails this was not written by slipway, and recovery
+/// touches nothing on its word.
+pub fn check_paths(layout: &Layout, j: &Journal) -> Result<(), String> {
+    if !valid_txn_id(&j.txn) {
+        return Err(format!(
+            "transaction id {:?} is not one slipway makes",
+            j.txn
+        ));
+    }
+    let under = |p: &Path, dir: &Path, what: &str| -> Result<(), String> {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            layout.root().join(p)
+        };
+        let clean = p.components().all(|c| {
+            !matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        });
+        if clean && p.starts_with(dir) && p != dir {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} {} lies outside {}",
+                p.display(),
+                dir.display()
+            ))
+        }
+    };
+    let releases = layout.releases_dir();
+    if let Some(d) = &j.release_dir {
+        under(d, &releases, "release_dir")?;
+    }
+    if let Some(d) = &j.old_release {
+        under(d, &releases, "old_release")?;
+    }
+    if let Some(d) = &j.old_previous {
+        under(d, &releases, "old_previous")?;
+    }
+    if let Some(s) = &j.snapshot {
+        under(&s.dir, &layout.backups_dir(), "snapshot")?;
+    }
+    Ok(())
+}
+
+/// `YYYYMMDDTHHMMSSZ-<pid>`, as [`new_txn_id`] writes it.
+fn valid_txn_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() > 17
+        && b.len() <= 32
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..].iter().all(u8::is_ascii_digit)
+}
+
+/// Removes the journal durably: the transaction is over (and so is the
+/// room set aside for it).
 pub fn finish(layout: &Layout) -> Result<(), JournalError> {
+    crate::reserve::release(layout);
     let path = layout.journal_file();
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -315,12 +485,84 @@ mod tests {
     }
 
     #[test]
+    fn every_step_is_undone_by_what_it_may_have_changed() {
+        use std::collections::BTreeSet;
+        // ALL lists every step exactly once (the match in `undo` is
+        // exhaustive, so every step has an undo).
+        assert_eq!(
+            Step::ALL.iter().collect::<BTreeSet<_>>().len(),
+            Step::ALL.len()
+        );
+        for step in Step::ALL {
+            let undo = step.undo();
+            // Nothing before the app is asked to pause needs more than a
+            // discard; from the switch on the links must come back; once
+            // decided, nothing is undone.
+            match step {
+                Step::Fetch
+                | Step::Verify
+                | Step::Stage
+                | Step::Check
+                | Step::Save
+                | Step::Snapshot => {
+                    assert_eq!(undo, Undo::Discard, "{step}")
+                }
+                Step::Quiesce | Step::Migrate => assert_eq!(undo, Undo::RestoreAndResume, "{step}"),
+                Step::Switch | Step::Restart | Step::HealthGate | Step::FlipBack => {
+                    assert_eq!(undo, Undo::FlipBack, "{step}")
+                }
+                Step::Commit | Step::Report | Step::Collect => {
+                    assert_eq!(undo, Undo::Finish, "{step}")
+                }
+            }
+        }
+        for op in [
+            Operation::Install,
+            Operation::Update,
+            Operation::Apply,
+            Operation::Rollback,
+        ] {
+            let json = serde_json::to_string(&op).expect("json");
+            assert_eq!(json, format!("\"{}\"", op.name()));
+        }
+    }
+
+    #[test]
+    fn a_planted_journal_naming_paths_outside_the_root_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::new(dir.path());
+        let now = Timestamp::parse("2026-03-01T10:20:30Z").expect("time");
+        let good = Journal::new(new_txn_id(now), Operation::Install, now, false);
+        assert_eq!(check_paths(&layout, &good), Ok(()));
+        let mut empty_txn = good.clone();
+        empty_txn.txn = String::new();
+        let mut outside = good.clone();
+        outside.release_dir = Some("/etc".into());
+        let mut dotdot = good.clone();
+        dotdot.release_dir = Some(layout.releases_dir().join("../state"));
+        let mut old = good.clone();
+        old.old_release = Some("../../etc".into());
+        for bad in [empty_txn, outside, dotdot, old] {
+            record(&layout, &bad).expect("record");
+            assert!(
+                matches!(load(&layout), Err(JournalError::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut fine = good.clone();
+        fine.release_dir = Some(layout.releases_dir().join("1.0.0-abc"));
+        fine.old_release = Some("releases/0.9.0-def".into());
+        record(&layout, &fine).expect("record");
+        assert_eq!(load(&layout).expect("load"), Some(fine));
+    }
+
+    #[test]
     fn record_load_finish() {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::new(dir.path());
         assert_eq!(load(&layout).expect("none"), None);
         let now = Timestamp::parse("2026-03-01T10:20:30Z").expect("time");
-        let mut j = Journal::new(new_txn_id(now), "install", now, false);
+        let mut j = Journal::new(new_txn_id(now), Operation::Install, now, false);
         assert!(j.txn.starts_with("20260301T102030Z-"));
         j.step = Step::Switch;
         j.old_release = Some("releases/1.0.0-abc".into());

@@ -78,6 +78,23 @@ impl Layout {
         self.state_dir().join("journal.json")
     }
 
+    /// The ledger of the children a run started ([`crate::children`]).
+    pub fn children_dir(&self) -> PathBuf {
+        self.state_dir().join("children")
+    }
+
+    /// Space set aside when a transaction begins for its journal writes
+    /// ([`crate::reserve`]).
+    pub fn journal_reserve_file(&self) -> PathBuf {
+        self.state_dir().join("reserve.journal")
+    }
+
+    /// Space set aside when a transaction begins for a flip back's restore
+    /// copy of the persistence ([`crate::reserve`]).
+    pub fn restore_reserve_file(&self) -> PathBuf {
+        self.state_dir().join("reserve.restore")
+    }
+
     /// Counters, bad list, enabled flag, pending update.
     pub fn host_state_file(&self) -> PathBuf {
         self.state_dir().join("host.json")
@@ -113,6 +130,74 @@ impl Layout {
         self.state_dir().join("slipway.prom")
     }
 
+    /// Whether the root and every layout directory that exists may be
+    /// trusted, in the manner of sshd's StrictModes: a real directory (not
+    /// a symlink), owned by root or by the user slipway runs as, writable by
+    /// nobody else. slipway runs as root: a directory another user can
+    /// write, or a symlink, would let that user steer root's writes and
+    /// deletions (a planted journal naming any directory, a release or a
+    /// snapshot written through a link).
+    pub fn check_safe(&self) -> Result<(), UnsafeDir> {
+        let euid = rustix::process::geteuid().as_raw();
+        let mut dirs = vec![self.root.clone()];
+        dirs.extend(self.dirs());
+        dirs.push(self.index_cache_dir());
+        dirs.push(self.children_dir());
+        for dir in dirs {
+            let meta = match std::fs::symlink_metadata(&dir) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(UnsafeDir {
+                        dir,
+                        problem: format!("cannot be inspected ({e})"),
+                        fix: "check the permissions of its parent".into(),
+                    })
+                }
+            };
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                return Err(UnsafeDir {
+                    problem: "a symlink".into(),
+                    fix: format!(
+                        "replace it with a real directory (`rm {0} && mkdir -m 755 {0}`), or point paths.root at the real location",
+                        dir.display()
+                    ),
+                    dir,
+                });
+            }
+            if !ft.is_dir() {
+                return Err(UnsafeDir {
+                    problem: "not a directory".into(),
+                    fix: format!("move it away; slipway creates {} itself", dir.display()),
+                    dir,
+                });
+            }
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != 0 && meta.uid() != euid {
+                return Err(UnsafeDir {
+                    problem: format!(
+                        "owned by uid {}, not by root or the updater (uid {euid})",
+                        meta.uid()
+                    ),
+                    fix: format!("`chown root:root {}`", dir.display()),
+                    dir,
+                });
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(UnsafeDir {
+                    problem: format!(
+                        "writable by group or others (mode {:o})",
+                        meta.mode() & 0o7777
+                    ),
+                    fix: format!("`chmod go-w {}`", dir.display()),
+                    dir,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Every directory slipway creates under the root.
     pub fn dirs(&self) -> [PathBuf; 4] {
         [
@@ -122,4 +207,14 @@ impl Layout {
             self.state_dir(),
         ]
     }
+}
+
+/// A directory of the layout that slipway refuses to trust
+/// ([`Layout::check_safe`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} is {problem}; slipway runs as root and trusts only directories that are real, owned by root (or the updater's user) and writable by nobody else; fix: {fix}", dir.display())]
+pub struct UnsafeDir {
+    pub dir: PathBuf,
+    pub problem: String,
+    pub fix: String,
 }

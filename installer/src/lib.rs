@@ -4,6 +4,7 @@
 //! starts so that `recover` knows exactly what to finish or undo.
 
 pub mod bundle;
+pub mod children;
 pub mod commands;
 pub mod config;
 pub mod diff;
@@ -19,6 +20,7 @@ pub mod layout;
 pub mod lock;
 pub mod quiesce;
 pub mod report;
+pub mod reserve;
 pub mod service;
 pub mod snapshot;
 pub mod source;
@@ -34,7 +36,9 @@ pub mod verify;
 pub enum Exit {
     /// Done, or nothing to do.
     Done = 0,
-    /// Failed; the old release is still running.
+    /// Failed; the old release is still running (or, in the one CRITICAL
+    /// case of a flip back whose restore failed, the links are back and
+    /// the journal stays for `recover`: docs/transaction.md, "A full disk").
     Failed = 1,
     /// Bad usage or configuration.
     Usage = 2,

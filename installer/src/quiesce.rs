@@ -431,7 +431,9 @@ fn send_signal(signal: i32, name: &str, service: &Service) -> Result<u32, Quiesc
 /// counts by its presence.
 fn wait_for_ack(file: &Path, pid: u32, gone: bool, deadline: Instant) -> Result<(), ()> {
     loop {
-        let acked = match std::fs::read_to_string(file) {
+        // The app writes this file: a FIFO or a huge file there must not
+        // stall or grow the run (slipway_fs reads it capped, never blocking).
+        let acked = match slipway_fs::read_text_capped(file, 4096) {
             Ok(text) => {
                 let ours = match text.trim().parse::<u32>() {
                     Ok(p) => p == pid,

@@ -20,7 +20,7 @@
 //! tear the last line, and readers skip a torn line. Each output is tried
 //! even when an earlier one failed; the first error is returned.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::net::UnixDatagram;
@@ -232,10 +232,20 @@ pub fn append_history(layout: &Layout, attempt: &Attempt) -> Result<(), ReportEr
 /// an error naming the file and line. A missing file is an empty history.
 pub fn read_history(layout: &Layout, limit: Option<usize>) -> Result<Vec<Attempt>, ReportError> {
     let path = layout.history_file();
-    let file = match File::open(&path) {
+    // Streamed line by line (it only grows), but opened like every file
+    // slipway reads: no symlink, no FIFO.
+    let file = match slipway_fs::open_regular(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ReportError::ReadHistory { path, source }),
+        Err(slipway_fs::ReadError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(slipway_fs::ReadError::Io { source, .. }) => {
+            return Err(ReportError::ReadHistory { path, source })
+        }
+        Err(other) => {
+            return Err(ReportError::ReadHistory {
+                path,
+                source: io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+            })
+        }
     };
     let mut out = std::collections::VecDeque::new();
     let mut lines = BufReader::new(file).split(b'\n').enumerate().peekable();

@@ -205,44 +205,57 @@ pub fn take_snapshot(
         .create(&partial)
         .map_err(io_error("create", &partial))?;
     let data = partial.join(DATA_DIR);
+    // A snapshot that cannot be completed (the disk filled up, the app
+    // removed a directory under it) takes its partial copy with it at once:
+    // nothing else is written before the room is given back.
+    let result = (|| {
+        let (stats, source_missing) = match fs::metadata(persistence) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&data)
+                    .map_err(io_error("create", &data))?;
+                fsync_dir(&data).map_err(io_error("fsync", &data))?;
+                (TreeStats::empty(), true)
+            }
+            Err(e) => return Err(io_error("read", persistence)(e)),
+            Ok(m) if !m.is_dir() => {
+                return Err(SnapshotError::NotADirectory {
+                    path: persistence.to_path_buf(),
+                })
+            }
+            Ok(m) => (copy_tree(persistence, &data, &m)?, false),
+        };
 
-    let (stats, source_missing) = match fs::metadata(persistence) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .mode(0o755)
-                .create(&data)
-                .map_err(io_error("create", &data))?;
-            fsync_dir(&data).map_err(io_error("fsync", &data))?;
-            (TreeStats::empty(), true)
+        let record = SnapshotRecord {
+            format: 1,
+            digest: stats.digest.clone(),
+            files: stats.files,
+            bytes: stats.bytes,
+            dirs: stats.dirs,
+            symlinks: stats.symlinks,
+            source: persistence.to_path_buf(),
+            source_missing,
+            skipped: stats.skipped.clone(),
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let record_path = partial.join(RECORD_FILE);
+        write_json_atomic(&record_path, &record).map_err(io_error("write", &record_path))?;
+        fs::rename(&partial, &final_dir).map_err(io_error("rename into place", &partial))?;
+        fsync_dir(backups_dir).map_err(io_error("fsync", backups_dir))?;
+        Ok(stats)
+    })();
+    let stats = match result {
+        Ok(stats) => stats,
+        Err(e) => {
+            let _ = remove_tree(&partial);
+            let _ = fsync_dir(backups_dir);
+            return Err(e);
         }
-        Err(e) => return Err(io_error("read", persistence)(e)),
-        Ok(m) if !m.is_dir() => {
-            return Err(SnapshotError::NotADirectory {
-                path: persistence.to_path_buf(),
-            })
-        }
-        Ok(m) => (copy_tree(persistence, &data, &m)?, false),
     };
-
-    let record = SnapshotRecord {
-        format: 1,
-        digest: stats.digest.clone(),
-        files: stats.files,
-        bytes: stats.bytes,
-        dirs: stats.dirs,
-        symlinks: stats.symlinks,
-        source: persistence.to_path_buf(),
-        source_missing,
-        skipped: stats.skipped,
-        created_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    let record_path = partial.join(RECORD_FILE);
-    write_json_atomic(&record_path, &record).map_err(io_error("write", &record_path))?;
-    fs::rename(&partial, &final_dir).map_err(io_error("rename into place", &partial))?;
-    fsync_dir(backups_dir).map_err(io_error("fsync", backups_dir))?;
     Ok(Snapshot {
         dir: final_dir,
         digest: stats.digest,
@@ -382,7 +395,8 @@ pub fn newest_save_age(persistence: &Path) -> Result<Option<Duration>, SnapshotE
 ///    as the snapshot, the restore is done.
 /// 1. Remove any R; copy the snapshot's data into R (verifying the digest as
 ///    it copies: a damaged snapshot fails here, with nothing changed);
-///    fsync. *Crash: P untouched, R partial; a re-run recopies R.*
+///    fsync. A copy that fails (no room) removes R. *Crash: P untouched, R
+///    partial; a re-run recopies R.*
 /// 2. Rename P → O (when P exists); fsync the parent. *Crash: no P, O and a
 ///    complete R; a re-run recopies R and goes on.*
 /// 3. Rename R → P; fsync the parent. *Crash: P (restored, no meta) and O
@@ -436,7 +450,16 @@ pub fn restore_snapshot(snapshot: &Snapshot, persistence: &Path) -> Result<(), S
         source_meta.clone()
     };
     remove_tree(&r).map_err(io_error("remove the leftover", &r))?;
-    let stats = copy_tree(&source, &r, &top)?;
+    let stats = match copy_tree(&source, &r, &top) {
+        Ok(stats) => stats,
+        Err(e) => {
+            // A copy that cannot be completed (the disk is full) gives its
+            // room back at once; the next run copies again from the start.
+            let _ = remove_tree(&r);
+            let _ = fsync_dir(&parent);
+            return Err(e);
+        }
+    };
     if stats.digest != snapshot.digest {
         remove_tree(&r).map_err(io_error("remove", &r))?;
         return Err(SnapshotError::Damaged {

@@ -36,19 +36,21 @@
 //! only written after an index passed all of this, and only by commands
 //! that hold the lock ([`ReadOptions::persist`]).
 
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use slipway_formats::channel::{ChannelError, Timestamp};
+use slipway_formats::channel::{
+    authenticate_index, AuthenticatedIndex, ChannelError, IndexAuthError, Timestamp,
+};
 use slipway_formats::rotation::{verify_rotation, KeyRotation, RotationError, MAX_ROTATION_CHAIN};
-use slipway_formats::signature::{SignatureError, TrustedComment, CHANNEL_COMMENT};
+use slipway_formats::signature::SignatureError;
 use slipway_formats::state::{ChannelTrust, LearnedKey, TrustState};
 use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, PublicKey, SignatureFile, TrustedKeys, Version,
-    MAX_METADATA_BYTES, MAX_SIGNATURE_BYTES,
+    ChannelIndex, ChannelRelease, KeyId, PublicKey, TrustedKeys, Version, MAX_METADATA_BYTES,
+    MAX_SIGNATURE_BYTES,
 };
+use slipway_fs::ReadError;
 use thiserror::Error;
 
 use crate::durable;
@@ -77,6 +79,11 @@ pub enum SourceError {
         what: &'static str,
         path: PathBuf,
         max: u64,
+    },
+    #[error("{what}: {source}")]
+    NotRegular {
+        what: &'static str,
+        source: ReadError,
     },
     #[error("{what}: {source}")]
     Fetch {
@@ -401,32 +408,34 @@ pub fn index_paths(dir: &Path, channel: &str) -> (PathBuf, PathBuf) {
     (dir.join(index), dir.join(sig))
 }
 
-/// Reads at most `max` bytes of `path`; a longer file is an error.
+/// Reads at most `max` bytes of the regular file `path` with
+/// [`slipway_fs::read_capped`] (no symlink, no FIFO or device, never
+/// blocking), naming it `what` in errors.
 pub fn read_capped(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>, SourceError> {
-    let read_err = |source| SourceError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > max {
-        return Err(SourceError::TooLarge {
+    slipway_fs::read_capped(path, max).map_err(|e| match e {
+        ReadError::NotFound { path } => SourceError::Read {
             what,
-            path: path.to_path_buf(),
-            max,
-        });
-    }
-    Ok(bytes)
+            path,
+            source: io::ErrorKind::NotFound.into(),
+        },
+        ReadError::TooLarge { path, max } => SourceError::TooLarge { what, path, max },
+        ReadError::Io { path, source } => SourceError::Read { what, path, source },
+        other => SourceError::NotRegular {
+            what,
+            source: other,
+        },
+    })
 }
 
-/// Authenticates a channel index from its bytes and its signature's: the
-/// signature by a key in `keys` over the exact bytes, a `slipway-channel`
-/// trusted comment whose app, channel and version equal the index's, a
-/// strict parse, and the identity check (`app` is the running app, or
+/// The largest trust state (`trust.json`) read: it grows by one entry per
+/// channel and per learned key.
+pub const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Authenticates a channel index from its bytes and its signature's with
+/// [`authenticate_index`] (the check `slipway-pack verify` runs too: the
+/// signature by a key in `keys` over the exact bytes, a strict parse, and a
+/// `slipway-channel` trusted comment that is exactly the index's app,
+/// channel and version), then the identity check (`app` is the running app, or
 /// `None` on a first install, when the index names it). `location` and
 /// `sig_location` name where the bytes came from. Freshness is checked
 /// separately by [`check_freshness`].
@@ -449,41 +458,19 @@ pub fn verify_index(
             "the signature file is not UTF-8 text".into(),
         ))
     })?;
-    let signature = SignatureFile::parse(sig_text).map_err(sig_err)?;
-    let signer = signature.verify_bytes(keys, bytes).map_err(sig_err)?.id();
-    let comment_text = signature.trusted_comment().to_string();
-    let comment_err = |reason: String| SourceError::Comment {
-        location: location.to_string(),
-        comment: comment_text.clone(),
-        reason,
-    };
-    let comment = TrustedComment::parse(&comment_text)
-        .map_err(|e| comment_err(format!("is malformed ({e})")))?;
-    if comment.kind != CHANNEL_COMMENT {
-        return Err(comment_err(format!(
-            "is of kind {:?}, not {CHANNEL_COMMENT:?}",
-            comment.kind
-        )));
-    }
-    let index = ChannelIndex::parse(bytes).map_err(|source| SourceError::Index {
-        location: location.to_string(),
-        source,
-    })?;
-    let signed_version = index.version.to_string();
-    for (field, value) in [
-        ("app", index.app.as_str()),
-        ("channel", index.channel.as_str()),
-        ("version", signed_version.as_str()),
-    ] {
-        let signed = comment
-            .field(field)
-            .map_err(|_| comment_err(format!("has no {field} field")))?;
-        if signed != value {
-            return Err(comment_err(format!(
-                "says {field} {signed:?} but the index says {value:?}"
-            )));
-        }
-    }
+    let AuthenticatedIndex { index, signer } =
+        authenticate_index(bytes, sig_text, keys).map_err(|e| match e {
+            IndexAuthError::Signature(source) => sig_err(source),
+            IndexAuthError::Comment { comment, reason } => SourceError::Comment {
+                location: location.to_string(),
+                comment,
+                reason,
+            },
+            IndexAuthError::Index(source) => SourceError::Index {
+                location: location.to_string(),
+                source,
+            },
+        })?;
     let app = app.unwrap_or(index.app.as_str()).to_string();
     index
         .check_identity(&app, channel)
@@ -580,17 +567,15 @@ pub fn advance_trust(trust: &mut TrustState, verified: &VerifiedIndex, now: Time
 /// Loads `<root>/state/trust.json` (empty when absent).
 pub fn load_trust(layout: &Layout) -> Result<TrustState, SourceError> {
     let path = layout.trust_file();
-    match std::fs::read(&path) {
+    match read_capped(&path, MAX_STATE_BYTES, "trust state") {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SourceError::TrustCorrupt {
             path,
             message: e.to_string(),
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TrustState::default()),
-        Err(source) => Err(SourceError::Read {
-            what: "trust state",
-            path,
-            source,
-        }),
+        Err(SourceError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(TrustState::default())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -654,7 +639,9 @@ pub struct IndexCache {
 }
 
 fn load_cache(layout: &Layout, channel: &str, url: &str) -> Option<IndexCache> {
-    let bytes = std::fs::read(layout.index_cache_file(channel)).ok()?;
+    // The cache holds one index and its signature, JSON-escaped.
+    let cap = 2 * (MAX_METADATA_BYTES + MAX_SIGNATURE_BYTES) + 64 * 1024;
+    let bytes = slipway_fs::read_capped(&layout.index_cache_file(channel), cap).ok()?;
     let cache: IndexCache = serde_json::from_slice(&bytes).ok()?;
     let usable = cache.url == url
         && (cache.validators.etag.is_some() || cache.validators.last_modified.is_some());
@@ -911,7 +898,7 @@ pub fn machine_id(configured: Option<&str>) -> Option<String> {
     if let Some(id) = configured.map(str::trim).filter(|s| !s.is_empty()) {
         return Some(id.to_string());
     }
-    std::fs::read_to_string("/etc/machine-id")
+    slipway_fs::read_text_capped(Path::new("/etc/machine-id"), 4096)
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())

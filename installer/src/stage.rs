@@ -283,9 +283,12 @@ fn io_at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StageEr
 
 /// Whether an existing release directory already holds exactly this release.
 fn is_clean(dir: &Path, verified: &VerifiedArchive) -> bool {
-    let manifest_same = fs::read(dir.join(MANIFEST_PATH))
-        .map(|bytes| bytes == verified.manifest_bytes)
-        .unwrap_or(false);
+    let manifest_same = slipway_fs::read_capped(
+        &dir.join(MANIFEST_PATH),
+        slipway_formats::MAX_MANIFEST_BYTES,
+    )
+    .map(|bytes| bytes == verified.manifest_bytes)
+    .unwrap_or(false);
     manifest_same
         && verify_installed(dir, &verified.manifest)
             .map(|drift| drift.is_empty())

@@ -31,10 +31,10 @@ pub const DISABLED_BY_FAILURES: &str = "failures";
 /// Why the host state could not be read or written.
 #[derive(Debug, Error)]
 pub enum StateError {
-    #[error("cannot read host state {path}: {source}; check the permissions of {path}")]
+    #[error("cannot read host state: {source}; check the permissions of {path}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: slipway_fs::ReadError,
     },
     #[error(
         "host state {path} is corrupt ({message}); move it away (`mv {path} {path}.corrupt`) \
@@ -128,9 +128,9 @@ impl HostState {
     /// unreadable or corrupt one is an error naming the file and the fix.
     pub fn load(layout: &Layout) -> Result<HostState, StateError> {
         let path = layout.host_state_file();
-        let bytes = match std::fs::read(&path) {
+        let bytes = match slipway_fs::read_capped(&path, crate::source::MAX_STATE_BYTES) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HostState::default()),
+            Err(e) if e.is_not_found() => return Ok(HostState::default()),
             Err(source) => return Err(StateError::Read { path, source }),
         };
         serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {

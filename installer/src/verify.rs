@@ -12,19 +12,22 @@
 //! [`check_upgrade`] is the rest of step 4: the version order, the app, and
 //! whether the new code can read the host's data.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 use slipway_formats::manifest::ManifestError;
-use slipway_formats::signature::{SignatureError, TrustedComment, RELEASE_COMMENT};
+use slipway_formats::signature::{
+    check_release_comment, check_release_manifest, ReleaseCommentError, SignatureError,
+    TrustedComment,
+};
 use slipway_formats::{
     KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, Version, MANIFEST_PATH,
     MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
 };
+use slipway_fs::ReadError;
 use thiserror::Error;
 
 /// The read buffer of the verifying pass.
@@ -180,7 +183,7 @@ pub enum VerifyError {
     #[error("release {id}: the manifest says {field} {manifest:?} but the signature says {signed:?}; the archive was built or signed wrongly and is refused")]
     ManifestDisagrees {
         id: ReleaseId,
-        field: &'static str,
+        field: String,
         manifest: String,
         signed: String,
     },
@@ -223,7 +226,7 @@ pub enum VerifyError {
         min: u32,
         max: u32,
     },
-    #[error("{app} {version} reads data schemas {min} to {max}, but the data is at schema {data}, older than it can migrate from; install an intermediate release first")]
+    #[error("{app} {version} reads data schemas {min} to {max} and has no migrate hook, but the data is at schema {data}; install a release that migrates from schema {data} first")]
     DataTooOld {
         app: String,
         version: Version,
@@ -231,40 +234,6 @@ pub enum VerifyError {
         min: u32,
         max: u32,
     },
-}
-
-/// Opens `path` for reading without following a final symlink and without
-/// blocking on a FIFO, and refuses anything but a regular file.
-pub(crate) fn open_regular(path: &Path) -> io::Result<Result<File, &'static str>> {
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)?;
-    let kind = file.metadata()?.file_type();
-    if kind.is_file() {
-        Ok(Ok(file))
-    } else {
-        Ok(Err(describe_file_type(&kind)))
-    }
-}
-
-fn describe_file_type(kind: &std::fs::FileType) -> &'static str {
-    if kind.is_dir() {
-        "directory"
-    } else if kind.is_symlink() {
-        "symlink"
-    } else if kind.is_fifo() {
-        "FIFO"
-    } else if kind.is_socket() {
-        "socket"
-    } else if kind.is_char_device() {
-        "character device"
-    } else if kind.is_block_device() {
-        "block device"
-    } else {
-        "special file"
-    }
 }
 
 /// Verifies a release archive and its detached signature (SPEC §4 step 4,
@@ -287,18 +256,31 @@ pub fn verify_archive(
     keys: &TrustedKeys,
     expect: &Expectations,
 ) -> Result<VerifiedArchive, VerifyError> {
-    let mut file = match open_regular(archive) {
-        Ok(Ok(f)) => f,
-        Ok(Err(kind)) => {
-            return Err(VerifyError::NotRegular {
-                path: archive.to_path_buf(),
-                kind,
+    let mut file = match slipway_fs::open_regular(archive) {
+        Ok(f) => f,
+        // A symlink is never followed: the open itself fails (ELOOP).
+        Err(ReadError::NotRegular {
+            path,
+            kind: "symlink",
+        }) => {
+            return Err(VerifyError::Open {
+                path,
+                source: io::Error::from_raw_os_error(rustix::io::Errno::LOOP.raw_os_error()),
             })
         }
-        Err(source) => {
+        Err(ReadError::NotRegular { path, kind }) => {
+            return Err(VerifyError::NotRegular { path, kind })
+        }
+        Err(ReadError::NotFound { path }) => {
+            return Err(VerifyError::Open {
+                path,
+                source: io::ErrorKind::NotFound.into(),
+            })
+        }
+        Err(e) => {
             return Err(VerifyError::Open {
                 path: archive.to_path_buf(),
-                source,
+                source: io::Error::other(e.to_string()),
             })
         }
     };
@@ -376,28 +358,24 @@ pub fn verify_archive(
     }
     let signer = check.finish().map_err(sig_err)?.id();
 
-    let comment_text = sig.trusted_comment();
-    let not_release = || VerifyError::NotReleaseComment {
-        path: signature.to_path_buf(),
-        comment: comment_text.to_string(),
-    };
-    let comment = TrustedComment::parse(comment_text).map_err(|_| not_release())?;
-    if comment.kind != RELEASE_COMMENT {
-        return Err(not_release());
-    }
-    let field = |name: &str| comment.field(name).map_err(sig_err);
-    let signed_id = field("id")?;
-    if signed_id.parse::<ReleaseId>().ok() != Some(id) {
-        return Err(VerifyError::SignedForAnotherArchive {
+    // The release comment rules are slipway_formats::signature's, shared
+    // with `slipway-pack verify`.
+    let comment = check_release_comment(sig.trusted_comment(), &id).map_err(|e| match e {
+        ReleaseCommentError::ForAnotherArchive { signed, actual } => {
+            VerifyError::SignedForAnotherArchive {
+                path: signature.to_path_buf(),
+                archive: archive.to_path_buf(),
+                signed,
+                actual,
+            }
+        }
+        _ => VerifyError::NotReleaseComment {
             path: signature.to_path_buf(),
-            archive: archive.to_path_buf(),
-            signed: signed_id.to_string(),
-            actual: id,
-        });
-    }
+            comment: sig.trusted_comment().to_string(),
+        },
+    })?;
+    let field = |name: &str| comment.field(name).map_err(sig_err);
     let signed_app = field("app")?;
-    let signed_version = field("version")?;
-    let signed_channel = field("channel")?;
     if let Some(app) = &expect.app {
         if app != signed_app {
             return Err(VerifyError::WrongApp {
@@ -412,23 +390,22 @@ pub fn verify_archive(
     let manifest_bytes = read_manifest_entry(&mut file, archive, id)?;
     let manifest =
         Manifest::parse(&manifest_bytes).map_err(|source| VerifyError::Manifest { id, source })?;
-    let disagrees = |field: &'static str, manifest: String, signed: &str| {
-        Err(VerifyError::ManifestDisagrees {
+    check_release_manifest(&comment, &id, &manifest).map_err(|e| match e {
+        ReleaseCommentError::ManifestDisagrees {
+            field,
+            manifest,
+            signed,
+        } => VerifyError::ManifestDisagrees {
             id,
             field,
             manifest,
-            signed: signed.to_string(),
-        })
-    };
-    if manifest.app != signed_app {
-        return disagrees("app", manifest.app.clone(), signed_app);
-    }
-    if signed_version.parse::<Version>().ok().as_ref() != Some(&manifest.version) {
-        return disagrees("version", manifest.version.to_string(), signed_version);
-    }
-    if manifest.channel != signed_channel {
-        return disagrees("channel", manifest.channel.clone(), signed_channel);
-    }
+            signed,
+        },
+        _ => VerifyError::NotReleaseComment {
+            path: signature.to_path_buf(),
+            comment: comment.to_string(),
+        },
+    })?;
     if let Some(channel) = &expect.channel {
         if channel != &manifest.channel {
             return Err(VerifyError::WrongChannel {
@@ -507,30 +484,20 @@ fn read_signature(path: &Path) -> Result<String, VerifyError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = match open_regular(path).map_err(io_err)? {
-        Ok(f) => f,
-        Err(kind) => {
-            return Err(io_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("it is a {kind}, not a regular file"),
-            )))
-        }
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_SIGNATURE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_err)?;
-    if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
-        return Err(VerifyError::SignatureTooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        io_err(io::Error::new(
+    match slipway_fs::read_text_capped(path, MAX_SIGNATURE_BYTES) {
+        Ok(text) => Ok(text),
+        Err(ReadError::TooLarge { path, .. }) => Err(VerifyError::SignatureTooLarge { path }),
+        Err(ReadError::NotFound { .. }) => Err(io_err(io::ErrorKind::NotFound.into())),
+        Err(ReadError::Io { source, .. }) => Err(io_err(source)),
+        Err(ReadError::NotRegular { kind, .. }) => Err(io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is a {kind}, not a regular file"),
+        ))),
+        Err(ReadError::NotText { .. }) => Err(io_err(io::Error::new(
             io::ErrorKind::InvalidData,
             "it is not UTF-8 text",
-        ))
-    })
+        ))),
+    }
 }
 
 /// Decompresses just enough of the archive to read its first entry, which
@@ -669,10 +636,17 @@ pub(crate) fn describe_tar_type(kind: tar::EntryType) -> String {
 /// - the same app;
 /// - a newer version: an equal version is [`VerifyError::AlreadyInstalled`],
 ///   an older one [`VerifyError::Downgrade`]; `allow_downgrade` lifts both;
-/// - when the data's schema is known, the new code must read it:
-///   `schema_min_compatible <= data <= schema_version`. Data newer than the
-///   code is refused whatever `allow_downgrade` says: running code on data
-///   it does not understand is how data gets destroyed.
+/// - when the data's schema is known, the new release must be able to take
+///   it (the one meaning of `schema_min_compatible`, docs/configuration.md:
+///   the oldest data schema the release's *code* reads as it is):
+///   - data newer than `schema_version` is refused whatever
+///     `allow_downgrade` says: running code on data it does not understand
+///     is how data gets destroyed;
+///   - data from `schema_min_compatible` to `schema_version` is taken (the
+///     migrate hook, if any, brings it up to `schema_version` first);
+///   - older data is taken only by a release with a migrate hook, which
+///     migrates it to `schema_version` before the code ever reads it;
+///     without one it is refused.
 pub fn check_upgrade(
     new: &Manifest,
     running: Option<&Manifest>,
@@ -716,7 +690,7 @@ pub fn check_upgrade(
                 max,
             });
         }
-        if data < min {
+        if data < min && new.hooks.migrate.is_none() {
             return Err(VerifyError::DataTooOld {
                 app: new.app.clone(),
                 version: new.version.clone(),

@@ -2,6 +2,7 @@
 //! `command` backend (`examples/host/bot-ctl`), releases built by the real
 //! `slipway-pack`, in temporary directories. Each test starts its own bot
 //! on its own port and stops it when done.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 
@@ -450,7 +451,7 @@ fn auto_restart_false_stages_and_apply_switches() {
 }
 
 #[test]
-fn units_prints_a_timer_and_a_oneshot_service() {
+fn units_prints_a_timer_a_oneshot_service_and_the_recover_unit() {
     let host = TestHost::new(&[("update", "interval_minutes = 20")]);
     let out = host.run_expect(&["units"], 0);
     let text = stdout(&out);
@@ -458,11 +459,32 @@ fn units_prints_a_timer_and_a_oneshot_service() {
     assert!(text.contains("update --auto"), "{text}");
     assert!(text.contains("OnUnitActiveSec=20min"), "{text}");
     assert!(text.contains("RandomizedDelaySec=300s"), "{text}");
+    assert!(
+        text.contains("OnFailure=slipway-recover.service\n"),
+        "{text}"
+    );
+    assert!(text.contains(" recover\n"), "{text}");
     let dir = host.path("units");
     fs::create_dir(&dir).unwrap();
     host.run_expect(&["units", "--write", &dir.to_string_lossy()], 0);
-    assert!(dir.join("slipway-update.service").is_file());
-    assert!(dir.join("slipway-update.timer").is_file());
+    // What --write writes is what `units` prints, file by file.
+    for name in [
+        "slipway-update.service",
+        "slipway-update.timer",
+        "slipway-recover.service",
+    ] {
+        let written = fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            text.contains(&format!("# {name}\n{written}")),
+            "{name}:\n{written}\n---\n{text}"
+        );
+    }
+    let journal = host.root().join("state/journal.json");
+    let recover = fs::read_to_string(dir.join("slipway-recover.service")).unwrap();
+    assert!(
+        recover.contains(&format!("ConditionPathExists={}\n", journal.display())),
+        "{recover}"
+    );
 }
 
 #[test]
@@ -555,4 +577,30 @@ fn channel_index_must_be_signed_fresh_and_never_older_than_seen() {
     assert!(stderr(&out).contains("does not match"), "{}", stderr(&out));
     assert_eq!(host.link("current"), Some(v2.dir_name()));
     host.wait_healthy("2.0.0");
+}
+
+#[test]
+fn a_release_that_no_longer_reads_old_data_but_migrates_it_installs() {
+    // examples/bot/schema/migrations/README.md: raise min_compatible when
+    // the code can no longer read older data. With a migrate hook such a
+    // release installs (the hook runs first); `check` agrees.
+    let host = TestHost::new(&[]);
+    host.release("1.0.0", &Flavor::default());
+    host.run_expect(&["install", &host.repo().to_string_lossy()], 0);
+    host.wait_healthy("1.0.0");
+    host.release(
+        "2.0.0",
+        &Flavor {
+            schema: Some(2),
+            min_compatible: Some(2),
+            ..Flavor::default()
+        },
+    );
+    let c = host.json(&["check"], 0);
+    assert!(c["candidate"]["refused"].is_null(), "{c}");
+    assert_eq!(c["candidate"]["migrates"], true, "{c}");
+    let o = host.json(&["update"], 0);
+    assert_eq!(o["result"], "updated", "{o}");
+    host.wait_healthy("2.0.0");
+    assert_eq!(host.data_schema(), 2);
 }

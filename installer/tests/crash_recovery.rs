@@ -12,6 +12,7 @@
 //! version, the persistence is intact (as the paused app left it, or
 //! migrated once v2 committed), and no journal, staging directory, partial
 //! snapshot or stray file is left.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 
@@ -171,9 +172,22 @@ fn assert_consistent(case: &Case, expect: &Release) {
     ];
     for e in fs::read_dir(root.join("state")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "hook-output" {
+            // The kept output of the hooks of the last transactions.
+            continue;
+        }
+        if name == "children" {
+            // The ledger of children: empty once nothing is left running.
+            let left: Vec<_> = fs::read_dir(root.join("state/children"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "children still recorded: {left:?}");
+            continue;
+        }
         assert!(
             state_allowed.contains(&name.as_str()),
-            "stray file in state/: {name}"
+            "stray file in state/ (a reserve or journal left behind?): {name}"
         );
     }
     for dir in [host.data(), host.data().join("meta")] {
@@ -387,4 +401,98 @@ fn killed_in_the_middle_of_the_migration_restores_the_paused_data() {
     // The app was resumed.
     let (_, body) = host.health().expect("health");
     assert_eq!(body["paused"], false, "{body}");
+}
+
+#[test]
+fn an_orphaned_migrate_hook_is_killed_before_recovery_decides() {
+    // The hook sleeps two seconds, then migrates. slipway is killed half a
+    // second into the Migrate step and `recover` runs at once: the hook
+    // must be dead before recovery compares the data, or it would migrate
+    // the data under the old release after recovery ended.
+    let case = setup(&Flavor {
+        schema: Some(2),
+        late_migrate: Some(2),
+        ..Flavor::default()
+    });
+    let host = &case.host;
+    let mut child = host
+        .slipway(&["install", &case.v2.archive.to_string_lossy()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("install v2");
+    let journal = host.root().join("state/journal.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let step = fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j["step"].as_str().map(str::to_string));
+        if step.as_deref() == Some("Migrate") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached Migrate"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "slipway ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.kill().expect("SIGKILL slipway");
+    child.wait().expect("reap");
+    let o = recover(&case);
+    assert_eq!(o["interrupted_at"], "Migrate", "{o}");
+    // Past the moment the orphan would have migrated.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_consistent(&case, &case.v1);
+    assert_eq!(
+        host.data_schema(),
+        1,
+        "an orphaned migrate hook wrote after recovery"
+    );
+    let (_, body) = host.health().expect("health");
+    assert_eq!(body["paused"], false, "{body}");
+}
+
+#[test]
+fn sigterm_ends_a_run_with_exit_143_and_recovery_undoes_it() {
+    // `systemctl stop` and a shutdown send SIGTERM. A death by SIGTERM is a
+    // clean stop to systemd (no OnFailure= recovery); slipway exits 143
+    // instead, leaving the journal for `recover`.
+    let case = setup(&Flavor {
+        schema: Some(2),
+        late_migrate: Some(3),
+        ..Flavor::default()
+    });
+    let host = &case.host;
+    let mut child = host
+        .slipway(&["install", &case.v2.archive.to_string_lossy()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("install v2");
+    let journal = host.root().join("state/journal.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"Migrate\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached Migrate"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "slipway ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let exit = child.wait().expect("reap");
+    assert_eq!(exit.code(), Some(143), "{exit:?}");
+    assert!(journal.exists(), "the journal stays for recover");
+    let o = recover(&case);
+    assert_eq!(o["interrupted_at"], "Migrate", "{o}");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_consistent(&case, &case.v1);
+    assert_eq!(host.data_schema(), 1);
 }

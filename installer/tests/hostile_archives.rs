@@ -4,6 +4,7 @@
 //! entry, that nothing anywhere under the temporary root changed (not even a
 //! leftover staging directory), and that the file the archive aimed at does
 //! not exist.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 

@@ -20,6 +20,7 @@
 //! Most hosts here use `manager = "none"` and no health URL: the service
 //! side is covered by `cli.rs` and the systemd tests; these tests are about
 //! what reaches the host and what it accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod bot_host;
 
@@ -1811,18 +1812,18 @@ fn units_pass_systemd_analyze_verify() {
         let service = fs::read_to_string(out_dir.join("slipway-update.service")).expect("svc");
         assert!(service.contains("Type=oneshot"), "{service}");
         assert!(service.contains(" update --auto"), "{service}");
+        let recover = fs::read_to_string(out_dir.join("slipway-recover.service")).expect("rec");
+        assert!(recover.contains(" recover\n"), "{recover}");
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(out_dir.join("slipway-update.service"))
             .arg(out_dir.join("slipway-update.timer"))
+            .arg(out_dir.join("slipway-recover.service"))
             .current_dir(&out_dir)
             .output()
             .expect("systemd-analyze");
         let err = String::from_utf8_lossy(&out.stderr);
-        let complaints: Vec<&str> = err
-            .lines()
-            .filter(|l| l.contains("slipway-update"))
-            .collect();
+        let complaints: Vec<&str> = err.lines().filter(|l| l.contains("slipway-")).collect();
         assert!(
             out.status.success() && complaints.is_empty(),
             "systemd-analyze verify: {}\n{err}",

@@ -1,6 +1,7 @@
 //! Steps 4 and 5 on ordinary input: verify a signed archive, stage it, and
 //! check an installed release against its manifest. The hostile archives are
 //! in `hostile_archives.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
 
@@ -658,6 +659,15 @@ fn check_upgrade_refuses_data_the_code_cannot_read() {
         ),
         "{err:?}"
     );
+    // The same release with a migrate hook takes the old data: the hook
+    // brings it to schema_version before the code reads it (raising
+    // min_compatible says what the code reads, not what it migrates from).
+    let mut migrating = new.clone();
+    migrating.hooks.migrate = Some(vec!["python3".into(), "app/migrate.py".into()]);
+    check_upgrade(&migrating, None, Some(1), false).unwrap();
+    // ...but never data newer than it understands.
+    let err = check_upgrade(&migrating, None, Some(4), true).unwrap_err();
+    assert!(matches!(err, VerifyError::DataTooNew { .. }), "{err:?}");
 }
 
 #[test]

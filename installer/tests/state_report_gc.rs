@@ -1,5 +1,6 @@
 //! Host state, reporting, eligibility and garbage collection (SPEC §4 steps
 //! 2, 13-15), each against real files in a temp dir.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

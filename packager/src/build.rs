@@ -218,7 +218,7 @@ pub fn build_release(opts: &BuildOptions, key: &SigningKey) -> Result<BuiltRelea
 /// another key: replacing it could break an index that lists the release,
 /// so it is refused.
 fn refuse_other_signature(path: &Path, new_text: &str, id: &ReleaseId) -> Result<()> {
-    match std::fs::read_to_string(path) {
+    match slipway_fs::read_text_capped(path, slipway_formats::MAX_SIGNATURE_BYTES) {
         Ok(existing) if existing != new_text => {
             let by = slipway_formats::SignatureFile::parse(&existing)
                 .map(|s| format!("key {}", s.key_id()))
@@ -390,25 +390,17 @@ fn resolve_version(version: Option<&Version>, tag: Option<&str>) -> Result<Versi
     }
 }
 
-/// Opens a file that must still be a regular file, without following a
-/// symlink or blocking on a FIFO swapped in since the walk.
-fn open_regular(path: &Path) -> Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| PackError::io("open", path)(e.into()))?;
-    let file = File::from(fd);
-    let meta = file.metadata().map_err(PackError::io("read", path))?;
-    if !meta.is_file() {
-        return Err(PackError::refused(
+/// Opens a file of the source tree with [`slipway_fs::open_regular`]: it
+/// must still be a regular file, and a symlink or FIFO swapped in since the
+/// walk is neither followed nor waited on.
+fn open_source_file(path: &Path) -> Result<File> {
+    slipway_fs::open_regular(path).map_err(|e| match e {
+        slipway_fs::ReadError::NotRegular { .. } => PackError::refused(
             path,
             "changed type during the build (no longer a regular file); rebuild from a quiet tree",
-        ));
-    }
-    Ok(file)
+        ),
+        other => other.into(),
+    })
 }
 
 /// What pass 1 learns of a regular file.
@@ -475,7 +467,7 @@ fn hash_files(
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> Result<FileHash> {
-    let mut file = open_regular(path)?;
+    let mut file = open_source_file(path)?;
     let mut hasher = Sha256::new();
     let mut recheck = blake3::Hasher::new();
     let mut size = 0u64;
@@ -811,7 +803,7 @@ impl Packer {
         entry: usize,
         bar: &ProgressBar,
     ) -> Result<(), ArchiveError> {
-        let mut file = open_regular(path).map_err(ArchiveError::Source)?;
+        let mut file = open_source_file(path).map_err(ArchiveError::Source)?;
         let mut copied = 0u64;
         loop {
             // One byte more than is left: a read past the planned size

@@ -130,7 +130,7 @@ pub fn repo_keys(repo: &Repo) -> Result<Vec<PublicKey>> {
     paths.sort();
     let mut keys = Vec::new();
     for path in paths {
-        let text = fs::read_to_string(&path).map_err(PackError::io("read", &path))?;
+        let text = slipway_fs::read_text_capped(&path, slipway_formats::MAX_METADATA_BYTES)?;
         keys.push(PublicKey::parse(&text).map_err(|e| PackError::key(&path, e.to_string()))?);
     }
     Ok(keys)
@@ -446,7 +446,7 @@ fn destination(out: &Path, tar: bool) -> Result<(PathBuf, String)> {
 /// Copies `src` to the new file `dst` (mode 0644), fsynced, returning the
 /// SHA-256 of what was written.
 fn copy_hashed(src: &Path, dst: &Path) -> Result<[u8; 32]> {
-    let mut input = File::open(src).map_err(PackError::io("open", src))?;
+    let mut input = slipway_fs::open_regular(src)?;
     let mut output = new_file(dst)?;
     let mut sha = Sha256::new();
     let mut buf = vec![0u8; BUFFER_SIZE];
@@ -518,7 +518,7 @@ fn write_tar(dir: &Path, name: &str, out: &Path, now: Timestamp) -> Result<Strin
                 .append_data(&mut header, format!("{path}/"), std::io::empty())
                 .map_err(PackError::io("write", out))?;
         } else {
-            let file = File::open(&src).map_err(PackError::io("open", &src))?;
+            let file = slipway_fs::open_regular(&src)?;
             let len = file.metadata().map_err(PackError::io("stat", &src))?.len();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(0o644);

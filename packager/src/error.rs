@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use slipway_formats::ReleaseId;
+use slipway_fs::ReadError;
 use thiserror::Error;
 
 /// Why a packager operation failed.
@@ -44,6 +45,10 @@ pub enum PackError {
     /// A release cannot be found or used as asked.
     #[error("release {id}: {message}")]
     Release { id: ReleaseId, message: String },
+    /// A file could not be read with the shared capped reader: missing, not
+    /// a regular file (a symlink, FIFO or device), or over its cap.
+    #[error("{0}")]
+    Read(#[from] ReadError),
 }
 
 /// The library's result type.

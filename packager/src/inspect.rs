@@ -3,7 +3,6 @@
 //! so only a few KiB are decompressed). Neither checks a signature: use
 //! `verify` for that.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -14,7 +13,7 @@ use slipway_formats::{EntryType, Manifest, ReleaseId, SignatureFile, MAX_SIGNATU
 
 use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
-use crate::repo::{read_capped, signature_path_of};
+use crate::repo::signature_path_of;
 use crate::verify::{open_tar, read_manifest_entry};
 
 /// Reads the manifest of an archive (unauthenticated).
@@ -54,7 +53,7 @@ impl Inspection {
 /// Reads an archive's manifest and hashes the file.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let manifest = read_manifest(path)?;
-    let mut file = File::open(path).map_err(PackError::io("open", path))?;
+    let mut file = slipway_fs::open_regular(path)?;
     let mut sha = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; BUFFER_SIZE];
@@ -68,7 +67,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         sha.update(&buf[..n]);
         size += n as u64;
     }
-    let signature = read_capped(&signature_path_of(path), MAX_SIGNATURE_BYTES)
+    let signature = slipway_fs::read_capped_optional(&signature_path_of(path), MAX_SIGNATURE_BYTES)
         .ok()
         .flatten()
         .and_then(|b| String::from_utf8(b).ok())

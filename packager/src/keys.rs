@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -56,17 +56,16 @@ pub struct SecretKeyFile {
 impl SecretKeyFile {
     /// Reads and checks the shape of a minisign secret key file.
     pub fn read(path: &Path) -> Result<Self> {
-        let file = fs::File::open(path).map_err(PackError::io("open secret key", path))?;
-        let mut text = String::new();
-        file.take(MAX_KEY_FILE_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(PackError::io("read secret key", path))?;
-        if text.len() as u64 > MAX_KEY_FILE_BYTES {
-            return Err(PackError::key(
-                path,
-                "file is too large to be a minisign secret key",
-            ));
-        }
+        let text = match slipway_fs::read_text_capped(path, MAX_KEY_FILE_BYTES) {
+            Ok(text) => text,
+            Err(slipway_fs::ReadError::TooLarge { .. }) => {
+                return Err(PackError::key(
+                    path,
+                    "file is too large to be a minisign secret key",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
         Self::parse(path, text)
     }
 

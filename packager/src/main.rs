@@ -275,10 +275,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )?)
             };
             let generated = keys::generate_key(&out_dir, &name, password.as_deref(), force)?;
-            println!("secret key: {}", generated.secret_path.display());
-            println!("public key: {}", generated.public_path.display());
-            println!("key id:     {}", generated.public.id());
-            println!(
+            slipway_fs::outln!("secret key: {}", generated.secret_path.display());
+            slipway_fs::outln!("public key: {}", generated.public_path.display());
+            slipway_fs::outln!("key id:     {}", generated.public.id());
+            slipway_fs::outln!(
                 "public key (for hosts' public_keys): {}",
                 generated.public.to_base64()
             );
@@ -336,7 +336,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect { archive, json } => {
             let info = inspect(&archive)?;
             if json {
-                print!("{}", String::from_utf8_lossy(&info.manifest.to_bytes()));
+                slipway_fs::out!("{}", String::from_utf8_lossy(&info.manifest.to_bytes()));
             } else {
                 print_inspection(&info);
             }
@@ -351,7 +351,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff { old, new, json } => {
             let diff = diff_archives(&old, &new)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&diff)?);
+                slipway_fs::outln!("{}", serde_json::to_string_pretty(&diff)?);
             } else {
                 print_diff(&diff);
             }
@@ -383,7 +383,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Man { out } => {
             for path in write_man_pages(Cli::command(), &out)? {
-                println!("wrote {}", path.display());
+                slipway_fs::outln!("wrote {}", path.display());
             }
         }
     }
@@ -392,9 +392,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn print_bundle(r: &BundleReport, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        slipway_fs::outln!("{}", serde_json::to_string_pretty(r)?);
     } else {
-        println!(
+        slipway_fs::outln!(
             "bundle {} ({} {}, index version {}, expires {}): {} release(s), {} files{}",
             r.path.display(),
             r.app,
@@ -406,18 +406,18 @@ fn print_bundle(r: &BundleReport, json: bool) -> Result<()> {
             if r.signed { ", SHA256SUMS signed" } else { "" }
         );
         for rel in &r.releases {
-            println!("  {} {}", rel.version, rel.id);
+            slipway_fs::outln!("  {} {}", rel.version, rel.id);
         }
-        println!("signing key: {} {}", r.key_id, r.public_key);
+        slipway_fs::outln!("signing key: {} {}", r.key_id, r.public_key);
         if let Some(sha) = &r.tar_sha256 {
-            println!("sha256 of the tar: {sha}");
+            slipway_fs::outln!("sha256 of the tar: {sha}");
         }
         let target = if r.tar {
             format!("/media/usb/{}.tar", r.name)
         } else {
             format!("/media/usb/{}", r.name)
         };
-        println!("on the host: slipway install {target} && slipway status");
+        slipway_fs::outln!("on the host: slipway install {target} && slipway status");
     }
     for w in &r.warnings {
         eprintln!("warning: {w}");
@@ -470,9 +470,9 @@ fn rotate_key(
             "introduced_by": written.statement.introduced_by,
             "created": written.statement.created,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        slipway_fs::outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!(
+        slipway_fs::outln!(
             "wrote {} (signed by key {}): hosts that trust {} trust key {} for {} from their next poll; sign releases and indexes with the new key from now on",
             written.path.display(),
             written.statement.introduced_by,
@@ -516,9 +516,9 @@ fn build(args: BuildArgs) -> Result<()> {
     let built = build_release(&opts, &key)
         .with_context(|| format!("building {}", args.source_dir.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&built)?);
+        slipway_fs::outln!("{}", serde_json::to_string_pretty(&built)?);
     } else {
-        println!("{}", built.id);
+        slipway_fs::outln!("{}", built.id);
         if std::io::stderr().is_terminal() {
             eprintln!(
                 "{} {} ({}) : {} files, {} bytes -> {} ({} bytes) in {:.1?}",
@@ -548,11 +548,11 @@ fn report_update(what: &str, update: &IndexUpdate, json: bool) -> Result<()> {
             "expires": update.index.expires,
             "release": update.release,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        slipway_fs::outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     match &update.release {
-        Some(r) => println!(
+        Some(r) => slipway_fs::outln!(
             "{what} {} {} ({}) in channel {:?} ({}): index version {}, expires {}",
             update.index.app,
             r.version,
@@ -562,7 +562,7 @@ fn report_update(what: &str, update: &IndexUpdate, json: bool) -> Result<()> {
             update.index.version,
             update.index.expires
         ),
-        None => println!(
+        None => slipway_fs::outln!(
             "{what} {}: index version {}, expires {}",
             update.path.display(),
             update.index.version,
@@ -577,7 +577,7 @@ fn parse_pubkeys(args: &[String]) -> Result<TrustedKeys> {
     for arg in args {
         let path = Path::new(arg);
         let key = if path.is_file() {
-            let text = std::fs::read_to_string(path)
+            let text = slipway_fs::read_text_capped(path, 16 * 1024)
                 .with_context(|| format!("reading public key {arg}"))?;
             PublicKey::parse(&text).with_context(|| format!("public key file {arg}"))?
         } else {
@@ -603,16 +603,21 @@ fn verify(
         let now = Timestamp(time::OffsetDateTime::now_utc());
         let report = verify_repo(&Repo::new(&repo_dir), &keys, now)?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            slipway_fs::outln!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             for c in &report.channels {
-                println!(
+                slipway_fs::outln!(
                     "ok  channel {} ({}): index version {}, {} releases, signed by {}, expires {}",
-                    c.channel, c.app, c.version, c.releases, c.key_id, c.expires
+                    c.channel,
+                    c.app,
+                    c.version,
+                    c.releases,
+                    c.key_id,
+                    c.expires
                 );
             }
             for a in &report.archives {
-                println!(
+                slipway_fs::outln!(
                     "ok  {} {} {} ({} entries, {} bytes), signed by {}",
                     a.manifest.app,
                     a.manifest.version,
@@ -647,9 +652,9 @@ fn verify(
             "channel": verified.manifest.channel,
             "entries": verified.manifest.files.len(),
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        slipway_fs::outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!(
+        slipway_fs::outln!(
             "ok  {} {} ({}) {}: sha256 matches the name, signature by {} verified, {} entries match the manifest",
             verified.manifest.app,
             verified.manifest.version,
@@ -665,39 +670,44 @@ fn verify(
 fn print_inspection(info: &slipway_pack::inspect::Inspection) {
     let m = &info.manifest;
     let (files, dirs, links) = info.counts();
-    println!("id:        {}", info.id);
-    println!("archive:   {} ({} bytes)", info.path.display(), info.size);
-    println!("app:       {}", m.app);
-    println!("version:   {}", m.version);
-    println!("channel:   {}", m.channel);
-    println!("created:   {}", m.created);
+    slipway_fs::outln!("id:        {}", info.id);
+    slipway_fs::outln!("archive:   {} ({} bytes)", info.path.display(), info.size);
+    slipway_fs::outln!("app:       {}", m.app);
+    slipway_fs::outln!("version:   {}", m.version);
+    slipway_fs::outln!("channel:   {}", m.channel);
+    slipway_fs::outln!("created:   {}", m.created);
     if let Some(src) = &m.source {
-        println!(
+        slipway_fs::outln!(
             "source:    commit {} tag {}",
             src.commit.as_deref().unwrap_or("-"),
             src.tag.as_deref().unwrap_or("-")
         );
     }
-    println!(
+    slipway_fs::outln!(
         "schema:    version {} (reads data from {})",
-        m.schema_version, m.schema_min_compatible
+        m.schema_version,
+        m.schema_min_compatible
     );
     let hook = |h: &Option<Vec<String>>| h.as_ref().map_or("-".to_string(), |a| a.join(" "));
-    println!("hooks:     check: {}", hook(&m.hooks.check));
-    println!("           migrate: {}", hook(&m.hooks.migrate));
-    println!(
+    slipway_fs::outln!("hooks:     check: {}", hook(&m.hooks.check));
+    slipway_fs::outln!("           migrate: {}", hook(&m.hooks.migrate));
+    slipway_fs::outln!(
         "entries:   {} files, {} directories, {} symlinks",
-        files, dirs, links
+        files,
+        dirs,
+        links
     );
-    println!("size:      {} bytes unpacked", m.total_size());
+    slipway_fs::outln!("size:      {} bytes unpacked", m.total_size());
     match &info.signature {
         Some((key, comment)) => {
-            println!("signature: key {key}, comment {comment:?} (not verified: use verify)")
+            slipway_fs::outln!(
+                "signature: key {key}, comment {comment:?} (not verified: use verify)"
+            )
         }
-        None => println!("signature: none beside the archive"),
+        None => slipway_fs::outln!("signature: none beside the archive"),
     }
 }
 
 fn print_diff(d: &slipway_pack::inspect::ManifestDiff) {
-    print!("{d}");
+    slipway_fs::out!("{d}");
 }

@@ -15,14 +15,16 @@
 
 use std::fs;
 use std::io::Read;
+
+use slipway_fs::{open_regular, read_capped_optional};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use slipway_formats::channel::Timestamp;
+use slipway_formats::channel::{authenticate_index, AuthenticatedIndex, IndexAuthError, Timestamp};
 use slipway_formats::manifest::validate_name;
-use slipway_formats::signature::{TrustedComment, CHANNEL_COMMENT};
+use slipway_formats::signature::TrustedComment;
 use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, ReleaseId, SignatureFile, TrustedKeys, MAX_METADATA_BYTES,
+    ChannelIndex, ChannelRelease, KeyId, ReleaseId, TrustedKeys, MAX_METADATA_BYTES,
     MAX_SIGNATURE_BYTES,
 };
 
@@ -116,11 +118,11 @@ impl Repo {
     pub fn read_channel(&self, channel: &str, keys: &TrustedKeys) -> Result<Option<SignedIndex>> {
         validate_name(channel).map_err(|r| PackError::channel(channel, r))?;
         let path = self.channel_path(channel);
-        let Some(bytes) = read_capped(&path, MAX_METADATA_BYTES)? else {
+        let Some(bytes) = read_capped_optional(&path, MAX_METADATA_BYTES)? else {
             return Ok(None);
         };
         let sig_path = self.channel_signature_path(channel);
-        let sig_text = read_capped(&sig_path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
+        let sig_text = read_capped_optional(&sig_path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
             PackError::verify(
                 &sig_path,
                 "missing: the channel index has no signature beside it",
@@ -128,33 +130,19 @@ impl Repo {
         })?;
         let sig_text = String::from_utf8(sig_text)
             .map_err(|_| PackError::verify(&sig_path, "signature file is not UTF-8"))?;
-        let sig = SignatureFile::parse(&sig_text)
-            .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-        let key = sig
-            .verify_bytes(keys, &bytes)
-            .map_err(|e| PackError::verify(&path, e.to_string()))?;
-        let key_id = key.id();
-        let index =
-            ChannelIndex::parse(&bytes).map_err(|e| PackError::verify(&path, e.to_string()))?;
+        // The same authentication a host runs (slipway_formats::channel).
+        let AuthenticatedIndex { index, signer } = authenticate_index(&bytes, &sig_text, keys)
+            .map_err(|e| match e {
+                IndexAuthError::Comment { .. } => PackError::verify(&sig_path, e.to_string()),
+                other => PackError::verify(&path, other.to_string()),
+            })?;
+        let key_id = signer;
         if index.channel != channel {
             return Err(PackError::verify(
                 &path,
                 format!(
                     "the index is for channel {:?}, but the file is named for {channel:?}",
                     index.channel
-                ),
-            ));
-        }
-        let comment = TrustedComment::parse(sig.trusted_comment())
-            .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-        let expected = TrustedComment::for_channel(&index.app, &index.channel, index.version);
-        if comment.kind != CHANNEL_COMMENT || comment != expected {
-            return Err(PackError::verify(
-                &sig_path,
-                format!(
-                    "signed trusted comment {:?} does not describe this index ({:?})",
-                    sig.trusted_comment(),
-                    expected.to_string()
                 ),
             ));
         }
@@ -262,7 +250,7 @@ impl Repo {
             (sig_src, self.signature_path(&verified.id)),
         ] {
             let mut temp = durable::temp_file_in(&dir)?;
-            let mut input = fs::File::open(&src).map_err(PackError::io("open", &src))?;
+            let mut input = open_regular(&src)?;
             std::io::copy(&mut input, temp.as_file_mut()).map_err(PackError::io("copy", &src))?;
             durable::persist(temp, &dst)?;
         }
@@ -357,26 +345,6 @@ pub fn archive_id_from_name(path: &Path) -> Result<ReleaseId> {
                 "an archive's file name must be <sha256 hex>.tar.zst, as `slipway-pack build` writes it",
             )
         })
-}
-
-/// Reads a whole file of at most `cap` bytes; `Ok(None)` if it does not exist.
-pub(crate) fn read_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(PackError::io("open", path)(e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(cap + 1)
-        .read_to_end(&mut bytes)
-        .map_err(PackError::io("read", path))?;
-    if bytes.len() as u64 > cap {
-        return Err(PackError::verify(
-            path,
-            format!("larger than the {cap} bytes accepted"),
-        ));
-    }
-    Ok(Some(bytes))
 }
 
 /// How `publish`, `yank` and `refresh` sign the new index.
@@ -738,8 +706,10 @@ mod tests {
             .add_signed_archive(&key, &junk, "bot", "9.9.9", "stable")
             .expect("signed");
         assert_eq!(id, ReleaseId::of_bytes(b"not a tar"));
-        let sig = SignatureFile::parse(&fs::read_to_string(repo.signature_path(&id)).expect("sig"))
-            .expect("parse");
+        let sig = slipway_formats::SignatureFile::parse(
+            &fs::read_to_string(repo.signature_path(&id)).expect("sig"),
+        )
+        .expect("parse");
         let keys = own_key(&key);
         sig.verify_bytes(&keys, b"not a tar")
             .expect("signature verifies");

@@ -23,7 +23,8 @@ use slipway_formats::{KeyId, PublicKey, TrustedKeys, MAX_METADATA_BYTES, MAX_SIG
 use crate::durable;
 use crate::error::{PackError, Result};
 use crate::keys::SigningKey;
-use crate::repo::{read_capped, Repo};
+use crate::repo::Repo;
+use slipway_fs::{read_capped, read_text_capped};
 
 /// What `rotate-key` wrote.
 #[derive(Debug, Clone)]
@@ -137,19 +138,18 @@ pub fn signing_keys(repo: &Repo, key: &SigningKey) -> TrustedKeys {
 /// verifies with the public key the repository holds for it.
 fn introducer_of(repo: &Repo, key: KeyId) -> Option<PublicKey> {
     let dir = repo.keys_dir();
-    let bytes = read_capped(&dir.join(KeyRotation::file_name(key)), MAX_METADATA_BYTES)
-        .ok()
-        .flatten()?;
-    let sig = read_capped(
+    let bytes = read_capped(&dir.join(KeyRotation::file_name(key)), MAX_METADATA_BYTES).ok()?;
+    let sig = read_text_capped(
         &dir.join(KeyRotation::signature_file_name(key)),
         MAX_SIGNATURE_BYTES,
     )
-    .ok()
-    .flatten()?;
-    let sig = String::from_utf8(sig).ok()?;
+    .ok()?;
     let statement = KeyRotation::parse(&bytes).ok()?;
-    let pub_text =
-        std::fs::read_to_string(dir.join(format!("{}.pub", statement.introduced_by))).ok()?;
+    let pub_text = read_text_capped(
+        &dir.join(format!("{}.pub", statement.introduced_by)),
+        MAX_METADATA_BYTES,
+    )
+    .ok()?;
     let introducer = PublicKey::parse(&pub_text).ok()?;
     let keys = TrustedKeys::new(vec![introducer.clone()]);
     verify_rotation(&bytes, &sig, &keys, key, None).ok()?;

@@ -129,23 +129,15 @@ pub fn read_ignore_file(source_dir: &Path) -> Result<Vec<String>> {
 }
 
 fn read_small_text(path: &Path) -> Result<Option<String>> {
-    use std::io::Read;
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(PackError::io("open", path)(e)),
-    };
-    let mut text = String::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(PackError::io("read", path))?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(PackError::Config {
+    match slipway_fs::read_text_capped(path, MAX_CONFIG_BYTES) {
+        Ok(text) => Ok(Some(text)),
+        Err(slipway_fs::ReadError::NotFound { .. }) => Ok(None),
+        Err(slipway_fs::ReadError::TooLarge { .. }) => Err(PackError::Config {
             path: path.to_path_buf(),
             message: format!("larger than {MAX_CONFIG_BYTES} bytes"),
-        });
+        }),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(text))
 }
 
 /// A compiled set of exclude globs (see the module docs for the rules).

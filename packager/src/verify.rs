@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slipway_formats::channel::Timestamp;
-use slipway_formats::signature::{TrustedComment, RELEASE_COMMENT};
+use slipway_formats::signature::{check_release_comment, check_release_manifest};
 use slipway_formats::{
     EntryType, FileEntry, KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, MANIFEST_PATH,
     MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
@@ -23,7 +23,8 @@ use slipway_formats::{
 
 use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
-use crate::repo::{archive_id_from_name, read_capped, signature_path_of, Repo};
+use crate::repo::{archive_id_from_name, signature_path_of, Repo};
+use slipway_fs::{open_regular, read_capped_optional};
 
 /// The largest zstd window accepted (128 MiB), as on hosts.
 pub const WINDOW_LOG_MAX: u32 = 27;
@@ -57,7 +58,7 @@ fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
 pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive> {
     let id = archive_id_from_name(path)?;
     let sig_path = signature_path_of(path);
-    let sig_bytes = read_capped(&sig_path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
+    let sig_bytes = read_capped_optional(&sig_path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| {
         PackError::verify(
             &sig_path,
             "missing: every archive needs its .minisig beside it",
@@ -77,7 +78,7 @@ pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive
         .start_check(keys)
         .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
 
-    let mut file = File::open(path).map_err(PackError::io("open", path))?;
+    let mut file = open_regular(path)?;
     let mut sha = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; BUFFER_SIZE];
@@ -104,44 +105,15 @@ pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive
         .map_err(|e| PackError::verify(path, e.to_string()))?;
     let key_id = key.id();
 
+    // The release comment rules are slipway_formats::signature's, the ones
+    // a host applies.
     let comment_text = sig.trusted_comment().to_string();
-    let comment = TrustedComment::parse(&comment_text)
+    let comment = check_release_comment(&comment_text, &id)
         .map_err(|e| PackError::verify(&sig_path, e.to_string()))?;
-    if comment.kind != RELEASE_COMMENT {
-        return Err(PackError::verify(
-            &sig_path,
-            format!("trusted comment {comment_text:?} is not a slipway release comment"),
-        ));
-    }
-    let field = |k: &str| {
-        comment
-            .field(k)
-            .map(str::to_string)
-            .map_err(|e| PackError::verify(&sig_path, e.to_string()))
-    };
-    if field("id")? != id.to_string() {
-        return Err(PackError::verify(
-            &sig_path,
-            format!("the signature is for release {}, not {id}", field("id")?),
-        ));
-    }
 
     let manifest = check_contents(path)?;
-    for (k, value) in [
-        ("app", manifest.app.clone()),
-        ("version", manifest.version.to_string()),
-        ("channel", manifest.channel.clone()),
-    ] {
-        if field(k)? != value {
-            return Err(PackError::verify(
-                path,
-                format!(
-                    "the signature says {k} {:?}, the manifest says {value:?}",
-                    field(k)?
-                ),
-            ));
-        }
-    }
+    check_release_manifest(&comment, &id, &manifest)
+        .map_err(|e| PackError::verify(path, e.to_string()))?;
     Ok(VerifiedArchive {
         id,
         path: path.to_path_buf(),
@@ -156,7 +128,7 @@ pub fn verify_archive(path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive
 pub(crate) fn open_tar(
     path: &Path,
 ) -> Result<tar::Archive<zstd::stream::read::Decoder<'static, io::BufReader<File>>>> {
-    let file = File::open(path).map_err(PackError::io("open", path))?;
+    let file = open_regular(path)?;
     let mut decoder =
         zstd::stream::read::Decoder::new(file).map_err(PackError::io("decompress", path))?;
     decoder

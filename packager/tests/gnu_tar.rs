@@ -1,5 +1,6 @@
 //! The archive is a plain POSIX tar in zstd: GNU tar lists it, and
 //! extracting it with GNU tar gives exactly the manifest's entries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

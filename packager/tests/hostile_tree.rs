@@ -1,6 +1,7 @@
 //! SPEC §1 and §6 at build time: anything but regular files, directories and
 //! symlinks staying inside the release is refused with the path named, and
 //! a refused build leaves nothing in the repository.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Keys and signatures are real minisign: the stock `minisign` CLI reads
 //! what slipway-pack writes and the other way round, and `slipway-pack
 //! verify` refuses what it must, saying why.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

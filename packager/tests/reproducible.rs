@@ -1,6 +1,7 @@
 //! SPEC §1: the same source tree and arguments give a byte-identical archive,
 //! whatever the file order on disk, mtimes, permission bits other than x,
 //! or the number of zstd workers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

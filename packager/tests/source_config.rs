@@ -1,5 +1,6 @@
 //! `slipway.toml`, excludes and the payload layout rule, end to end; and
 //! `inspect` / `diff` on what they produce.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

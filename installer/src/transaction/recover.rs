@@ -9,11 +9,38 @@ use super::*;
 /// finishes or undoes the transaction a killed run left in the journal,
 /// deciding by its step. `Ok(None)`: there was nothing to recover.
 pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
+    let log = host.log;
+    // Every child this run starts is recorded from here on; and whatever a
+    // killed run's children still do is stopped before anything is decided:
+    // an orphaned migrate hook must not write after the data was restored.
+    let ledger = host.layout.children_dir();
+    crate::children::record_children_in(ledger.clone());
+    match crate::children::reap_orphans(&ledger) {
+        Ok(reaped) if !reaped.is_empty() => log.warn(format!(
+            "stopped what an interrupted run had left running: {}{}",
+            reaped
+                .groups
+                .iter()
+                .map(String::as_str)
+                .chain((!reaped.marked.is_empty()).then_some("its marked children"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if reaped.survivors.is_empty() {
+                String::new()
+            } else {
+                format!(" (still alive after SIGKILL: pids {:?})", reaped.survivors)
+            }
+        )),
+        Ok(_) => {}
+        Err(e) => log.warn(format!(
+            "cannot read the ledger of children {}: {e}",
+            ledger.display()
+        )),
+    }
     let Some(j) = journal::load(&host.layout)? else {
         return Ok(None);
     };
     let started = Instant::now();
-    let log = host.log;
     log.warn(format!(
         "recovering transaction {} ({} of {}), interrupted at step {}",
         j.txn,
@@ -23,51 +50,42 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
             .map_or_else(|| "an unknown release".to_string(), |v| v.to_string()),
         j.step
     ));
-    let cwd = app_cwd(&host.layout, switch::current_dir(&host.layout)?.as_deref());
     let mut critical = false;
-    let (result, message, flip_latency) = match j.step {
-        Step::Fetch | Step::Verify | Step::Stage | Step::Check | Step::Save | Step::Snapshot => {
-            cleanup_abandoned(host, &j, true);
-            (
-                AttemptResult::Failed,
-                format!(
-                    "interrupted at step {} before the service was touched; cleaned up",
-                    j.step
-                ),
-                None,
-            )
-        }
-        Step::Quiesce | Step::Migrate => {
-            // Only the migrate hook changes the data on slipway's behalf. At
-            // Quiesce the only writer was the app itself (it saves when it
-            // pauses): restoring would throw its latest state away.
-            if j.step == Step::Migrate {
-                if let Err(e) = restore_if_changed(host, j.snapshot.as_ref()) {
-                    return Err(TxnError::host(
-                        "cannot restore the persistence snapshot",
-                        e,
-                        "restore the snapshot named in the journal by hand, then run `slipway recover` again",
-                    ));
+    // The undo of the step the run died in (journal::Step::undo): the same
+    // table a run that fails the step uses.
+    let undo = j.step.undo();
+    let undone = undo_step(host, &j)?;
+    let (result, message, flip_latency) = match undo {
+        Undo::Discard => (
+            AttemptResult::Failed,
+            format!(
+                "interrupted at step {} before the service was touched; cleaned up",
+                j.step
+            ),
+            None,
+        ),
+        Undo::RestoreAndResume => (
+            AttemptResult::Failed,
+            format!(
+                "interrupted at step {} before the switch; {}app resumed",
+                j.step,
+                if undone.restored {
+                    "data restored from the snapshot, "
+                } else {
+                    "data unchanged, "
                 }
-            }
-            // At Quiesce the pause may or may not have happened: resume
-            // either way (resuming a running app is harmless).
-            if j.step == Step::Quiesce || j.quiesced {
-                resume_app(host, &cwd);
-            }
-            cleanup_abandoned(host, &j, false);
-            (
-                AttemptResult::Failed,
-                format!(
-                    "interrupted at step {} before the switch; data restored if it changed, app resumed",
-                    j.step
-                ),
-                None,
-            )
-        }
-        Step::Switch | Step::Restart | Step::HealthGate | Step::FlipBack => {
-            let flipped = flip_back_actions(host, &j)?;
-            let health_failed = j.step == Step::FlipBack && j.op != "rollback";
+            ),
+            None,
+        ),
+        Undo::FlipBack => {
+            let Some(flipped) = undone.flipped else {
+                return Err(TxnError::host(
+                    "the flip back did not run",
+                    "internal inconsistency",
+                    "run `slipway recover` again",
+                ));
+            };
+            let health_failed = j.step == Step::FlipBack && j.op.installs_new_release();
             let mut message = if health_failed {
                 format!(
                     "interrupted while flipping back from {} ({}); flipped back",
@@ -108,7 +126,7 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
             };
             (result, message, flipped.latency)
         }
-        Step::Commit | Step::Report | Step::Collect => {
+        Undo::Finish => {
             let decided = j.decision.clone();
             let result = decided
                 .as_ref()
@@ -154,7 +172,7 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
     };
     // Past Commit the decided attempt is (now) counted: the recover entry
     // is shown as the last attempt but not counted again.
-    if j.step >= Step::Commit && j.step != Step::FlipBack {
+    if undo == Undo::Finish {
         let mut state = HostState::load_at(&host.layout, at)?;
         state.last_attempt = Some(attempt.clone());
         state.save(&host.layout)?;
@@ -183,40 +201,4 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
 
 fn version_text(v: Option<&Version>) -> String {
     v.map_or_else(|| "nothing".to_string(), |v| v.to_string())
-}
-
-/// Removes what an abandoned transaction left: staging directories, its
-/// staged release (unless something points at it), its partial snapshots,
-/// and (`drop_snapshot`) its complete ones, which no step needs any more.
-fn cleanup_abandoned(host: &Host, j: &Journal, drop_snapshot: bool) {
-    let log = host.log;
-    if let Ok(entries) = std::fs::read_dir(host.layout.releases_dir()) {
-        for e in entries.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(gc::STAGING_PREFIX)
-            {
-                if let Err(err) = durable::remove_tree(&e.path()) {
-                    log.warn(format!("cannot remove {}: {err}", e.path().display()));
-                }
-            }
-        }
-    }
-    if j.staged_here {
-        if let Some(dir) = &j.release_dir {
-            discard_release_dir(host, dir);
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(host.layout.backups_dir()) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let ours = name.starts_with(&j.txn);
-            let kept = !drop_snapshot && j.snapshot.as_ref().is_some_and(|s| s.dir == e.path());
-            if (ours && !kept) || name.ends_with(gc::PARTIAL_SUFFIX) {
-                if let Err(err) = durable::remove_tree(&e.path()) {
-                    log.warn(format!("cannot remove {}: {err}", e.path().display()));
-                }
-            }
-        }
-    }
 }

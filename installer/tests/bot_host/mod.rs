@@ -9,7 +9,7 @@
 //! tests exercise the formats exactly as CI produces them.
 //!
 //! Dropping a [`TestHost`] stops the bot it started.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -93,8 +93,14 @@ pub struct Flavor {
     /// The migrate hook migrates, then sleeps for this many seconds (so a
     /// test can kill slipway in the middle of the Migrate step).
     pub slow_migrate: Option<u32>,
+    /// The migrate hook sleeps for this many seconds, then migrates (so an
+    /// orphaned hook of a killed run would write late).
+    pub late_migrate: Option<u32>,
+    /// `[schema] min_compatible` (default 1).
+    pub min_compatible: Option<u32>,
     /// The release's migrate hook, as a TOML array replacing the default
-    /// one (the kill campaign's slow hook); not together with `slow_migrate`.
+    /// one (the kill campaign's slow hooks); not together with
+    /// `slow_migrate` or `late_migrate`.
     pub migrate_hook: Option<String>,
 }
 
@@ -126,22 +132,40 @@ pub struct TestHost {
     /// so tests add whole tables or override through `SLIPWAY_*`).
     pub config_path: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Where `root/` and `data/` live: the temporary directory itself, or
+    /// a directory under it that a test mounts a file system on.
+    files: PathBuf,
 }
 
 impl TestHost {
     /// A host with the default configuration plus `extra` (TOML lines put
     /// into the sections named by `sections`: a map from section to lines).
     pub fn new(extra: &[(&str, &str)]) -> TestHost {
+        TestHost::with_files_in("", extra)
+    }
+
+    /// A host whose install root and persistence are `<subdir>/root` and
+    /// `<subdir>/data` inside the temporary directory (created empty, so a
+    /// test can mount a file system on it before the first install); the
+    /// keys, the repository and the configuration stay outside it.
+    pub fn with_files_in(subdir: &str, extra: &[(&str, &str)]) -> TestHost {
         let dir = tempfile::Builder::new()
             .prefix("slipway-cli-")
             .tempdir()
             .expect("tempdir");
+        let files = if subdir.is_empty() {
+            dir.path().to_path_buf()
+        } else {
+            dir.path().join(subdir)
+        };
+        fs::create_dir_all(&files).expect("create the files directory");
         let port = free_port();
         let host = TestHost {
             config_path: dir.path().join("update.toml"),
             dir,
             port,
             env: Vec::new(),
+            files,
         };
         let keys = host.path("keys");
         run_ok(Command::new(pack_bin()).args([
@@ -159,11 +183,11 @@ impl TestHost {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.path("root")
+        self.files.join("root")
     }
 
     pub fn data(&self) -> PathBuf {
-        self.path("data")
+        self.files.join("data")
     }
 
     pub fn repo(&self) -> PathBuf {
@@ -253,6 +277,13 @@ impl TestHost {
         fs::write(src.join("schema/VERSION"), format!("{schema}\n")).expect("schema");
         let toml = fs::read_to_string(src.join("slipway.toml")).expect("slipway.toml");
         let mut toml = toml.replace("version = 1\n", &format!("version = {schema}\n"));
+        if let Some(min) = flavor.min_compatible {
+            toml = toml.replace("min_compatible = 1\n", &format!("min_compatible = {min}\n"));
+            assert!(
+                toml.contains(&format!("min_compatible = {min}")),
+                "slipway.toml changed shape"
+            );
+        }
         if flavor.failing_check {
             toml = toml.replace(
                 "check = [\"python3\", \"-m\", \"compileall\", \"-q\", \"app\"]",
@@ -268,6 +299,15 @@ impl TestHost {
                 "migrate = [\"python3\", \"app/bot/migrate.py\"]",
                 &format!(
                     "migrate = [\"sh\", \"-c\", \"python3 app/bot/migrate.py && sleep {secs}\"]"
+                ),
+            );
+            assert!(toml.contains("sleep"), "slipway.toml changed shape");
+        }
+        if let Some(secs) = flavor.late_migrate {
+            toml = toml.replace(
+                "migrate = [\"python3\", \"app/bot/migrate.py\"]",
+                &format!(
+                    "migrate = [\"sh\", \"-c\", \"sleep {secs} && python3 app/bot/migrate.py\"]"
                 ),
             );
             assert!(toml.contains("sleep"), "slipway.toml changed shape");

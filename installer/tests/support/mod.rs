@@ -13,7 +13,7 @@
 //! key.
 //!
 //! Use it from a test crate with `mod support;`.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! Helpers shared by the packager's integration tests: run the real binary,
 //! lay down source trees, make keys, find the stock tools.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::fs;

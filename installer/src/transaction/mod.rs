@@ -50,7 +50,7 @@ use crate::fetch::{self, HttpClient};
 use crate::gc;
 use crate::health::{health_gate, HealthPolicy};
 use crate::hooks;
-use crate::journal::{self, Decision, Journal, JournalError, Step};
+use crate::journal::{self, Decision, Journal, JournalError, Operation, Step, Undo};
 use crate::layout::Layout;
 use crate::quiesce::{self, QuiesceMethod, ResumeMethod};
 use crate::report;
@@ -63,8 +63,20 @@ use crate::switch::{self, SwitchError};
 use crate::verify::{self, VerifiedArchive, VerifyError};
 use crate::Exit;
 
+mod outcome;
+mod preview;
+mod query;
 mod recover;
+mod undo;
+
+pub use outcome::{Failure, InstallOptions, Outcome, TxnError};
+pub use preview::{preview, Preview};
+pub use query::{
+    data_schema, read_installed, records_file, running_release, Installed, ReleaseRecord,
+    ReleaseRecords,
+};
 pub use recover::recover;
+use undo::*;
 
 // ---------------------------------------------------------------------------
 // What a transaction needs and what it returns
@@ -133,314 +145,15 @@ impl<'a> Host<'a> {
     }
 }
 
-/// What went wrong, for the `slipway: error: <what>: <why>` line and its
-/// `hint:`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Failure {
-    pub what: String,
-    pub why: String,
-    pub hint: String,
-}
-
-impl Failure {
-    pub fn new(what: impl Into<String>, why: impl ToString, hint: impl Into<String>) -> Failure {
-        Failure {
-            what: what.into(),
-            why: why.to_string(),
-            hint: hint.into(),
-        }
-    }
-}
-
-/// How a transaction (or a command around one) ended.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    pub op: String,
-    pub result: AttemptResult,
-    #[serde(skip)]
-    pub exit: Exit,
-    pub exit_code: i32,
-    /// One line for the operator.
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from_version: Option<Version>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<Version>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub release_id: Option<ReleaseId>,
-    /// The eligibility rule that said no (exit 4).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// The swap of `current` to the new release, in microseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub switch_us: Option<u64>,
-    /// The swap of `current` back to the old release, in microseconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub flip_back_us: Option<u64>,
-    pub duration_ms: u64,
-    /// The step a recovered transaction was interrupted at.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interrupted_at: Option<Step>,
-    /// After a flip back, the old release is not healthy either: the
-    /// service needs a human now.
-    pub critical: bool,
-    /// The persistence snapshot this transaction took (`backups/<txn>`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<PathBuf>,
-}
-
-impl Outcome {
-    /// An outcome with nothing but a result and a message.
-    pub fn simple(
-        op: &str,
-        result: AttemptResult,
-        exit: Exit,
-        message: impl Into<String>,
-    ) -> Outcome {
-        Outcome::new(op, result, exit, message)
-    }
-
-    fn new(op: &str, result: AttemptResult, exit: Exit, message: impl Into<String>) -> Outcome {
-        Outcome {
-            op: op.to_string(),
-            result,
-            exit,
-            exit_code: exit as i32,
-            message: message.into(),
-            failure: None,
-            from_version: None,
-            version: None,
-            release_id: None,
-            rule: None,
-            switch_us: None,
-            flip_back_us: None,
-            duration_ms: 0,
-            interrupted_at: None,
-            critical: false,
-            snapshot: None,
-        }
-    }
-}
-
-/// A failure of slipway's own machinery (its state files, the journal, the
-/// links), as opposed to a release or app failing, which ends in an
-/// [`Outcome`]. The journal stays, so the next run recovers.
-#[derive(Debug, Error)]
-pub enum TxnError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Switch(#[from] SwitchError),
-    #[error("{what}: {why}")]
-    Host {
-        what: String,
-        why: String,
-        hint: String,
-    },
-}
-
-impl TxnError {
-    fn host(what: impl Into<String>, why: impl ToString, hint: impl Into<String>) -> TxnError {
-        TxnError::Host {
-            what: what.into(),
-            why: why.to_string(),
-            hint: hint.into(),
-        }
-    }
-
-    /// The `hint:` line for this error.
-    pub fn hint(&self) -> String {
-        match self {
-            TxnError::Host { hint, .. } => hint.clone(),
-            _ => "fix the cause named above, then run `slipway recover` (every mutating command runs it first)".into(),
-        }
-    }
-}
-
-/// Options of an install or update.
-#[derive(Debug, Clone, Default)]
-pub struct InstallOptions {
-    /// `install` or `update`.
-    pub op: String,
-    /// `update --auto`: every eligibility rule applies.
-    pub auto: bool,
-    /// `--force`: the bad list and the clean-tree rule do not apply.
-    pub force: bool,
-    pub allow_downgrade: bool,
-}
-
-// ---------------------------------------------------------------------------
-// Installed releases: ids and install times (state/releases.json)
-// ---------------------------------------------------------------------------
-
-/// What slipway remembers of a staged release: the manifest has no id (the
-/// id is the archive's hash), so it is kept here, by directory name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseRecord {
-    pub id: ReleaseId,
-    pub version: Version,
-    pub staged_at: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub installed_at: Option<Timestamp>,
-}
-
-/// `<root>/state/releases.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseRecords {
-    pub releases: BTreeMap<String, ReleaseRecord>,
-}
-
-/// Where [`ReleaseRecords`] live.
-pub fn records_file(layout: &Layout) -> PathBuf {
-    layout.state_dir().join("releases.json")
-}
-
-impl ReleaseRecords {
-    /// Loads the records; a missing or unreadable file is an empty record
-    /// set (the ids are then unknown, which only costs detail in reports).
-    pub fn load(layout: &Layout) -> ReleaseRecords {
-        std::fs::read(records_file(layout))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    /// The record of the release in `dir`.
-    pub fn get(&self, dir: &Path) -> Option<&ReleaseRecord> {
-        let name = dir.file_name()?.to_str()?;
-        self.releases.get(name)
-    }
-
-    fn update(
-        layout: &Layout,
-        dir: &Path,
-        change: impl FnOnce(Option<ReleaseRecord>) -> Option<ReleaseRecord>,
-    ) -> Result<(), TxnError> {
-        let mut records = ReleaseRecords::load(layout);
-        let releases = layout.releases_dir();
-        records
-            .releases
-            .retain(|name, _| releases.join(name).is_dir());
-        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
-            if let Some(r) = change(records.releases.remove(name)) {
-                records.releases.insert(name.to_string(), r);
-            }
-        }
-        let path = records_file(layout);
-        durable::write_json_atomic(&path, &records).map_err(|e| {
-            TxnError::host(
-                format!("cannot write {}", path.display()),
-                e,
-                "check free space and permissions of the state directory",
-            )
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The running release and the data
-// ---------------------------------------------------------------------------
-
-/// A release installed under `releases/`.
-#[derive(Debug, Clone)]
-pub struct Installed {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub id: Option<ReleaseId>,
-    pub installed_at: Option<Timestamp>,
-}
-
-/// Reads `<dir>/slipway/manifest.json` (capped) and the release's record.
-pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure> {
-    let path = dir.join(MANIFEST_PATH);
-    let bytes =
-        crate::source::read_capped(&path, MAX_MANIFEST_BYTES, "release manifest").map_err(|e| {
-            Failure::new(
-                format!("cannot read the installed release {}", dir.display()),
-                e,
-                "run `slipway verify`; reinstall the release with `slipway install --force`",
-            )
-        })?;
-    let manifest = Manifest::parse(&bytes).map_err(|e| {
-        Failure::new(
-            format!("the manifest {} is not valid", path.display()),
-            e,
-            "the release was modified on the host; reinstall it with `slipway install --force`",
-        )
-    })?;
-    let records = ReleaseRecords::load(layout);
-    let record = records.get(dir);
-    let installed_at = record.and_then(|r| r.installed_at).or_else(|| {
-        // The link's own mtime is when the switch made it.
-        std::fs::symlink_metadata(layout.current_link())
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| Timestamp::from_unix(d.as_secs() as i64))
-    });
-    Ok(Installed {
-        dir: dir.to_path_buf(),
-        manifest,
-        id: record.map(|r| r.id),
-        installed_at,
-    })
-}
-
-/// The release `current` points at, if any.
-pub fn running_release(layout: &Layout) -> Result<Option<Installed>, Failure> {
-    let dir = switch::current_dir(layout).map_err(|e| {
-        Failure::new(
-            "cannot read the current release",
-            e,
-            "check the install root",
-        )
-    })?;
-    match dir {
-        Some(dir) => read_installed(layout, &dir).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// The data's schema version: `<persistence>/schema_version` (decimal text,
-/// written by the app and the migrate hook), else the running release's
-/// `schema_version`, else unknown (a fresh host: nothing to migrate).
-pub fn data_schema(persistence: &Path, running: Option<&Manifest>) -> Result<Option<u32>, Failure> {
-    let path = persistence.join("schema_version");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u32>().map(Some).map_err(|_| {
-            Failure::new(
-                format!("cannot read the data schema {}", path.display()),
-                format!("{:?} is not an integer", text.trim()),
-                "the file holds the schema version of the persisted data (e.g. 1); fix or restore it",
-            )
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Ok(running.map(|m| m.schema_version))
-        }
-        Err(e) => Err(Failure::new(
-            format!("cannot read the data schema {}", path.display()),
-            e,
-            "check the permissions of the persistence directory",
-        )),
-    }
-}
-
-/// Bytes under `dir` (regular files), for the disk-space rule.
-fn tree_bytes(dir: &Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+/// The room an update of `manifest` needs on the root's file system for
+/// the disk-space rule, besides what [`Txn::begin`] sets aside for the
+/// journal and a restore ([`crate::reserve`]): the unpacked release, and
+/// two copies of the persistence (the snapshot, and the paused snapshot,
+/// which is written beside it before the first one goes).
+fn room_needed(manifest: &Manifest, persistence: &Path) -> u64 {
+    manifest
+        .total_size()
+        .saturating_add(crate::reserve::copy_room(persistence).saturating_mul(2))
 }
 
 /// Where the service's own commands (save, quiesce, resume) run: the
@@ -493,6 +206,31 @@ fn hook_env(
     env
 }
 
+/// How many transactions' hook output is kept under `state/hook-output/`.
+pub const KEEP_HOOK_OUTPUT: usize = 10;
+
+/// `<root>/state/hook-output/<txn>/`, where this transaction's hooks keep
+/// their whole output (named in a failure's message). Only the newest
+/// [`KEEP_HOOK_OUTPUT`] transactions' directories are kept.
+fn hook_log_dir(host: &Host, txn: &str) -> PathBuf {
+    let base = host.layout.state_dir().join("hook-output");
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.as_str() != txn)
+            .collect();
+        // Transaction ids sort by time.
+        names.sort();
+        let excess = names.len().saturating_sub(KEEP_HOOK_OUTPUT - 1);
+        for old in &names[..excess] {
+            let _ = durable::remove_tree(&base.join(old));
+        }
+    }
+    base.join(txn)
+}
+
 /// A throwaway directory for hook bytecode, outside the install root.
 fn pycache_dir() -> Option<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -536,12 +274,22 @@ struct Txn<'h, 'a> {
 impl<'h, 'a> Txn<'h, 'a> {
     /// Starts a transaction: reads the links and the running release and
     /// records `first` (`Fetch` for an HTTP source, else `Verify`).
-    fn begin(host: &'h Host<'a>, op: &str, auto: bool, first: Step) -> Result<Self, Box<Outcome>> {
+    fn begin(
+        host: &'h Host<'a>,
+        op: Operation,
+        auto: bool,
+        first: Step,
+    ) -> Result<Self, Box<Outcome>> {
         let now = host.clock.now();
         let mut journal = Journal::new(journal::new_txn_id(now), op, now, auto);
         journal.step = first;
         let fail = |f: Failure| {
-            let mut o = Outcome::new(op, AttemptResult::Failed, Exit::Failed, f.why.clone());
+            let mut o = Outcome::new(
+                op.name(),
+                AttemptResult::Failed,
+                Exit::Failed,
+                f.why.clone(),
+            );
             o.failure = Some(f);
             Box::new(o)
         };
@@ -567,6 +315,29 @@ impl<'h, 'a> Txn<'h, 'a> {
             flip_back_latency: None,
             service_was_running: false,
         };
+        // Before the first write of the transaction: the room its journal
+        // and a flip back's restore copy will need (crate::reserve).
+        match crate::reserve::set_aside(&host.layout, crate::reserve::copy_room(host.persistence())) {
+            Ok(()) => {}
+            Err(crate::reserve::ReserveError::Unsupported) => host
+                .log
+                .debug("this file system cannot preallocate: no room set aside for the journal and a restore"),
+            Err(e) => {
+                let mut o = Outcome::new(
+                    op.name(),
+                    AttemptResult::Skipped,
+                    Exit::Skipped,
+                    format!("skipped ({}): {e}", crate::eligibility::RULE_DISK_SPACE),
+                );
+                o.rule = Some(crate::eligibility::RULE_DISK_SPACE.to_string());
+                o.failure = Some(Failure::new(
+                    "update skipped",
+                    e,
+                    "free some space (`slipway gc` removes old releases and snapshots); nothing was touched",
+                ));
+                return Err(Box::new(o));
+            }
+        }
         txn.record_now(first).map_err(|e| {
             fail(Failure::new(
                 "cannot start the transaction",
@@ -591,10 +362,23 @@ impl<'h, 'a> Txn<'h, 'a> {
         journal::record(&self.host.layout, &j)
     }
 
-    /// Records `step` as the one about to run.
+    /// Records `step` as the one about to run. If the journal cannot be
+    /// written (even after giving back its reserved room), the step that was
+    /// running is undone as far as the app is concerned (data restored if
+    /// the migration touched it, app resumed) before the error goes up: the
+    /// journal on disk still names that step, so `recover` finishes the rest.
     fn enter(&mut self, step: Step) -> Result<(), TxnError> {
-        self.journal.step = step;
-        journal::record(&self.host.layout, &self.journal)?;
+        let mut next = self.journal.clone();
+        next.step = step;
+        if let Err(e) = journal::record(&self.host.layout, &next) {
+            if self.journal.step.undo() == Undo::RestoreAndResume {
+                if let Err(undo) = undo_step(self.host, &self.journal) {
+                    self.host.log.warn(format!("{undo}"));
+                }
+            }
+            return Err(e.into());
+        }
+        self.journal = next;
         self.host.log.debug(format!(
             "txn {}: step {step} ({} ms in)",
             self.journal.txn,
@@ -604,7 +388,7 @@ impl<'h, 'a> Txn<'h, 'a> {
     }
 
     fn outcome(&self, result: AttemptResult, exit: Exit, message: impl Into<String>) -> Outcome {
-        let mut o = Outcome::new(&self.journal.op, result, exit, message);
+        let mut o = Outcome::new(self.journal.op.name(), result, exit, message);
         o.from_version = self.journal.from_version.clone();
         o.version = self.journal.version.clone();
         o.release_id = self.journal.release_id;
@@ -617,7 +401,7 @@ impl<'h, 'a> Txn<'h, 'a> {
 
     fn attempt(&self, result: AttemptResult, message: &str, at: Timestamp) -> Attempt {
         Attempt {
-            op: self.journal.op.clone(),
+            op: self.journal.op.name().to_string(),
             at,
             result,
             from_version: self.journal.from_version.clone(),
@@ -658,6 +442,15 @@ impl<'h, 'a> Txn<'h, 'a> {
         let mut o = self.outcome(result, exit, message);
         o.failure = failure;
         Ok(o)
+    }
+
+    /// Ends a transaction whose current step failed: the step's undo
+    /// ([`Step::undo`], the same one `recover` runs after a crash in it),
+    /// then the failure is recorded and the journal removed. If the undo
+    /// itself fails, the journal stays and the next run recovers.
+    fn abort(self, failure: Failure) -> Result<Outcome, TxnError> {
+        undo_step(self.host, &self.journal)?;
+        self.fail(failure)
     }
 
     fn fail(self, failure: Failure) -> Result<Outcome, TxnError> {
@@ -751,31 +544,6 @@ fn report_with_current(host: &Host, state: &HostState, attempt: &Attempt) {
     }
 }
 
-/// Removes a release directory unless `current`, `previous` or the pending
-/// update point at it.
-fn discard_release_dir(host: &Host, dir: &Path) {
-    let links = switch::read_links(&host.layout).unwrap_or_default();
-    let pinned = [links.current, links.previous]
-        .into_iter()
-        .flatten()
-        .map(|t| switch::resolve_target(&host.layout, &t))
-        .any(|t| t == dir);
-    let pending = HostState::load(&host.layout)
-        .ok()
-        .and_then(|s| s.pending)
-        .is_some_and(|p| p.dir == dir);
-    if pinned || pending {
-        return;
-    }
-    match durable::remove_tree(dir) {
-        Ok(()) => host.log.debug(format!("removed {}", dir.display())),
-        Err(e) => host.log.warn(format!(
-            "cannot remove {}: {e}; `slipway gc` retries",
-            dir.display()
-        )),
-    }
-}
-
 /// Installs the release `candidate` names (`slipway install`, `slipway
 /// update`): SPEC §4 steps 2 and 4–15.
 pub fn install(
@@ -788,7 +556,7 @@ pub fn install(
     } else {
         Step::Verify
     };
-    let mut t = match Txn::begin(host, &opts.op, opts.auto, first) {
+    let mut t = match Txn::begin(host, opts.op, opts.auto, first) {
         Ok(t) => t,
         Err(o) => return Ok(*o),
     };
@@ -1010,8 +778,7 @@ fn eligibility(
     manifest: &Manifest,
     opts: &InstallOptions,
 ) -> Result<(), Ineligible> {
-    let persistence_bytes = tree_bytes(host.persistence());
-    let needed = manifest.total_size().saturating_add(persistence_bytes);
+    let needed = room_needed(manifest, host.persistence());
     let running = if opts.force {
         None
     } else {
@@ -1061,12 +828,14 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
             .map_or(Path::new("/nonexistent"), |d| d.path()),
     );
     let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
+    let logs = hook_log_dir(host, &t.journal.txn);
     match hooks::run_checks(
         &target.dir,
         release_check,
         &host.config.hooks.check,
         &env,
         timeout,
+        Some(&logs),
     ) {
         Ok(outputs) => {
             for o in outputs {
@@ -1131,7 +900,7 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
             "no update is pending; nothing to apply",
         ));
     };
-    let mut t = match Txn::begin(host, "apply", false, Step::Verify) {
+    let mut t = match Txn::begin(host, Operation::Apply, false, Step::Verify) {
         Ok(t) => t,
         Err(o) => return Ok(*o),
     };
@@ -1181,7 +950,7 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
         );
     }
     let opts = InstallOptions {
-        op: "apply".into(),
+        op: Operation::Apply,
         ..InstallOptions::default()
     };
     if let Err(ineligible) = eligibility(host, &t, &state, &installed.manifest, &opts) {
@@ -1222,7 +991,7 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
         ));
         return Ok(o);
     };
-    let mut t = match Txn::begin(host, "rollback", false, Step::Verify) {
+    let mut t = match Txn::begin(host, Operation::Rollback, false, Step::Verify) {
         Ok(t) => t,
         Err(o) => return Ok(*o),
     };
@@ -1298,8 +1067,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         log.info("asking the app to save");
         let timeout = Duration::from_secs(cfg.service.save_timeout_seconds);
         if let Err(e) = snapshot::request_save(&cfg.service, &cwd, timeout) {
-            t.discard_staged();
-            return t.fail(Failure::new(
+            return t.abort(Failure::new(
                 "the app did not save before the update",
                 e,
                 "the service was not touched; check that it runs and that service.save / save_url work",
@@ -1322,8 +1090,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     ) {
         Ok(s) => s,
         Err(e) => {
-            t.discard_staged();
-            return t.fail(Failure::new(
+            return t.abort(Failure::new(
                 "cannot snapshot the persistence",
                 e,
                 "the service was not touched; check free space in the install root",
@@ -1343,8 +1110,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     let quiesce_method = match QuiesceMethod::from_config(&cfg.service) {
         Ok(m) => m,
         Err(e) => {
-            t.discard_staged();
-            return t.fail(Failure::new(
+            return t.abort(Failure::new(
                 "the quiesce configuration is invalid",
                 e,
                 "fix [service] quiesce_* in the configuration",
@@ -1361,13 +1127,13 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                     ack.duration_ms, ack.method, ack.target
                 ));
                 t.journal.quiesced = true;
-                refresh_snapshot(&mut t)?;
+                if let Some(failure) = refresh_snapshot(&mut t)? {
+                    return t.abort(failure);
+                }
             }
             Err(e) => {
-                // It may have half-paused: resume it either way.
-                resume_app(host, &cwd);
-                t.discard_staged();
-                return t.fail(Failure::new(
+                // It may have half-paused: the undo resumes it either way.
+                return t.abort(Failure::new(
                     "the app did not acknowledge the quiesce",
                     e,
                     "the service was not restarted and was asked to resume; check the app and service.quiesce_*",
@@ -1406,9 +1172,9 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 .map_or(Path::new("/nonexistent"), |d| d.path()),
         );
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
-        if let Err(e) = hooks::run_command(&argv, &target.dir, &env, timeout) {
-            undo_before_switch(&t, &cwd);
-            if let (Some(id), "install" | "update" | "apply") = (target.id, t.journal.op.as_str()) {
+        let log = hook_log_dir(host, &t.journal.txn).join("migrate.log");
+        if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, Some(&log)) {
+            if let (Some(id), true) = (target.id, t.journal.op.installs_new_release()) {
                 let mut state = HostState::load_at(&host.layout, host.clock.now())?;
                 state.mark_bad(
                     id,
@@ -1418,8 +1184,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 );
                 state.save(&host.layout)?;
             }
-            t.discard_staged();
-            return t.fail(Failure::new(
+            return t.abort(Failure::new(
                 format!("the migrate hook of {name} failed"),
                 e,
                 "the data was restored from the snapshot and the app resumed; fix the migration (the release is on the bad list)",
@@ -1440,13 +1205,9 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
             ));
         }
         Err(e) => {
-            let _ = switch::restore_links(
-                &host.layout,
-                t.journal.old_release.as_deref(),
-                t.journal.old_previous.as_deref(),
-            );
-            undo_before_switch(&t, &cwd);
-            return t.fail(Failure::new(
+            // The undo of Switch is the flip back: links back, data back if
+            // it changed, the old release restarted (unpaused) and gated.
+            return t.abort(Failure::new(
                 "cannot switch to the new release",
                 e,
                 "the old release is still current; check the install root's permissions and free space",
@@ -1483,98 +1244,55 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
 /// After the quiesce acknowledged: if the app wrote since the snapshot (it
 /// saves when it pauses), snapshot again, so that a flip back restores the
 /// data exactly as the app left it when it paused and loses nothing.
-fn refresh_snapshot(t: &mut Txn) -> Result<(), TxnError> {
+///
+/// `Some(failure)` when that cannot be done (the disk is full, the data
+/// cannot be read): the caller aborts, which resumes the app. Going on would
+/// leave a flip back only the earlier snapshot, without what the app saved
+/// when it paused. The failed copy has already removed its `.partial`.
+fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
     let host = t.host;
     let Some(old) = t.journal.snapshot.clone() else {
-        return Ok(());
+        return Ok(None);
     };
+    let hint = "the app was resumed and nothing was changed; free space in the install root \
+                (`slipway gc` removes old releases and snapshots) or fix the cause above, \
+                then run the update again";
     let digest = match snapshot::tree_digest(host.persistence()) {
         Ok(d) => d,
         Err(e) => {
-            host.log.warn(format!(
-                "cannot digest the persistence after the quiesce: {e}"
-            ));
-            return Ok(());
+            return Ok(Some(Failure::new(
+                "cannot read the paused data to snapshot it again",
+                e,
+                hint,
+            )))
         }
     };
     if digest == old.digest {
-        return Ok(());
+        return Ok(None);
     }
     let stamp = format!("{}-paused", t.journal.txn);
-    match snapshot::take_snapshot(host.persistence(), &host.layout.backups_dir(), &stamp) {
-        Ok(fresh) => {
-            t.journal.snapshot = Some(fresh);
-            // The journal must name the new snapshot before the old one goes.
-            let step = t.journal.step;
-            t.enter(step)?;
-            if let Err(e) = durable::remove_tree(&old.dir) {
-                host.log
-                    .warn(format!("cannot remove {}: {e}", old.dir.display()));
+    let fresh =
+        match snapshot::take_snapshot(host.persistence(), &host.layout.backups_dir(), &stamp) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                return Ok(Some(Failure::new(
+                    "cannot snapshot the paused data",
+                    e,
+                    hint,
+                )))
             }
-            host.log
-                .debug("data changed while quiescing: snapshot taken again");
-        }
-        Err(e) => host.log.warn(format!(
-            "cannot snapshot the paused data again ({e}); a flip back restores the earlier snapshot"
-        )),
+        };
+    t.journal.snapshot = Some(fresh);
+    // The journal must name the new snapshot before the old one goes.
+    let step = t.journal.step;
+    t.enter(step)?;
+    if let Err(e) = durable::remove_tree(&old.dir) {
+        host.log
+            .warn(format!("cannot remove {}: {e}", old.dir.display()));
     }
-    Ok(())
-}
-
-/// Best-effort resume of a paused app (`resume` configured, else nothing).
-fn resume_app(host: &Host, cwd: &Path) {
-    let method = match ResumeMethod::from_config(&host.config.service) {
-        Ok(m) => m,
-        Err(e) => {
-            host.log.warn(format!("cannot resume the app: {e}"));
-            return;
-        }
-    };
-    if method == ResumeMethod::None {
-        return;
-    }
-    let timeout = Duration::from_secs(host.config.service.quiesce_timeout_seconds);
-    match quiesce::resume_in(&method, &host.service, timeout, cwd) {
-        Ok(()) => host
-            .log
-            .info(format!("resumed the app ({})", method.describe())),
-        Err(e) => host.log.warn(format!(
-            "cannot resume the app: {e}; restart the service to unpause it"
-        )),
-    }
-}
-
-/// Restores the snapshot when the data no longer matches it.
-fn restore_if_changed(host: &Host, snap: Option<&Snapshot>) -> Result<bool, String> {
-    let Some(snap) = snap else {
-        return Ok(false);
-    };
-    let digest = snapshot::tree_digest(host.persistence()).map_err(|e| e.to_string())?;
-    if digest == snap.digest {
-        return Ok(false);
-    }
-    host.log.info(format!(
-        "restoring the persistence from {}",
-        snap.dir.display()
-    ));
-    snapshot::restore_snapshot(snap, host.persistence()).map_err(|e| e.to_string())?;
-    Ok(true)
-}
-
-/// A failure after the quiesce and before the restart: the old release is
-/// still current and still running, paused. Put the data back if it
-/// changed, then resume it.
-fn undo_before_switch(t: &Txn, cwd: &Path) {
-    let host = t.host;
-    if let Err(e) = restore_if_changed(host, t.journal.snapshot.as_ref()) {
-        host.log.warn(format!(
-            "cannot restore the persistence snapshot: {e}; restore it by hand before resuming the app"
-        ));
-        return;
-    }
-    if t.journal.quiesced {
-        resume_app(host, cwd);
-    }
+    host.log
+        .debug("data changed while quiescing: snapshot taken again");
+    Ok(None)
 }
 
 /// Step 13, success: the new release is healthy.
@@ -1623,7 +1341,7 @@ fn finish_commit(host: &Host, j: &Journal) -> Result<(), TxnError> {
         // operator trusts this release again.
         state.clear_bad(&id);
     }
-    if j.op == "rollback" {
+    if j.op == Operation::Rollback {
         if let Some(old) = &j.old_release {
             let old_dir = switch::resolve_target(&host.layout, old);
             if let Ok(inst) = read_installed(&host.layout, &old_dir) {
@@ -1656,7 +1374,7 @@ fn report_decision(host: &Host, j: &Journal, duration_ms: u64) -> Result<(), Txn
         return Ok(());
     };
     let attempt = Attempt {
-        op: j.op.clone(),
+        op: j.op.name().to_string(),
         at: decision.at,
         result: decision.result,
         from_version: j.from_version.clone(),
@@ -1712,7 +1430,7 @@ fn flip_back(mut t: Txn, target: &Target, reason: String) -> Result<Outcome, Txn
     t.enter(Step::FlipBack)?;
     let result = flip_back_actions(host, &t.journal)?;
     t.flip_back_latency = result.latency;
-    let rolled_back_op = t.journal.op != "rollback";
+    let rolled_back_op = t.journal.op.installs_new_release();
     let old = t
         .journal
         .from_version
@@ -1777,294 +1495,4 @@ fn flip_back(mut t: Txn, target: &Target, reason: String) -> Result<Outcome, Txn
         },
     ));
     Ok(o)
-}
-
-/// What a flip back did.
-struct FlippedBack {
-    latency: Option<Duration>,
-    /// Why the old release is not healthy either, when it is not.
-    old_unhealthy: Option<String>,
-}
-
-/// Puts the old release back: stop the failing one (or, when the backend
-/// cannot stop it, quiesce it, so that it stops writing), restore both
-/// links, restore the snapshot when the data changed, start the old release
-/// and health-gate it. Idempotent, for `recover`.
-fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack, TxnError> {
-    let log = host.log;
-    let cwd = app_cwd(&host.layout, switch::current_dir(&host.layout)?.as_deref());
-    let stopped = match host.service.stop() {
-        Ok(s) => s,
-        Err(e) => {
-            log.warn(format!("cannot stop {}: {e}", host.service.describe()));
-            false
-        }
-    };
-    if !stopped {
-        // A command backend cannot stop the service: pause the failing app
-        // so that it does not write over the restored data on its way out.
-        if let Ok(method) = QuiesceMethod::from_config(&host.config.service) {
-            let running = host.service.status().is_ok_and(|s| s.is_running());
-            if method != QuiesceMethod::None && running {
-                let timeout =
-                    Duration::from_secs(host.config.service.quiesce_timeout_seconds.min(10));
-                if let Err(e) = quiesce::quiesce_in(&method, &host.service, timeout, &cwd) {
-                    log.debug(format!("the failing release did not quiesce: {e}"));
-                }
-            }
-        }
-    }
-    let timing = switch::restore_links(
-        &host.layout,
-        j.old_release.as_deref(),
-        j.old_previous.as_deref(),
-    )?;
-    log.info(format!(
-        "flipped current back to {} in {} µs (rename; the directory fsync took {} µs more)",
-        j.old_release
-            .as_ref()
-            .map_or_else(|| "(nothing)".to_string(), |p| p.display().to_string()),
-        us(timing.current_swap),
-        us(timing.fsync)
-    ));
-    if let Err(e) = restore_if_changed(host, j.snapshot.as_ref()) {
-        return Err(TxnError::host(
-            "cannot restore the persistence snapshot after the flip back",
-            e,
-            format!(
-                "restore {} into {} by hand, then start the service; `slipway recover` retries",
-                j.snapshot.as_ref().map_or_else(
-                    || "the snapshot".to_string(),
-                    |s| s.dir.display().to_string()
-                ),
-                host.persistence().display()
-            ),
-        ));
-    }
-    let mut old_unhealthy = None;
-    if j.old_release.is_some() {
-        let started = if stopped {
-            host.service.start()
-        } else {
-            host.service.restart()
-        };
-        match started {
-            Err(e) => old_unhealthy = Some(format!("restart failed: {e}")),
-            Ok(()) => {
-                let baseline = host.service.status().ok().map(|s| s.restarts);
-                let policy = HealthPolicy::from_config(
-                    &host.config.service,
-                    j.from_version.as_ref().map(|v| v.to_string()),
-                );
-                match health_gate(&host.service, baseline, &policy) {
-                    Ok(_) => log.info("the old release is healthy again"),
-                    Err(e) => old_unhealthy = Some(e.to_string()),
-                }
-            }
-        }
-    } else {
-        log.warn("there was no release before this one: nothing to start");
-        if !stopped {
-            // The backend cannot stop the failing release: its restart
-            // command, with no `current` to start, at least ends it.
-            if let Err(e) = host.service.restart() {
-                log.debug(format!("restart without a release: {e}"));
-            }
-        }
-    }
-    Ok(FlippedBack {
-        latency: Some(timing.current_swap),
-        old_unhealthy,
-    })
-}
-
-// ---------------------------------------------------------------------------
-// Dry run and check (nothing under the root changes)
-// ---------------------------------------------------------------------------
-
-/// What `install --dry-run` and `check` found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Preview {
-    pub app: String,
-    pub version: Version,
-    pub release_id: ReleaseId,
-    pub size: u64,
-    pub signer: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub running_version: Option<Version>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_schema: Option<u32>,
-    pub schema_version: u32,
-    pub migrates: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<ManifestDiff>,
-    /// Why it would be refused (upgrade rules, bad list), if it would.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
-    /// The eligibility rule that would skip it, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ineligible: Option<String>,
-    /// Whether the checks ran (dry run) and passed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checks_passed: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checks_error: Option<String>,
-}
-
-/// Verifies the candidate and compares it with the running release; with
-/// `stage_and_check`, also unpacks it into a throwaway directory outside the
-/// root and runs the checks there. Writes nothing under the root.
-pub fn preview(
-    host: &Host,
-    candidate: &Candidate,
-    opts: &InstallOptions,
-    stage_and_check: bool,
-) -> Result<Preview, Failure> {
-    // An HTTP release is fetched into a throwaway directory: a read-only
-    // command never writes into downloads/ (it holds no lock).
-    let mut _scratch = None;
-    let fetched;
-    let candidate = match &candidate.remote {
-        None => candidate,
-        Some(remote) => {
-            let tmp = tempfile::Builder::new()
-                .prefix("slipway-fetch-")
-                .tempdir()
-                .map_err(|e| {
-                    Failure::new("cannot create a temporary directory", e, "check $TMPDIR")
-                })?;
-            fetched = candidate.fetched_into(tmp.path());
-            _scratch = Some(tmp);
-            let client = HttpClient::from_config(
-                &host.config.update,
-                host.log.verbosity >= Verbosity::Normal,
-            )
-            .map_err(|e| {
-                Failure::new(
-                    "cannot set up the HTTP client",
-                    e,
-                    "fix update.token_file in the configuration",
-                )
-            })?;
-            host.log.info(format!("downloading {}", remote.url));
-            fetch::fetch_release(&client, remote, &fetched.archive, &fetched.signature).map_err(
-                |e| {
-                    Failure::new(
-                        format!("cannot download release {}", remote.url),
-                        e,
-                        "nothing was changed",
-                    )
-                },
-            )?;
-            &fetched
-        }
-    };
-    let mut verified: VerifiedArchive = verify::verify_archive(
-        &candidate.archive,
-        &candidate.signature,
-        &candidate.keys,
-        &candidate.expect,
-    )
-    .map_err(|e| {
-        Failure::new(
-            format!("release {} refused", candidate.archive.display()),
-            e,
-            "check the source and the trusted keys",
-        )
-    })?;
-    let running = running_release(&host.layout)?;
-    let schema = data_schema(host.persistence(), running.as_ref().map(|r| &r.manifest))?;
-    let state = HostState::load_at(&host.layout, host.clock.now())
-        .map_err(|e| Failure::new("cannot read the host state", e, "see the message above"))?;
-    let mut refused = verify::check_upgrade(
-        &verified.manifest,
-        running.as_ref().map(|r| &r.manifest),
-        schema,
-        opts.allow_downgrade,
-    )
-    .err()
-    .map(|e| e.to_string());
-    if !opts.force {
-        if let Some(bad) = state.bad(&verified.id) {
-            refused.get_or_insert_with(|| {
-                format!("on this host's bad list since {} ({})", bad.at, bad.reason)
-            });
-        }
-    }
-    let needed = verified
-        .manifest
-        .total_size()
-        .saturating_add(tree_bytes(host.persistence()));
-    let ineligible = check_eligibility(&EligibilityInput {
-        config: host.config,
-        layout: &host.layout,
-        state: &state,
-        running: if opts.force {
-            None
-        } else {
-            running.as_ref().map(|r| (r.dir.as_path(), &r.manifest))
-        },
-        needed_bytes: needed,
-        auto: opts.auto,
-        now: host.clock.now(),
-    })
-    .err()
-    .map(|i| format!("{} ({})", i.reason, i.rule));
-    let diff = running
-        .as_ref()
-        .map(|r| diff_manifests(&r.manifest, &verified.manifest));
-    let migrates = schema.is_some_and(|s| verified.manifest.schema_version > s);
-    let (mut checks_passed, mut checks_error) = (None, None);
-    if stage_and_check {
-        let tmp = tempfile::Builder::new()
-            .prefix("slipway-dry-run-")
-            .tempdir()
-            .map_err(|e| Failure::new("cannot create a temporary directory", e, "check $TMPDIR"))?;
-        let releases = tmp.path().join("releases");
-        std::fs::create_dir(&releases)
-            .map_err(|e| Failure::new("cannot create a temporary directory", e, "check $TMPDIR"))?;
-        let dir = stage::stage_release(&mut verified, &releases).map_err(|e| {
-            Failure::new(
-                "the release was refused while unpacking (dry run)",
-                e,
-                "the archive is damaged or hostile",
-            )
-        })?;
-        let pycache = tmp.path().join("pycache");
-        let env = hook_env(&dir, &verified.manifest, host.persistence(), None, &pycache);
-        let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
-        match hooks::run_checks(
-            &dir,
-            verified.manifest.hooks.check.as_deref(),
-            &host.config.hooks.check,
-            &env,
-            timeout,
-        ) {
-            Ok(_) => checks_passed = Some(true),
-            Err(e) => {
-                checks_passed = Some(false);
-                checks_error = Some(e.to_string());
-            }
-        }
-        if let Err(e) = durable::remove_tree(tmp.path()) {
-            host.log
-                .warn(format!("cannot remove {}: {e}", tmp.path().display()));
-        }
-    }
-    Ok(Preview {
-        app: verified.manifest.app.clone(),
-        version: verified.manifest.version.clone(),
-        release_id: verified.id,
-        size: verified.size,
-        signer: verified.signer.to_string(),
-        running_version: running.map(|r| r.manifest.version),
-        data_schema: schema,
-        schema_version: verified.manifest.schema_version,
-        migrates,
-        diff,
-        refused,
-        ineligible,
-        checks_passed,
-        checks_error,
-    })
 }

@@ -1,0 +1,385 @@
+//! Running a parsed command line: the configuration, the transaction lock
+//! and recovery first for mutating commands, printing outcomes, and the
+//! mapping of every ending to the documented exit code.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use slipway_formats::state::AttemptResult;
+
+use crate::config::{Config, ConfigError};
+use crate::lock::{LockError, TransactionLock};
+use crate::source::Source;
+use crate::state::{HostState, SystemClock};
+use crate::transaction::{self, Failure, Host, InstallOptions, Log, Outcome, TxnError, Verbosity};
+use crate::Exit;
+
+use super::args::{Cli, Command, LockArgs, WAIT_FOR_LOCK};
+use super::discover::{auto_precheck, configured_source, open_bundle_tar, source_error};
+use super::install::{dry_run_cmd, install_from, install_interactive};
+use super::units::units;
+use super::views::{check, gc_cmd, history, print_switch_result, status, verify_cmd};
+
+/// An error that ends the command, with its exit code.
+#[derive(Debug)]
+pub struct CommandError {
+    pub exit: Exit,
+    pub failure: Failure,
+}
+
+impl CommandError {
+    pub(super) fn new(
+        exit: Exit,
+        what: impl Into<String>,
+        why: impl ToString,
+        hint: impl Into<String>,
+    ) -> Self {
+        CommandError {
+            exit,
+            failure: Failure::new(what, why, hint),
+        }
+    }
+}
+
+impl From<TxnError> for CommandError {
+    fn from(e: TxnError) -> Self {
+        let hint = e.hint();
+        CommandError::new(Exit::Failed, "the transaction stopped", e, hint)
+    }
+}
+
+/// Prints `slipway: error: <what>: <why>` and the hint to stderr.
+pub fn print_failure(f: &Failure) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "slipway: error: {}: {}", f.what, f.why);
+    if !f.hint.is_empty() {
+        let _ = writeln!(err, "  hint: {}", f.hint);
+    }
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let log = Log {
+        verbosity: if cli.quiet {
+            Verbosity::Quiet
+        } else if cli.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        },
+    };
+    match dispatch(&cli, log) {
+        Ok(exit) => exit as i32,
+        Err(e) => {
+            print_failure(&e.failure);
+            e.exit as i32
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
+    match &cli.command {
+        Command::DebugFeatures => {
+            slipway_fs::outln!(
+                "fault-injection={}",
+                if crate::fault::ENABLED { "on" } else { "off" }
+            );
+            return Ok(Exit::Done);
+        }
+        Command::Units { write } => {
+            let config = load_config(cli)?;
+            return units(&config, write.as_deref());
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "slipway", &mut std::io::stdout());
+            return Ok(Exit::Done);
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let pages = crate::term::write_man_pages(cmd, out).map_err(|e| {
+                CommandError::new(
+                    Exit::Failed,
+                    format!("cannot write the man pages into {}", out.display()),
+                    e,
+                    "check that the directory is writable",
+                )
+            })?;
+            for p in pages {
+                slipway_fs::outln!("wrote {}", p.display());
+            }
+            return Ok(Exit::Done);
+        }
+        _ => {}
+    }
+    let config = load_config(cli)?;
+    let clock = SystemClock;
+    let host = Host::new(&config, &clock, log);
+    match &cli.command {
+        Command::Install {
+            source,
+            dry_run,
+            allow_downgrade,
+            force,
+            allow_expired,
+            interactive,
+            lock,
+            json,
+        } => {
+            let src = Source::parse(source).map_err(|e| source_error(e, Exit::Usage))?;
+            let opts = InstallOptions {
+                op: crate::journal::Operation::Install,
+                auto: false,
+                force: *force,
+                allow_downgrade: *allow_downgrade,
+            };
+            if *dry_run {
+                // A bundle tar is unpacked outside the root: nothing there changes.
+                let (src, _scratch) = open_bundle_tar(src, &std::env::temp_dir())?;
+                return dry_run_cmd(&host, &src, &opts, *allow_expired, *json);
+            }
+            let _lock = lock_and_recover(&host, *lock)?;
+            let (src, _scratch) = open_bundle_tar(src, &host.layout.downloads_dir())?;
+            if *interactive {
+                return install_interactive(&host, &src, &opts, *allow_expired, *json);
+            }
+            install_from(&host, &src, &opts, *allow_expired, *json)
+        }
+        Command::Update {
+            dry_run,
+            auto,
+            force,
+            allow_expired,
+            interactive,
+            lock,
+            json,
+        } => {
+            let src = configured_source(&config)?;
+            let opts = InstallOptions {
+                op: crate::journal::Operation::Update,
+                auto: *auto,
+                force: *force,
+                allow_downgrade: false,
+            };
+            if *dry_run {
+                return dry_run_cmd(&host, &src, &opts, *allow_expired, *json);
+            }
+            let _lock = lock_and_recover(&host, *lock)?;
+            if *auto {
+                if let Some(o) = auto_precheck(&host)? {
+                    return Ok(emit(&o, *json));
+                }
+            }
+            if *interactive {
+                return install_interactive(&host, &src, &opts, *allow_expired, *json);
+            }
+            install_from(&host, &src, &opts, *allow_expired, *json)
+        }
+        Command::Check {
+            json,
+            allow_expired,
+        } => check(&host, *allow_expired, *json),
+        Command::Apply { lock, json } => {
+            let _lock = lock_and_recover(&host, *lock)?;
+            let o = transaction::apply(&host)?;
+            Ok(emit(&o, *json))
+        }
+        Command::Rollback { lock, json } => {
+            let _lock = lock_and_recover(&host, *lock)?;
+            let o = transaction::rollback(&host)?;
+            Ok(emit(&o, *json))
+        }
+        Command::Status { json } => status(&host, *json),
+        Command::History { json, limit } => history(&host, *json, *limit),
+        Command::Verify { json } => verify_cmd(&host, *json),
+        Command::Recover { lock, json } => {
+            let _lock = take_lock(&host, *lock)?;
+            match transaction::recover(&host)? {
+                Some(mut o) => {
+                    // The recovery itself succeeded: the host is consistent
+                    // again. Only a release that is not healthy afterwards
+                    // makes `recover` fail.
+                    o.exit = if o.critical { Exit::Failed } else { Exit::Done };
+                    o.exit_code = o.exit as i32;
+                    Ok(emit(&o, *json))
+                }
+                None => {
+                    let o = Outcome::simple(
+                        "recover",
+                        AttemptResult::UpToDate,
+                        Exit::Done,
+                        "no interrupted transaction; nothing to recover",
+                    );
+                    Ok(emit(&o, *json))
+                }
+            }
+        }
+        Command::Gc { lock, json } => {
+            let _lock = lock_and_recover(&host, *lock)?;
+            gc_cmd(&host, *json)
+        }
+        Command::Enable { lock, json } => {
+            let _lock = lock_and_recover(&host, *lock)?;
+            let mut state = load_state(&host)?;
+            state.enable();
+            state.save(&host.layout).map_err(TxnError::from)?;
+            let message = if config.update.enabled {
+                "auto-update enabled".to_string()
+            } else {
+                format!(
+                    "auto-update re-armed, but [update] enabled = false in {} (or BOT_AUTO_UPDATE=0) still keeps it off",
+                    config.file.display()
+                )
+            };
+            print_switch_result(*json, config.update.enabled, &message);
+            Ok(Exit::Done)
+        }
+        Command::Disable { reason, lock, json } => {
+            let _lock = lock_and_recover(&host, *lock)?;
+            let mut state = load_state(&host)?;
+            let reason = reason
+                .clone()
+                .unwrap_or_else(|| "disabled with `slipway disable`".to_string());
+            state.disable(reason.clone(), host.clock.now());
+            state.save(&host.layout).map_err(TxnError::from)?;
+            print_switch_result(
+                *json,
+                false,
+                &format!("auto-update disabled: {reason}; `slipway enable` turns it back on"),
+            );
+            Ok(Exit::Done)
+        }
+        Command::Units { .. }
+        | Command::DebugFeatures
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(Exit::Done),
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, CommandError> {
+    let usage = |e: ConfigError| {
+        let hint = match &e {
+            ConfigError::NotFound(_) => {
+                "create /etc/slipway/update.toml (see docs/configuration.md) or pass --config FILE"
+            }
+            ConfigError::Read { .. } => "check the path and its permissions",
+            ConfigError::Invalid { .. } => {
+                "fix the key named above (see docs/configuration.md for every key)"
+            }
+            ConfigError::Env { .. } => {
+                "fix or unset the environment variable named above (docs/configuration.md lists them)"
+            }
+        };
+        CommandError::new(Exit::Usage, "bad configuration", e, hint)
+    };
+    let path = Config::locate(cli.config.as_deref()).map_err(usage)?;
+    // Absolute, so every path resolved against it is absolute too: hooks
+    // run in the release directory and must get absolute paths.
+    let path = std::path::absolute(&path).unwrap_or(path);
+    Config::load(&path).map_err(usage)
+}
+
+fn take_lock(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandError> {
+    // Checked before anything is created (create_dir_all follows links),
+    // and again after.
+    let unsafe_dir = |e: crate::layout::UnsafeDir| {
+        CommandError::new(
+            Exit::Usage,
+            "unsafe install root",
+            e.to_string(),
+            "nothing was changed; fix the directory as said, then run the command again",
+        )
+    };
+    host.layout.check_safe().map_err(unsafe_dir)?;
+    for dir in host.layout.dirs() {
+        crate::durable::create_dirs(&dir).map_err(|e| {
+            CommandError::new(
+                Exit::Failed,
+                format!("cannot create {}", dir.display()),
+                e,
+                "check that slipway runs as the owner of paths.root",
+            )
+        })?;
+    }
+    host.layout.check_safe().map_err(unsafe_dir)?;
+    let wait = if args.wait {
+        WAIT_FOR_LOCK
+    } else {
+        Duration::from_secs(host.config.update.lock_wait_seconds)
+    };
+    TransactionLock::acquire(&host.layout.lock_file(), wait).map_err(|e| match &e {
+        LockError::Held { holder, .. } => CommandError::new(
+            Exit::Locked,
+            format!("locked by pid {holder}"),
+            e.to_string(),
+            "another slipway run is in progress; wait for it or pass --wait",
+        ),
+        LockError::Io { .. } => CommandError::new(
+            Exit::Failed,
+            "cannot take the transaction lock",
+            e,
+            "check the permissions of the state directory",
+        ),
+    })
+}
+
+/// Makes SIGTERM (`systemctl stop`, a shutdown) end the run with exit 143
+/// instead of a death by the signal. The journal is consistent at every
+/// instant, so ending here is as safe as a SIGKILL; but systemd counts a
+/// death by SIGTERM as a clean stop, and a non-zero exit as a failure, which
+/// starts `slipway-recover.service` (`OnFailure=`) at once instead of at the
+/// next boot. Outside systemd the next command recovers, as after any kill.
+fn exit_at_sigterm(host: &Host) {
+    let log = host.log;
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    log.warn("stopped by SIGTERM; the journal stays and `slipway recover` finishes or undoes the transaction");
+                    std::process::exit(143);
+                }
+            });
+        }
+        Err(e) => log.debug(format!("cannot watch for SIGTERM: {e}")),
+    }
+}
+
+/// The lock, then recovery of anything a killed run left.
+fn lock_and_recover(host: &Host, args: LockArgs) -> Result<TransactionLock, CommandError> {
+    let lock = take_lock(host, args)?;
+    exit_at_sigterm(host);
+    if let Some(o) = transaction::recover(host)? {
+        host.log.warn(format!(
+            "an interrupted transaction was recovered first: {}",
+            o.message
+        ));
+    }
+    Ok(lock)
+}
+
+pub(super) fn load_state(host: &Host) -> Result<HostState, CommandError> {
+    HostState::load_at(&host.layout, host.clock.now())
+        .map_err(|e| CommandError::from(TxnError::from(e)))
+}
+
+/// Prints an outcome (JSON or one line, plus the error lines) and returns
+/// its exit code.
+pub(super) fn emit(o: &Outcome, json: bool) -> Exit {
+    if json {
+        print_json(o);
+    } else if !o.message.is_empty() && o.failure.is_none() {
+        slipway_fs::outln!("{}", o.message);
+    }
+    if let Some(f) = &o.failure {
+        print_failure(f);
+    }
+    o.exit
+}
+
+pub(super) fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => slipway_fs::outln!("{s}"),
+        Err(e) => eprintln!("slipway: error: cannot print JSON: {e}"),
+    }
+}

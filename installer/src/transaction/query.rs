@@ -1,0 +1,162 @@
+//! Host queries: the releases installed under `releases/`, the one
+//! `current` names, and the data's schema.
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Installed releases: ids and install times (state/releases.json)
+// ---------------------------------------------------------------------------
+
+/// What slipway remembers of a staged release: the manifest has no id (the
+/// id is the archive's hash), so it is kept here, by directory name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRecord {
+    pub id: ReleaseId,
+    pub version: Version,
+    pub staged_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<Timestamp>,
+}
+
+/// `<root>/state/releases.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRecords {
+    pub releases: BTreeMap<String, ReleaseRecord>,
+}
+
+/// Where [`ReleaseRecords`] live.
+pub fn records_file(layout: &Layout) -> PathBuf {
+    layout.state_dir().join("releases.json")
+}
+
+impl ReleaseRecords {
+    /// Loads the records; a missing or unreadable file is an empty record
+    /// set (the ids are then unknown, which only costs detail in reports).
+    pub fn load(layout: &Layout) -> ReleaseRecords {
+        std::fs::read(records_file(layout))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The record of the release in `dir`.
+    pub fn get(&self, dir: &Path) -> Option<&ReleaseRecord> {
+        let name = dir.file_name()?.to_str()?;
+        self.releases.get(name)
+    }
+
+    pub(super) fn update(
+        layout: &Layout,
+        dir: &Path,
+        change: impl FnOnce(Option<ReleaseRecord>) -> Option<ReleaseRecord>,
+    ) -> Result<(), TxnError> {
+        let mut records = ReleaseRecords::load(layout);
+        let releases = layout.releases_dir();
+        records
+            .releases
+            .retain(|name, _| releases.join(name).is_dir());
+        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+            if let Some(r) = change(records.releases.remove(name)) {
+                records.releases.insert(name.to_string(), r);
+            }
+        }
+        let path = records_file(layout);
+        durable::write_json_atomic(&path, &records).map_err(|e| {
+            TxnError::host(
+                format!("cannot write {}", path.display()),
+                e,
+                "check free space and permissions of the state directory",
+            )
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The running release and the data
+// ---------------------------------------------------------------------------
+
+/// A release installed under `releases/`.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub id: Option<ReleaseId>,
+    pub installed_at: Option<Timestamp>,
+}
+
+/// Reads `<dir>/slipway/manifest.json` (capped) and the release's record.
+pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure> {
+    let path = dir.join(MANIFEST_PATH);
+    let bytes =
+        crate::source::read_capped(&path, MAX_MANIFEST_BYTES, "release manifest").map_err(|e| {
+            Failure::new(
+                format!("cannot read the installed release {}", dir.display()),
+                e,
+                "run `slipway verify`; reinstall the release with `slipway install --force`",
+            )
+        })?;
+    let manifest = Manifest::parse(&bytes).map_err(|e| {
+        Failure::new(
+            format!("the manifest {} is not valid", path.display()),
+            e,
+            "the release was modified on the host; reinstall it with `slipway install --force`",
+        )
+    })?;
+    let records = ReleaseRecords::load(layout);
+    let record = records.get(dir);
+    let installed_at = record.and_then(|r| r.installed_at).or_else(|| {
+        // The link's own mtime is when the switch made it.
+        std::fs::symlink_metadata(layout.current_link())
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| Timestamp::from_unix(d.as_secs() as i64))
+    });
+    Ok(Installed {
+        dir: dir.to_path_buf(),
+        manifest,
+        id: record.map(|r| r.id),
+        installed_at,
+    })
+}
+
+/// The release `current` points at, if any.
+pub fn running_release(layout: &Layout) -> Result<Option<Installed>, Failure> {
+    let dir = switch::current_dir(layout).map_err(|e| {
+        Failure::new(
+            "cannot read the current release",
+            e,
+            "check the install root",
+        )
+    })?;
+    match dir {
+        Some(dir) => read_installed(layout, &dir).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The data's schema version: `<persistence>/schema_version` (decimal text,
+/// written by the app and the migrate hook), else the running release's
+/// `schema_version`, else unknown (a fresh host: nothing to migrate).
+pub fn data_schema(persistence: &Path, running: Option<&Manifest>) -> Result<Option<u32>, Failure> {
+    let path = persistence.join("schema_version");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u32>().map(Some).map_err(|_| {
+            Failure::new(
+                format!("cannot read the data schema {}", path.display()),
+                format!("{:?} is not an integer", text.trim()),
+                "the file holds the schema version of the persisted data (e.g. 1); fix or restore it",
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok(running.map(|m| m.schema_version))
+        }
+        Err(e) => Err(Failure::new(
+            format!("cannot read the data schema {}", path.display()),
+            e,
+            "check the permissions of the persistence directory",
+        )),
+    }
+}
