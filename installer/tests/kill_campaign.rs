@@ -7,8 +7,9 @@
 //! The releases make the interesting steps long: v2 and v3 carry a migrate
 //! hook that takes about two seconds (wait, migrate, wait; one Python
 //! process for v2, a shell and its children for v3), and the restart
-//! command stops the bot, sleeps a second, then starts it, so kills land
-//! while the hook and the restart command run.
+//! command stops the bot (about two seconds: the bot saves on its way
+//! out), sleeps half a second with no bot running, then starts it, so
+//! kills land while the hook and the restart command run.
 //!
 //! It takes minutes, so `cargo test` skips it; `scripts/test` runs the
 //! short version and `bench/kill-campaign.sh` the long one:
@@ -63,7 +64,7 @@ impl CommandHost {
         let restart_marker = format!("kill-campaign-restart-{token}");
         let slow_restart = format!(
             "restart = [\"env\", \"ROOT={root}\", \"PERSIST={data}\", \"PORT={port}\", \"STOP_TIMEOUT=10\", \
-             \"sh\", \"-c\", \"\\\"$1\\\" stop && sleep 1 && exec \\\"$1\\\" start\", \"{restart_marker}\", \"{ctl}\"]",
+             \"sh\", \"-c\", \"\\\"$1\\\" stop && sleep 0.5 && exec \\\"$1\\\" start\", \"{restart_marker}\", \"{ctl}\"]",
             root = host.root().display(),
             data = host.data().display(),
             port = host.port,

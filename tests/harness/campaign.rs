@@ -72,8 +72,11 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(180);
 /// How long the service may take to settle after `recover` returned
 /// (a systemd restart in flight, a health answer on its way).
 const SETTLE: Duration = Duration::from_secs(4);
-/// How long after `recover` the data and the service are checked again.
-const LATE_CHECK: Duration = Duration::from_millis(1500);
+/// How long after `recover` the data and the service are checked again:
+/// longer than an orphaned migrate hook needs to reach its write (it waits
+/// one second first, and recover plus the first checks take a few hundred
+/// milliseconds more).
+const LATE_CHECK: Duration = Duration::from_millis(1200);
 
 /// A migrate hook of the example bot made slow (about two seconds: it
 /// waits a second, migrates, waits another), so that kills land before and
