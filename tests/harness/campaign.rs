@@ -778,7 +778,23 @@ impl Report {
             "by step at the kill", "held", "inconsistent"
         );
         for (step, (held, bad)) in by_step {
-            let _ = writeln!(s, "    {step:<32} {held:>5} {bad:>13}");
+            // What broke first, for the inconsistent ones of this step.
+            let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+            for k in self.kills.iter().filter(|k| k.step == step) {
+                if let Some(v) = k.violations.first() {
+                    *why.entry(v.invariant).or_default() += 1;
+                }
+            }
+            let why: Vec<String> = why.iter().map(|(w, n)| format!("{n}x {w}")).collect();
+            let _ = writeln!(
+                s,
+                "    {step:<32} {held:>5} {bad:>13}{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!("   ({})", why.join("; "))
+                }
+            );
         }
         table(
             &mut s,
