@@ -100,6 +100,10 @@ pub struct Flavor {
     pub before_migrate: Option<String>,
     /// `[schema] min_compatible` (default 1).
     pub min_compatible: Option<u32>,
+    /// The release's migrate hook, as a TOML array replacing the default
+    /// one (the kill campaign's slow hooks); not together with
+    /// `slow_migrate` or `late_migrate`.
+    pub migrate_hook: Option<String>,
 }
 
 /// A built release.
@@ -320,6 +324,11 @@ impl TestHost {
                 ),
             );
             assert!(toml.contains("exec python3"), "slipway.toml changed shape");
+        }
+        if let Some(hook) = &flavor.migrate_hook {
+            let default = "migrate = [\"python3\", \"app/bot/migrate.py\"]";
+            assert!(toml.contains(default), "slipway.toml changed shape");
+            toml = toml.replace(default, &format!("migrate = {hook}"));
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
         fs::write(
