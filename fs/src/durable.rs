@@ -46,6 +46,41 @@ fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
     parent_dir(path).join(format!(".{name}.{tag}.{}", std::process::id()))
 }
 
+/// Removes the temporary files an interrupted [`write_atomic`] or
+/// [`replace_symlink`] of another process left in `dir` (`.<name>.tmp.<pid>`
+/// and `.<name>.link.<pid>`); this process's own are kept. Only for a
+/// caller that holds the lock every writer of `dir` takes, so that no live
+/// writer's temporary file is taken. Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+    let own = std::process::id().to_string();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        let Some((rest, pid)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let temp = (rest.ends_with(".tmp") || rest.ends_with(".link"))
+            && !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit());
+        if temp && pid != own && entry.file_type().is_ok_and(|t| !t.is_dir()) {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        fsync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 /// Replaces `path` with `bytes` atomically and durably; a new file gets
 /// mode 0644 less the umask.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -173,6 +208,37 @@ pub fn remove_tree(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stale_temporary_files_of_other_processes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let own = format!(".journal.json.tmp.{}", std::process::id());
+        for name in [
+            ".journal.json.tmp.99999999",
+            ".current.link.4242",
+            own.as_str(),
+            "journal.json",
+            ".hidden",
+            ".x.tmp.notapid",
+        ] {
+            fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        assert_eq!(remove_stale_temps(dir.path()).expect("sweep"), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![
+            own,
+            "journal.json".into(),
+            ".hidden".into(),
+            ".x.tmp.notapid".into(),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+    }
+
     use super::*;
 
     #[test]

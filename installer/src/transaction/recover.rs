@@ -37,6 +37,21 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
             ledger.display()
         )),
     }
+    // The temporary files of atomic writes a killed run left (the journal's
+    // own among them): under the lock, none belongs to a live writer.
+    for dir in [
+        host.layout.root().to_path_buf(),
+        host.layout.state_dir(),
+        host.layout.children_dir(),
+        host.layout.index_cache_dir(),
+    ] {
+        if let Err(e) = durable::remove_stale_temps(&dir) {
+            log.warn(format!(
+                "cannot remove leftover temporary files in {}: {e}",
+                dir.display()
+            ));
+        }
+    }
     let Some(j) = journal::load(&host.layout)? else {
         return Ok(None);
     };
