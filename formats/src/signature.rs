@@ -39,6 +39,21 @@ impl fmt::Display for KeyId {
     }
 }
 
+impl KeyId {
+    /// Parses a key id as minisign displays it: 16 hex digits (either case).
+    pub fn parse(text: &str) -> Result<KeyId, String> {
+        let t = text.trim();
+        if t.len() != 16 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{text:?} is not a key id (16 hex digits, as `minisign` and slipway print them)"
+            ));
+        }
+        u64::from_str_radix(t, 16)
+            .map(|n| KeyId(n.to_le_bytes()))
+            .map_err(|e| format!("{text:?} is not a key id: {e}"))
+    }
+}
+
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyId({self})")
@@ -603,6 +618,24 @@ impl fmt::Display for TrustedComment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_ids_parse_as_they_are_displayed() {
+        let id = KeyId([1, 2, 3, 4, 5, 6, 7, 0xab]);
+        let shown = id.to_string();
+        assert_eq!(shown, "AB07060504030201");
+        assert_eq!(KeyId::parse(&shown), Ok(id));
+        assert_eq!(KeyId::parse(&shown.to_lowercase()), Ok(id));
+        for bad in [
+            "",
+            "AB0706050403020",
+            "AB070605040302011",
+            "+B07060504030201",
+            "XB07060504030201",
+        ] {
+            assert!(KeyId::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_signed_comment_must_be_exactly_the_expected_one() {
