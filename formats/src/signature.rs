@@ -233,8 +233,11 @@ impl SignatureFile {
         let sig_line = lines
             .next()
             .ok_or_else(|| SignatureError::Malformed("no signature line".into()))?;
+        // No trimming: whitespace in a base64 line is refused, as by the
+        // stock minisign CLI and `minisign-verify` (the differential test
+        // holds the two verifiers to the same verdict).
         let bin = base64::engine::general_purpose::STANDARD
-            .decode(sig_line.trim())
+            .decode(sig_line)
             .map_err(|_| SignatureError::Malformed("signature line is not base64".into()))?;
         if bin.len() != 74 {
             return Err(SignatureError::Malformed(format!(
@@ -269,8 +272,7 @@ impl SignatureFile {
             .decode(
                 lines
                     .next()
-                    .ok_or_else(|| SignatureError::Malformed("no global signature line".into()))?
-                    .trim(),
+                    .ok_or_else(|| SignatureError::Malformed("no global signature line".into()))?,
             )
             .map_err(|_| SignatureError::Malformed("global signature line is not base64".into()))?;
         let global_signature: [u8; 64] = global.try_into().map_err(|g: Vec<u8>| {
@@ -722,6 +724,31 @@ wLMDjy9FLAuxZ3q4NlEvkgtyhrr0gtTu6KC4KBJdITbbOeAi1zBIYo0v4iTgt8jJpIidRJnp94ABQkJA
             Err(SignatureError::Invalid { .. })
         ));
         assert!(sig.trusted_comment().starts_with("timestamp:1633700835"));
+    }
+
+    #[test]
+    fn whitespace_inside_a_base64_line_is_refused_as_minisign_does() {
+        // Found by the differential test against `minisign-verify`.
+        let keys = TrustedKeys::parse_all(&[PUB]).expect("key");
+        let lines: Vec<&str> = SIG.lines().collect();
+        for (line, edit) in [(1, "\t{}"), (1, "{} "), (3, " {}"), (3, "{}\t")] {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            l[line] = edit.replace("{}", lines[line]);
+            let text = l.join("\n") + "\n";
+            assert!(
+                matches!(
+                    SignatureFile::parse(&text),
+                    Err(SignatureError::Malformed(_))
+                ),
+                "{text:?}"
+            );
+        }
+        // CRLF line ends are still fine (both verifiers split lines the same).
+        let crlf = SIG.replace('\n', "\r\n");
+        SignatureFile::parse(&crlf)
+            .expect("crlf")
+            .verify_bytes(&keys, b"test")
+            .expect("valid");
     }
 
     #[test]
