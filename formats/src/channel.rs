@@ -197,6 +197,12 @@ pub struct ChannelIndex {
     pub channel: String,
     /// Grows by one with every publish or yank; a host refuses a lower one.
     pub version: u64,
+    /// When `slipway-pack` signed this index, by the publisher's clock: the
+    /// signed time a host's clock is checked against, and the only time
+    /// that moves a host's trust state (see `docs/trust.md`). Absent from
+    /// indexes signed before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Timestamp>,
     /// A host refuses the index after this instant.
     pub expires: Timestamp,
     /// Newest first.
@@ -212,6 +218,7 @@ impl ChannelIndex {
             app: app.to_string(),
             channel: channel.to_string(),
             version: 0,
+            published: None,
             expires,
             releases: Vec::new(),
         }
@@ -268,6 +275,17 @@ impl ChannelIndex {
             field: "channel",
             reason,
         })?;
+        if let Some(published) = self.published {
+            if published >= self.expires {
+                return Err(ChannelError::Field {
+                    field: "published",
+                    reason: format!(
+                        "{published} is not before the index's expiry {}",
+                        self.expires
+                    ),
+                });
+            }
+        }
         let mut ids = HashSet::new();
         for release in &self.releases {
             if !ids.insert(release.id) {
@@ -402,6 +420,31 @@ mod tests {
         ));
         let mut idx = sample();
         assert!(idx.insert_release(release("1.1.0", b"other")).is_err());
+    }
+
+    #[test]
+    fn published_is_optional_signed_and_before_expiry() {
+        let mut idx = sample();
+        let bytes = idx.to_bytes();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("published"),
+            "an index without the field is written as before"
+        );
+        idx.published = Some(Timestamp::parse("2029-12-01T00:00:00Z").expect("t"));
+        let text = String::from_utf8(idx.to_bytes()).expect("utf-8");
+        assert!(
+            text.contains("\"published\": \"2029-12-01T00:00:00Z\""),
+            "{text}"
+        );
+        assert_eq!(ChannelIndex::parse(text.as_bytes()).expect("parse"), idx);
+        idx.published = Some(idx.expires);
+        assert!(matches!(
+            ChannelIndex::parse(&idx.to_bytes()),
+            Err(ChannelError::Field {
+                field: "published",
+                ..
+            })
+        ));
     }
 
     #[test]

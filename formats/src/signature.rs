@@ -39,6 +39,21 @@ impl fmt::Display for KeyId {
     }
 }
 
+impl KeyId {
+    /// Parses a key id as minisign displays it: 16 hex digits (either case).
+    pub fn parse(text: &str) -> Result<KeyId, String> {
+        let t = text.trim();
+        if t.len() != 16 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{text:?} is not a key id (16 hex digits, as `minisign` and slipway print them)"
+            ));
+        }
+        u64::from_str_radix(t, 16)
+            .map(|n| KeyId(n.to_le_bytes()))
+            .map_err(|e| format!("{text:?} is not a key id: {e}"))
+    }
+}
+
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyId({self})")
@@ -218,8 +233,11 @@ impl SignatureFile {
         let sig_line = lines
             .next()
             .ok_or_else(|| SignatureError::Malformed("no signature line".into()))?;
+        // No trimming: whitespace in a base64 line is refused, as by the
+        // stock minisign CLI and `minisign-verify` (the differential test
+        // holds the two verifiers to the same verdict).
         let bin = base64::engine::general_purpose::STANDARD
-            .decode(sig_line.trim())
+            .decode(sig_line)
             .map_err(|_| SignatureError::Malformed("signature line is not base64".into()))?;
         if bin.len() != 74 {
             return Err(SignatureError::Malformed(format!(
@@ -254,8 +272,7 @@ impl SignatureFile {
             .decode(
                 lines
                     .next()
-                    .ok_or_else(|| SignatureError::Malformed("no global signature line".into()))?
-                    .trim(),
+                    .ok_or_else(|| SignatureError::Malformed("no global signature line".into()))?,
             )
             .map_err(|_| SignatureError::Malformed("global signature line is not base64".into()))?;
         let global_signature: [u8; 64] = global.try_into().map_err(|g: Vec<u8>| {
@@ -605,6 +622,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn key_ids_parse_as_they_are_displayed() {
+        let id = KeyId([1, 2, 3, 4, 5, 6, 7, 0xab]);
+        let shown = id.to_string();
+        assert_eq!(shown, "AB07060504030201");
+        assert_eq!(KeyId::parse(&shown), Ok(id));
+        assert_eq!(KeyId::parse(&shown.to_lowercase()), Ok(id));
+        for bad in [
+            "",
+            "AB0706050403020",
+            "AB070605040302011",
+            "+B07060504030201",
+            "XB07060504030201",
+        ] {
+            assert!(KeyId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_signed_comment_must_be_exactly_the_expected_one() {
         let want = TrustedComment::for_channel("bot", "stable", 7);
         want.require(&want, "the index").expect("same");
@@ -690,6 +725,31 @@ wLMDjy9FLAuxZ3q4NlEvkgtyhrr0gtTu6KC4KBJdITbbOeAi1zBIYo0v4iTgt8jJpIidRJnp94ABQkJA
             Err(SignatureError::Invalid { .. })
         ));
         assert!(sig.trusted_comment().starts_with("timestamp:1633700835"));
+    }
+
+    #[test]
+    fn whitespace_inside_a_base64_line_is_refused_as_minisign_does() {
+        // Found by the differential test against `minisign-verify`.
+        let keys = TrustedKeys::parse_all(&[PUB]).expect("key");
+        let lines: Vec<&str> = SIG.lines().collect();
+        for (line, edit) in [(1, "\t{}"), (1, "{} "), (3, " {}"), (3, "{}\t")] {
+            let mut l: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            l[line] = edit.replace("{}", lines[line]);
+            let text = l.join("\n") + "\n";
+            assert!(
+                matches!(
+                    SignatureFile::parse(&text),
+                    Err(SignatureError::Malformed(_))
+                ),
+                "{text:?}"
+            );
+        }
+        // CRLF line ends are still fine (both verifiers split lines the same).
+        let crlf = SIG.replace('\n', "\r\n");
+        SignatureFile::parse(&crlf)
+            .expect("crlf")
+            .verify_bytes(&keys, b"test")
+            .expect("valid");
     }
 
     #[test]

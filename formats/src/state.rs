@@ -7,24 +7,47 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::Timestamp;
+use crate::channel::{ChannelIndex, Timestamp};
 use crate::id::ReleaseId;
+use crate::signature::{KeyId, PublicKey, TrustedKeys};
 use crate::version::Version;
 
 /// What the host remembers of a channel to refuse rollback and freeze
-/// attacks (SPEC §6): the highest index version and the latest time seen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// attacks (SPEC §6): the highest index version and the latest signed time
+/// seen. Both are taken from signed indexes only, never from the local
+/// clock, so a clock that was wrong for one poll cannot lock a host out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelTrust {
     pub highest_index_version: u64,
-    pub latest_time_seen: Timestamp,
+    /// The latest `published` time of an index accepted for this channel,
+    /// as the publisher signed it: the host's clock must not be earlier.
+    /// `None` until an index that carries `published` is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_signed_time: Option<Timestamp>,
+    /// What slipway wrote before the floor was signed: the *local* clock
+    /// at the last accepted poll. Read so that such a file still parses,
+    /// never used (one wrong clock there froze every later update) and
+    /// never written again.
+    #[serde(default, rename = "latest_time_seen", skip_serializing)]
+    pub unsigned_time_seen: Option<Timestamp>,
+}
+
+impl ChannelTrust {
+    /// Takes in an index that passed every check: the highest version and
+    /// the latest signed time only ever grow, and only by what `index` says.
+    pub fn advance(&mut self, index: &ChannelIndex) {
+        self.highest_index_version = self.highest_index_version.max(index.version);
+        self.latest_signed_time = self.latest_signed_time.max(index.published);
+        self.unsigned_time_seen = None;
+    }
 }
 
 /// A release key a host learned from a key rotation statement
 /// ([`crate::rotation`]). It is trusted only while the key that introduced
-/// it is: the installer recomputes that from the configured keys on every
-/// run, so removing a key from the configuration also drops what it
-/// introduced.
+/// it is: [`TrustState::trusted_keys`] recomputes that from the configured
+/// keys on every run, so removing a key from the configuration also drops
+/// what it introduced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnedKey {
@@ -36,8 +59,22 @@ pub struct LearnedKey {
     pub introduced_by: String,
     /// The app the statement was for.
     pub app: String,
-    /// When this host verified the statement.
+    /// When this host verified the statement (for people; nothing is
+    /// decided by it).
     pub learned_at: Timestamp,
+}
+
+/// A key this host trusted once and does not any more: removed from
+/// `[update] public_keys`, listed in `[update] revoked_keys`, or learned
+/// through a key that was. A rotation statement never brings it back; only
+/// listing it in `public_keys` again does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredKey {
+    /// The key id, as minisign displays it.
+    pub key_id: String,
+    /// Why, in words: "removed from update.public_keys", ...
+    pub reason: String,
 }
 
 /// `<root>/state/trust.json`.
@@ -49,6 +86,129 @@ pub struct TrustState {
     /// Keys introduced by rotation statements, in the order learned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learned_keys: Vec<LearnedKey>,
+    /// The ids of the keys `[update] public_keys` listed when this file was
+    /// last written: a key that disappears from the configuration is
+    /// retired on the next run ([`TrustState::reconcile_keys`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configured_keys: Vec<String>,
+    /// Keys never learned again from a rotation statement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_keys: Vec<RetiredKey>,
+}
+
+impl TrustState {
+    /// Why `key` may not be learned from a rotation statement, if it is
+    /// retired.
+    pub fn retired(&self, key: KeyId) -> Option<&RetiredKey> {
+        let id = key.to_string();
+        self.retired_keys.iter().find(|r| r.key_id == id)
+    }
+
+    /// The keys this host trusts: the configured ones that are not retired,
+    /// and every learned key that is not retired and whose introducer is
+    /// trusted (transitively, so a chain A → B → C holds while A is
+    /// configured).
+    pub fn trusted_keys(&self, configured: &TrustedKeys) -> TrustedKeys {
+        let mut keys = TrustedKeys::new(
+            configured
+                .keys()
+                .iter()
+                .filter(|k| self.retired(k.id()).is_none())
+                .cloned()
+                .collect(),
+        );
+        loop {
+            let before = keys.keys().len();
+            for learned in &self.learned_keys {
+                let Ok(key) = PublicKey::from_base64(&learned.key) else {
+                    continue;
+                };
+                if key.id().to_string() != learned.key_id || self.retired(key.id()).is_some() {
+                    continue;
+                }
+                let trusted_introducer = keys
+                    .keys()
+                    .iter()
+                    .any(|k| k.id().to_string() == learned.introduced_by);
+                if trusted_introducer {
+                    keys.add(key);
+                }
+            }
+            if keys.keys().len() == before {
+                return keys;
+            }
+        }
+    }
+
+    /// Brings the key history in line with the configuration of this run,
+    /// and returns the keys it retired now:
+    ///
+    /// - a key listed in `configured` is not retired (listing it again is
+    ///   how an operator trusts a retired key again), unless `revoked`
+    ///   lists it too;
+    /// - a key in `revoked` is retired;
+    /// - a key listed in `configured_keys` last time and not now is retired;
+    /// - a learned key no longer trusted (its introducer was removed or
+    ///   retired) is retired.
+    ///
+    /// Pure: the caller writes the state back only when it may.
+    pub fn reconcile_keys(
+        &mut self,
+        configured: &TrustedKeys,
+        revoked: &[KeyId],
+    ) -> Vec<RetiredKey> {
+        let revoked: Vec<String> = revoked.iter().map(KeyId::to_string).collect();
+        let listed: Vec<String> = configured
+            .keys()
+            .iter()
+            .map(|k| k.id().to_string())
+            .collect();
+        self.retired_keys
+            .retain(|r| !listed.contains(&r.key_id) || revoked.contains(&r.key_id));
+        let mut newly = Vec::new();
+        let mut retire = |state: &mut TrustState, key_id: &str, reason: String| {
+            if state.retired_keys.iter().any(|r| r.key_id == key_id) {
+                return;
+            }
+            let r = RetiredKey {
+                key_id: key_id.to_string(),
+                reason,
+            };
+            state.retired_keys.push(r.clone());
+            newly.push(r);
+        };
+        for id in &revoked {
+            retire(self, id, "listed in update.revoked_keys".into());
+        }
+        let trusted: Vec<String> = self
+            .trusted_keys(configured)
+            .keys()
+            .iter()
+            .map(|k| k.id().to_string())
+            .collect();
+        for id in self.configured_keys.clone() {
+            if !trusted.contains(&id) {
+                retire(self, &id, "removed from update.public_keys".into());
+            }
+        }
+        for learned in self.learned_keys.clone() {
+            if !trusted.contains(&learned.key_id) {
+                retire(
+                    self,
+                    &learned.key_id,
+                    format!(
+                        "learned from a rotation statement by key {}, which this host no longer trusts",
+                        learned.introduced_by
+                    ),
+                );
+            }
+        }
+        let mut listed = listed;
+        listed.sort();
+        listed.dedup();
+        self.configured_keys = listed;
+        newly
+    }
 }
 
 /// The outcome of one update attempt, as reported everywhere.
@@ -177,6 +337,153 @@ pub struct UpdateStateFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse(s).expect("time")
+    }
+
+    /// `n` distinct public keys (one real key with its id bytes changed).
+    fn keys(n: u8) -> Vec<PublicKey> {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let raw = engine
+            .decode("RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3")
+            .expect("base64");
+        (0..n)
+            .map(|i| {
+                let mut b = raw.clone();
+                b[2] = i;
+                PublicKey::from_base64(&engine.encode(&b)).expect("key")
+            })
+            .collect()
+    }
+
+    fn learned(key: &PublicKey, by: &PublicKey) -> LearnedKey {
+        LearnedKey {
+            key: key.to_base64().to_string(),
+            key_id: key.id().to_string(),
+            introduced_by: by.id().to_string(),
+            app: "bot".into(),
+            learned_at: ts("2026-01-01T00:00:00Z"),
+        }
+    }
+
+    fn trusts(state: &TrustState, configured: &[&PublicKey], key: &PublicKey) -> bool {
+        let configured = TrustedKeys::new(configured.iter().map(|k| (*k).clone()).collect());
+        state.trusted_keys(&configured).find(key.id()).is_some()
+    }
+
+    #[test]
+    fn a_trust_file_written_from_the_local_clock_parses_and_its_time_is_dropped() {
+        // What slipway wrote before: the local clock, here 20 days ahead.
+        let old = r#"{"channels":{"bot/stable":{"highest_index_version":4,"latest_time_seen":"2026-02-20T00:00:00Z"}}}"#;
+        let mut state: TrustState = serde_json::from_str(old).expect("parse");
+        let channel = state.channels.get_mut("bot/stable").expect("channel");
+        assert_eq!(channel.latest_signed_time, None);
+        let mut index = ChannelIndex::new("bot", "stable", ts("2026-03-01T00:00:00Z"));
+        index.version = 5;
+        index.published = Some(ts("2026-01-31T00:00:00Z"));
+        channel.advance(&index);
+        let json = serde_json::to_string(&state).expect("json");
+        assert!(!json.contains("latest_time_seen"), "{json}");
+        assert!(
+            json.contains(r#""latest_signed_time":"2026-01-31T00:00:00Z""#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn channel_trust_advances_only_by_signed_fields_and_never_goes_down() {
+        let mut t = ChannelTrust::default();
+        let mut index = ChannelIndex::new("bot", "stable", ts("2026-03-01T00:00:00Z"));
+        index.version = 7;
+        index.published = Some(ts("2026-02-01T00:00:00Z"));
+        t.advance(&index);
+        assert_eq!(t.highest_index_version, 7);
+        assert_eq!(t.latest_signed_time, Some(ts("2026-02-01T00:00:00Z")));
+        // An older index, or one without a signed time, moves nothing back.
+        index.version = 3;
+        index.published = Some(ts("2026-01-01T00:00:00Z"));
+        t.advance(&index);
+        index.published = None;
+        t.advance(&index);
+        assert_eq!(t.highest_index_version, 7);
+        assert_eq!(t.latest_signed_time, Some(ts("2026-02-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_key_removed_from_the_configuration_is_retired_and_never_trusted_through_a_statement() {
+        let k = keys(2);
+        let (a, b) = (&k[0], &k[1]);
+        let mut state = TrustState::default();
+        let both = TrustedKeys::new(vec![a.clone(), b.clone()]);
+        assert!(state.reconcile_keys(&both, &[]).is_empty());
+        // A is removed; an old statement B -> A is learned (as before the fix).
+        let only_b = TrustedKeys::new(vec![b.clone()]);
+        let retired = state.reconcile_keys(&only_b, &[]);
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].key_id, a.id().to_string());
+        assert!(retired[0]
+            .reason
+            .contains("removed from update.public_keys"));
+        state.learned_keys.push(learned(a, b));
+        assert!(state.retired(a.id()).is_some());
+        assert!(!trusts(&state, &[b], a), "a retired key is not trusted");
+        assert!(state.reconcile_keys(&only_b, &[]).is_empty(), "idempotent");
+        // Listing A again is what trusts it again.
+        state.reconcile_keys(&both, &[]);
+        assert!(state.retired(a.id()).is_none());
+        assert!(trusts(&state, &[a, b], a));
+    }
+
+    #[test]
+    fn a_revoked_key_stays_retired_when_the_revocation_is_dropped() {
+        let k = keys(2);
+        let (a, b) = (&k[0], &k[1]);
+        let only_b = TrustedKeys::new(vec![b.clone()]);
+        let mut state = TrustState {
+            learned_keys: vec![learned(a, b)],
+            ..TrustState::default()
+        };
+        state.reconcile_keys(&only_b, &[]);
+        assert!(trusts(&state, &[b], a), "B introduced A");
+        let retired = state.reconcile_keys(&only_b, &[a.id()]);
+        assert!(retired[0].reason.contains("revoked_keys"), "{retired:?}");
+        assert!(!trusts(&state, &[b], a));
+        state.reconcile_keys(&only_b, &[]);
+        assert!(state.retired(a.id()).is_some());
+        // Revoked and listed: the revocation wins.
+        let both = TrustedKeys::new(vec![a.clone(), b.clone()]);
+        state.reconcile_keys(&both, &[a.id()]);
+        assert!(!trusts(&state, &[a, b], a));
+    }
+
+    #[test]
+    fn what_a_removed_key_introduced_is_retired_with_it_through_the_chain() {
+        let k = keys(4);
+        let (a, b, c, d) = (&k[0], &k[1], &k[2], &k[3]);
+        let mut state = TrustState {
+            learned_keys: vec![learned(b, a), learned(c, b)],
+            ..TrustState::default()
+        };
+        let only_a = TrustedKeys::new(vec![a.clone()]);
+        state.reconcile_keys(&only_a, &[]);
+        assert!(trusts(&state, &[a], c), "A -> B -> C");
+        let only_d = TrustedKeys::new(vec![d.clone()]);
+        let retired: Vec<String> = state
+            .reconcile_keys(&only_d, &[])
+            .into_iter()
+            .map(|r| r.key_id)
+            .collect();
+        assert_eq!(
+            retired,
+            [a.id().to_string(), b.id().to_string(), c.id().to_string()]
+        );
+        // Even with A listed again, B and C come back only by being listed.
+        state.reconcile_keys(&only_a, &[]);
+        assert!(trusts(&state, &[a], a));
+        assert!(!trusts(&state, &[a], b) && !trusts(&state, &[a], c));
+    }
 
     #[test]
     fn attempt_result_names_match_serde() {

@@ -52,6 +52,9 @@ pub struct UpdateConfig {
     pub source: Option<String>,
     /// Trusted minisign public keys (base64, or paths to `.pub` files).
     pub public_keys: Vec<String>,
+    /// Key ids never trusted again, even when a rotation statement by a
+    /// trusted key introduces them (see docs/trust.md).
+    pub revoked_keys: Vec<String>,
     pub interval_minutes: u32,
     /// When false, an update is staged and checked, then waits for `slipway apply`.
     pub auto_restart: bool,
@@ -108,6 +111,7 @@ impl Default for UpdateConfig {
             channel: "stable".into(),
             source: None,
             public_keys: Vec::new(),
+            revoked_keys: Vec::new(),
             interval_minutes: 60,
             auto_restart: true,
             require_signed: true,
@@ -535,10 +539,36 @@ impl Config {
                 texts.push(text);
             }
         }
-        slipway_formats::TrustedKeys::parse_all(&texts).map_err(|e| ConfigError::Invalid {
-            path: self.file.clone(),
-            message: format!("update.public_keys: {e}"),
-        })
+        let keys =
+            slipway_formats::TrustedKeys::parse_all(&texts).map_err(|e| ConfigError::Invalid {
+                path: self.file.clone(),
+                message: format!("update.public_keys: {e}"),
+            })?;
+        let revoked = self.revoked_key_ids()?;
+        if let Some(k) = keys.keys().iter().find(|k| revoked.contains(&k.id())) {
+            return Err(ConfigError::Invalid {
+                path: self.file.clone(),
+                message: format!(
+                    "key {} is in both update.public_keys and update.revoked_keys; remove it from one",
+                    k.id()
+                ),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// `[update] revoked_keys`: key ids, as minisign and slipway print them.
+    pub fn revoked_key_ids(&self) -> Result<Vec<slipway_formats::KeyId>, ConfigError> {
+        self.update
+            .revoked_keys
+            .iter()
+            .map(|text| {
+                slipway_formats::KeyId::parse(text).map_err(|e| ConfigError::Invalid {
+                    path: self.file.clone(),
+                    message: format!("update.revoked_keys: {e}"),
+                })
+            })
+            .collect()
     }
 }
 
@@ -725,6 +755,29 @@ check = [["python3", "-m", "compileall", "-q", "."]]
         assert_eq!(c.service.unit, "aibot.service");
         assert_eq!(c.hooks.check.len(), 1);
         assert_eq!(c.trusted_keys().expect("keys").keys().len(), 1);
+    }
+
+    #[test]
+    fn revoked_keys_are_key_ids_and_never_also_trusted() {
+        let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let id = slipway_formats::PublicKey::from_base64(key)
+            .expect("key")
+            .id()
+            .to_string();
+        let c = parse("[update]\nrevoked_keys = [\"0123456789abcdef\"]\n", &[]).expect("config");
+        assert_eq!(
+            c.revoked_key_ids().expect("ids")[0].to_string(),
+            "0123456789ABCDEF"
+        );
+        let c = parse("[update]\nrevoked_keys = [\"RWQf\"]\n", &[]).expect("config");
+        assert!(c.revoked_key_ids().is_err());
+        let c = parse(
+            &format!("[update]\npublic_keys = [\"{key}\"]\nrevoked_keys = [\"{id}\"]\n"),
+            &[],
+        )
+        .expect("config");
+        let e = c.trusted_keys().expect_err("both");
+        assert!(e.to_string().contains("in both"), "{e}");
     }
 
     #[test]

@@ -24,17 +24,21 @@
 //! 2. a strict parse, then the identity check: this host's app and channel;
 //! 3. freshness against the per-channel trust state: an index version lower
 //!    than the highest seen is a rollback, an expired index a freeze (unless
-//!    `--allow-expired`), a clock earlier than the latest time seen is
-//!    refused;
+//!    `--allow-expired`), a clock earlier than the latest signed time seen
+//!    (the `published` time of this index or of one accepted before, less
+//!    [`CLOCK_SKEW_ALLOWANCE`]) is refused;
 //! 4. the release picked is the newest that is not yanked, not on this
 //!    host's bad list, inside this host's rollout share and newer than the
 //!    running one; its id and signed size bound the archive's verification.
 //!
 //! The trust state (`<root>/state/trust.json`: highest index version and
-//! latest time seen per channel, and the keys learned from rotation
-//! statements) and the HTTP index cache (`<root>/state/index-cache/`) are
-//! only written after an index passed all of this, and only by commands
-//! that hold the lock ([`ReadOptions::persist`]).
+//! latest signed time per channel, the keys learned from rotation
+//! statements, and the keys retired) and the HTTP index cache
+//! (`<root>/state/index-cache/`) are only written after an index passed all
+//! of this, and only by commands that hold the lock
+//! ([`ReadOptions::persist`]). The trust state moves only on signed data:
+//! the local clock is compared with it, never written into it, so a clock
+//! that was wrong for one poll cannot lock the host out.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,9 +49,9 @@ use slipway_formats::channel::{
 };
 use slipway_formats::rotation::{verify_rotation, KeyRotation, RotationError, MAX_ROTATION_CHAIN};
 use slipway_formats::signature::SignatureError;
-use slipway_formats::state::{ChannelTrust, LearnedKey, TrustState};
+use slipway_formats::state::{LearnedKey, RetiredKey, TrustState};
 use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, PublicKey, TrustedKeys, Version, MAX_METADATA_BYTES,
+    ChannelIndex, ChannelRelease, KeyId, TrustedKeys, Version, MAX_METADATA_BYTES,
     MAX_SIGNATURE_BYTES,
 };
 use slipway_fs::ReadError;
@@ -132,7 +136,7 @@ pub enum SourceError {
         found: u64,
         highest: u64,
     },
-    #[error("the clock says {now}, earlier than {latest}, a time this host already saw for {key}; fix the clock (timedatectl / NTP) before updating: an index's expiry cannot be trusted with a clock that went back")]
+    #[error("the clock says {now}, earlier than {latest}, when the publisher signed an index of {key} that this host has seen; fix the clock (timedatectl / NTP) before updating: an index's expiry cannot be trusted with a clock that went back")]
     ClockWentBack {
         key: String,
         now: Timestamp,
@@ -512,8 +516,15 @@ pub fn trust_key(app: &str, channel: &str) -> String {
     format!("{app}/{channel}")
 }
 
+/// How far the clock may be behind a signed `published` time before it is
+/// taken to be wrong: the publisher's and the host's clocks are never quite
+/// the same, and a host that polls just after a publish must not refuse it.
+pub const CLOCK_SKEW_ALLOWANCE: time::Duration = time::Duration::hours(1);
+
 /// Refuses an expired index (unless `allow_expired`), an index version below
-/// the highest seen, and a clock earlier than the latest time seen.
+/// the highest seen, and a clock earlier than the latest signed time seen
+/// (this index's `published` or that of an index accepted before, less
+/// [`CLOCK_SKEW_ALLOWANCE`]). `now` is only compared, never kept.
 pub fn check_freshness(
     verified: &VerifiedIndex,
     trust: &TrustState,
@@ -522,14 +533,14 @@ pub fn check_freshness(
 ) -> Result<(), SourceError> {
     let index = &verified.index;
     let key = trust_key(&index.app, &index.channel);
-    if let Some(seen) = trust.channels.get(&key) {
-        if now < seen.latest_time_seen {
-            return Err(SourceError::ClockWentBack {
-                key,
-                now,
-                latest: seen.latest_time_seen,
-            });
+    let seen = trust.channels.get(&key);
+    let floor = seen.and_then(|s| s.latest_signed_time).max(index.published);
+    if let Some(latest) = floor {
+        if now.0 < latest.0 - CLOCK_SKEW_ALLOWANCE {
+            return Err(SourceError::ClockWentBack { key, now, latest });
         }
+    }
+    if let Some(seen) = seen {
         if index.version < seen.highest_index_version {
             return Err(SourceError::Rollback {
                 location: verified.location.clone(),
@@ -550,18 +561,16 @@ pub fn check_freshness(
 }
 
 /// Advances the trust state after an index passed [`check_freshness`]: the
-/// highest index version and the latest time seen only ever grow.
-pub fn advance_trust(trust: &mut TrustState, verified: &VerifiedIndex, now: Timestamp) {
+/// highest index version and the latest signed time only ever grow, and
+/// only by what the signed index says. There is no clock parameter on
+/// purpose.
+pub fn advance_trust(trust: &mut TrustState, verified: &VerifiedIndex) {
     let index = &verified.index;
-    let entry = trust
+    trust
         .channels
         .entry(trust_key(&index.app, &index.channel))
-        .or_insert(ChannelTrust {
-            highest_index_version: index.version,
-            latest_time_seen: now,
-        });
-    entry.highest_index_version = entry.highest_index_version.max(index.version);
-    entry.latest_time_seen = entry.latest_time_seen.max(now);
+        .or_default()
+        .advance(index);
 }
 
 /// Loads `<root>/state/trust.json` (empty when absent).
@@ -587,40 +596,29 @@ pub fn save_trust(layout: &Layout, trust: &TrustState) -> Result<(), SourceError
         .map_err(|source| SourceError::TrustWrite { path, source })
 }
 
-/// The keys a host trusts now: the configured ones, and every learned key
-/// whose introducer is trusted (transitively). A learned key whose
-/// introducer was removed from the configuration is not trusted any more.
-pub fn effective_keys(configured: &TrustedKeys, trust: &TrustState) -> TrustedKeys {
-    let mut keys = configured.clone();
-    loop {
-        let before = keys.keys().len();
-        for learned in &trust.learned_keys {
-            let trusted_introducer = keys
-                .keys()
-                .iter()
-                .any(|k| k.id().to_string() == learned.introduced_by);
-            if !trusted_introducer {
-                continue;
-            }
-            if let Ok(key) = PublicKey::from_base64(&learned.key) {
-                if key.id().to_string() == learned.key_id {
-                    keys.add(key);
-                }
-            }
-        }
-        if keys.keys().len() == before {
-            return keys;
-        }
-    }
+/// The keys a host trusts now, with the key history brought in line with
+/// this run's configuration first ([`TrustState::reconcile_keys`]): the
+/// configured keys, and every learned key whose introducer is trusted
+/// (transitively), less every retired key. A learned key whose introducer
+/// was removed from the configuration is not trusted any more.
+pub fn effective_keys(
+    configured: &TrustedKeys,
+    revoked: &[KeyId],
+    trust: &mut TrustState,
+) -> (TrustedKeys, Vec<RetiredKey>) {
+    let retired = trust.reconcile_keys(configured, revoked);
+    (trust.trusted_keys(configured), retired)
 }
 
 /// The keys to verify an archive with when there is no channel to read
-/// (`slipway install X.tar.zst`): the configured ones and those learned.
+/// (`slipway install X.tar.zst`): the configured ones and those learned,
+/// less the retired ones.
 pub fn trusted_keys_for_archives(
     configured: &TrustedKeys,
+    revoked: &[KeyId],
     layout: &Layout,
 ) -> Result<TrustedKeys, SourceError> {
-    Ok(effective_keys(configured, &load_trust(layout)?))
+    Ok(effective_keys(configured, revoked, &mut load_trust(layout)?).0)
 }
 
 /// `<root>/state/index-cache/<channel>.json`: the last channel index that
@@ -739,6 +737,8 @@ pub struct ReadOptions<'a> {
     pub app: Option<&'a str>,
     /// `[update] public_keys`.
     pub configured_keys: &'a TrustedKeys,
+    /// `[update] revoked_keys`.
+    pub revoked_keys: &'a [KeyId],
     pub now: Timestamp,
     /// `--allow-expired`: accept an expired index (never a lower version).
     pub allow_expired: bool,
@@ -758,6 +758,9 @@ pub struct ChannelRead {
     pub not_modified: bool,
     /// Keys learned from rotation statements on this read.
     pub learned: Vec<LearnedKey>,
+    /// Keys retired on this read: no longer listed, revoked, or introduced
+    /// by one of those.
+    pub retired: Vec<RetiredKey>,
 }
 
 /// Reads `channels/<channel>.json` from `repo` and runs every check of
@@ -765,10 +768,18 @@ pub struct ChannelRead {
 /// statements when the index is signed by a key this host does not trust
 /// yet. With `opts.persist`, the trust state advances, learned keys are
 /// kept and a freshly fetched index is cached, all only after every check
-/// passed; a refused index changes nothing.
+/// passed; a refused index changes nothing. Keys the configuration no
+/// longer trusts are retired in the trust state first, whatever the index.
 pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead, SourceError> {
     let mut trust = load_trust(opts.layout)?;
-    let mut keys = effective_keys(opts.configured_keys, &trust);
+    let before = trust.clone();
+    let (mut keys, retired) = effective_keys(opts.configured_keys, opts.revoked_keys, &mut trust);
+    if opts.persist && trust != before {
+        // The configuration changed which keys are trusted: that is kept
+        // whatever the repository serves, so a revocation holds even if
+        // every index until it is dropped from the configuration is refused.
+        save_trust(opts.layout, &trust)?;
+    }
     let raw = fetch_index(repo, opts.layout, opts.channel)?;
     let verify = |keys: &TrustedKeys| {
         verify_index(
@@ -786,7 +797,7 @@ pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead
         Err(SourceError::Signature {
             source: SignatureError::UnknownKey { key_id, trusted },
             ..
-        }) => match learn_key(repo, key_id, &mut keys, opts, &mut learned, 0) {
+        }) => match learn_key(repo, key_id, &mut keys, &trust, opts, &mut learned, 0) {
             Ok(()) => verify(&keys)?,
             Err(LearnError::Refused(reason)) => {
                 return Err(SourceError::UntrustedKey {
@@ -802,7 +813,7 @@ pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead
     };
     check_freshness(&verified, &trust, opts.now, opts.allow_expired)?;
     if opts.persist {
-        advance_trust(&mut trust, &verified, opts.now);
+        advance_trust(&mut trust, &verified);
         for key in &learned {
             if !trust.learned_keys.iter().any(|k| k.key_id == key.key_id) {
                 trust.learned_keys.push(key.clone());
@@ -821,6 +832,7 @@ pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead
         keys,
         not_modified: raw.not_modified,
         learned,
+        retired,
     })
 }
 
@@ -833,14 +845,23 @@ enum LearnError {
 
 /// Learns `key_id` from `keys/rotation-<key_id>.json`, following the chain
 /// of introducers back to a trusted key (at most [`MAX_ROTATION_CHAIN`]).
+/// A retired key is never learned, whoever vouches for it: nothing is even
+/// fetched for it.
 fn learn_key(
     repo: &Repository,
     key_id: KeyId,
     keys: &mut TrustedKeys,
+    trust: &TrustState,
     opts: &ReadOptions,
     learned: &mut Vec<LearnedKey>,
     depth: usize,
 ) -> Result<(), LearnError> {
+    if let Some(retired) = trust.retired(key_id) {
+        return Err(LearnError::Refused(format!(
+            "key {key_id} is retired on this host ({}), and a retired key is never learned again from a rotation statement; list it in update.public_keys only if you trust it again",
+            retired.reason
+        )));
+    }
     if depth >= MAX_ROTATION_CHAIN {
         return Err(LearnError::Refused(format!(
             "the chain of rotation statements is longer than {MAX_ROTATION_CHAIN}"
@@ -870,7 +891,7 @@ fn learn_key(
         Err(RotationError::Signature(SignatureError::UnknownKey { key_id: intro, .. }))
             if intro != key_id =>
         {
-            learn_key(repo, intro, keys, opts, learned, depth + 1).map_err(|e| match e {
+            learn_key(repo, intro, keys, trust, opts, learned, depth + 1).map_err(|e| match e {
                 LearnError::Refused(reason) => LearnError::Refused(format!(
                     "{location} is signed by key {intro}, which is not trusted either: {reason}"
                 )),
@@ -1002,7 +1023,7 @@ pub fn listed_candidate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slipway_formats::ReleaseId;
+    use slipway_formats::{PublicKey, ReleaseId};
 
     fn ts(s: &str) -> Timestamp {
         Timestamp::parse(s).expect("time")
@@ -1127,15 +1148,16 @@ mod tests {
 
     #[test]
     fn freshness_refuses_expired_replayed_and_clock_rollback() {
-        let verified = VerifiedIndex {
+        let mut verified = VerifiedIndex {
             index: index(),
             location: "channels/stable.json".into(),
             signer: KeyId([0; 8]),
         };
+        verified.index.published = Some(ts("2026-01-01T00:00:00Z"));
         let mut trust = TrustState::default();
-        let now = ts("2026-01-01T00:00:00Z");
+        let now = ts("2026-01-01T00:10:00Z");
         check_freshness(&verified, &trust, now, false).expect("fresh");
-        advance_trust(&mut trust, &verified, now);
+        advance_trust(&mut trust, &verified);
         // Same version again is fine.
         check_freshness(&verified, &trust, now, false).expect("equal version");
         let mut old = verified.clone();
@@ -1144,8 +1166,22 @@ mod tests {
             check_freshness(&old, &trust, now, false),
             Err(SourceError::Rollback { .. })
         ));
+        // A clock behind the signed time, beyond the allowance; within it
+        // is the publisher's and the host's clocks differing a little.
         assert!(matches!(
             check_freshness(&verified, &trust, ts("2025-12-31T00:00:00Z"), false),
+            Err(SourceError::ClockWentBack { .. })
+        ));
+        check_freshness(&verified, &trust, ts("2025-12-31T23:30:00Z"), false)
+            .expect("within the allowance");
+        // The index's own signed time counts before it was ever accepted.
+        assert!(matches!(
+            check_freshness(
+                &verified,
+                &TrustState::default(),
+                ts("1970-01-02T00:00:00Z"),
+                false
+            ),
             Err(SourceError::ClockWentBack { .. })
         ));
         let late = ts("2031-01-01T00:00:00Z");
@@ -1155,8 +1191,36 @@ mod tests {
         ));
         check_freshness(&verified, &trust, late, true).expect("allowed");
         // Trust never goes down.
-        advance_trust(&mut trust, &old, now);
+        advance_trust(&mut trust, &old);
         assert_eq!(trust.channels["bot/stable"].highest_index_version, 5);
+    }
+
+    #[test]
+    fn a_clock_far_ahead_for_one_poll_moves_no_trust_state() {
+        let mut verified = VerifiedIndex {
+            index: index(),
+            location: "channels/stable.json".into(),
+            signer: KeyId([0; 8]),
+        };
+        verified.index.published = Some(ts("2026-01-01T00:00:00Z"));
+        verified.index.expires = ts("2026-01-31T00:00:00Z");
+        let mut trust = TrustState::default();
+        let ahead = ts("2026-01-21T00:00:00Z");
+        check_freshness(&verified, &trust, ahead, false).expect("valid 20 days ahead");
+        advance_trust(&mut trust, &verified);
+        // The clock is right again, and the publisher signs a newer index.
+        let right = ts("2026-01-02T00:00:00Z");
+        let mut newer = verified.clone();
+        newer.index.version += 1;
+        newer.index.published = Some(ts("2026-01-01T23:00:00Z"));
+        check_freshness(&newer, &trust, right, false).expect("accepted at the right time");
+        // What slipway wrote before (the local clock, 20 days ahead) is
+        // read and ignored.
+        let old: TrustState = serde_json::from_str(
+            r#"{"channels":{"bot/stable":{"highest_index_version":5,"latest_time_seen":"2026-01-21T00:00:00Z"}}}"#,
+        )
+        .expect("old trust.json");
+        check_freshness(&newer, &old, right, false).expect("the old local time is ignored");
     }
 
     #[test]
@@ -1174,15 +1238,18 @@ mod tests {
             app: "bot".into(),
             learned_at: ts("2026-01-01T00:00:00Z"),
         };
-        let trust = TrustState {
+        let mut trust = TrustState {
             learned_keys: vec![learned(&b, &a)],
             ..TrustState::default()
         };
         let with_a = TrustedKeys::new(vec![a.clone()]);
-        assert!(effective_keys(&with_a, &trust).find(b.id()).is_some());
+        let (keys, _) = effective_keys(&with_a, &[], &mut trust);
+        assert!(keys.find(b.id()).is_some());
         // Removing A from the configuration drops what A introduced.
         let without_a = TrustedKeys::default();
-        assert!(effective_keys(&without_a, &trust).find(b.id()).is_none());
+        let (keys, retired) = effective_keys(&without_a, &[], &mut trust);
+        assert!(keys.find(b.id()).is_none());
+        assert_eq!(retired.len(), 2, "{retired:?}");
     }
 
     fn base64_decode(s: &str) -> Vec<u8> {

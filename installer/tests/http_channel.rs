@@ -685,6 +685,7 @@ fn refuses_an_expired_index() -> Refusal {
             let t = shipped(w, v2);
             let mut idx = w.index(&t);
             idx.version += 1;
+            idx.published = Some(days_from_now(-31));
             idx.expires = days_from_now(-1);
             w.put_index(&t, &idx);
             w.seal(&t);
@@ -895,6 +896,7 @@ fn an_expired_index_is_accepted_only_with_allow_expired_never_a_lower_version() 
     let repo = w.repo();
     let mut idx = w.index(&repo);
     idx.version = 7;
+    idx.published = Some(days_from_now(-31));
     idx.expires = days_from_now(-1);
     w.put_index(&repo, &idx);
     let out = w.run_expect(&["update"], 1, &[]);
@@ -910,6 +912,43 @@ fn an_expired_index_is_accepted_only_with_allow_expired_never_a_lower_version() 
     w.put_index(&repo, &idx);
     let out = w.run_expect(&["update", "--allow-expired"], 1, &[]);
     assert!(stderr(&out).contains("rollback attack"), "{}", text(&out));
+}
+
+#[test]
+fn a_clock_20_days_ahead_for_one_poll_does_not_lock_the_host_out() {
+    if !fault_injection() {
+        return;
+    }
+    let w = World::new(Kind::Http);
+    let v1 = w.build("1.0.0");
+    let v2 = w.build("2.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    // One poll with the clock 20 days ahead: the index (valid 30 days) is
+    // still good.
+    let ahead = days_from_now(20);
+    let env = vec![("SLIPWAY_TEST_NOW".to_string(), ahead.to_string())];
+    let out = w.run_expect(&["update"], 0, &env);
+    assert!(stdout(&out).contains("up to date"), "{}", text(&out));
+    // The clock is right again; the publisher publishes v2 as usual.
+    w.publish(&v2, &[]);
+    for args in [&["check"][..], &["update"][..]] {
+        let out = w.run_expect(args, 0, &[]);
+        assert!(!text(&out).contains("earlier than"), "{}", text(&out));
+    }
+    assert_eq!(w.current(), Some(v2.dir_name()));
+    // And a later correct publish is taken as well; nothing of the wrong
+    // clock was ever kept as trust.
+    let v3 = w.build("3.0.0");
+    w.publish(&v3, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.current(), Some(v3.dir_name()));
+    let day = ahead.to_string()[..10].to_string();
+    let trust = String::from_utf8(w.state_file("trust.json").expect("trust")).expect("utf-8");
+    assert!(
+        !trust.contains(&day),
+        "{day} is in the trust state:\n{trust}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1702,6 +1741,129 @@ fn key_rotation_moves_hosts_to_the_new_key_and_removing_the_old_key_revokes_it()
         new_keys.join("slipway.pub").display()
     )]);
     w.run_expect(&["check"], 0, &[]);
+}
+
+/// A new unencrypted key pair in `<world>/<name>/slipway.{key,pub}`.
+fn keygen(w: &World, name: &str) -> (PathBuf, SigningKey) {
+    let dir = w.path(name);
+    run_ok(Command::new(pack_bin()).args([
+        "keygen",
+        "--unencrypted",
+        "--out-dir",
+        &dir.to_string_lossy(),
+    ]));
+    let key = SigningKey::load(&dir.join("slipway.key"), None).expect("load key");
+    (dir, key)
+}
+
+/// `slipway-pack rotate-key`: `key_file` signs a statement introducing
+/// `new_pub` for the app `bot`.
+fn rotate(w: &World, key_file: &Path, new_pub: &Path) {
+    run_ok(
+        Command::new(pack_bin())
+            .args(["rotate-key", "--app", "bot", "--repo"])
+            .arg(w.repo())
+            .arg("--key")
+            .arg(key_file)
+            .arg("--new-pubkey")
+            .arg(new_pub),
+    );
+}
+
+fn public_keys(keys: &[&Path]) -> String {
+    let list: Vec<String> = keys
+        .iter()
+        .map(|k| format!("\"{}\"", k.join("slipway.pub").display()))
+        .collect();
+    format!("public_keys = [{}]", list.join(", "))
+}
+
+#[test]
+fn a_key_removed_from_the_configuration_is_never_learned_again_from_an_old_statement() {
+    let w = World::new(Kind::Http);
+    let a_dir = w.path("keys");
+    let (b_dir, _) = keygen(&w, "keys-b");
+    // The host trusts A and B; A signs v1 and the index.
+    w.write_config(&[&public_keys(&[&a_dir, &b_dir])]);
+    let v1 = w.build("1.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.current(), Some(v1.dir_name()));
+    // An old statement B -> A (from when the publisher moved from B to A)
+    // is still served in keys/.
+    rotate(&w, &b_dir.join("slipway.key"), &a_dir.join("slipway.pub"));
+    let a = w.key.key_id().to_string();
+    assert!(w.repo().join(format!("keys/rotation-{a}.json")).is_file());
+    // The operator revokes A: the configuration lists B only.
+    w.write_config(&[&public_keys(&[&b_dir])]);
+    // Whoever holds A signs a newer index offering v2.
+    let v2 = w.build("2.0.0");
+    w.publish(&v2, &[]);
+    for args in [&["check"][..], &["update"][..]] {
+        let out = w.run_expect(args, 1, &[]);
+        let all = text(&out);
+        assert!(
+            all.contains(&format!("key {a} is retired on this host")),
+            "{all}"
+        );
+        assert!(all.contains("removed from update.public_keys"), "{all}");
+        assert!(!all.contains(&format!("trusting release key {a}")), "{all}");
+    }
+    assert_eq!(w.current(), Some(v1.dir_name()));
+    let trust: serde_json::Value =
+        serde_json::from_slice(&w.state_file("trust.json").expect("trust")).expect("json");
+    assert!(
+        trust.get("learned_keys").is_none(),
+        "A was not learned: {trust}"
+    );
+    // Listing A again is how an operator trusts it again.
+    w.write_config(&[&public_keys(&[&a_dir, &b_dir])]);
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.current(), Some(v2.dir_name()));
+}
+
+#[test]
+fn a_revoked_key_is_never_learned_again_even_when_a_trusted_key_introduced_it() {
+    let w = World::new(Kind::Local);
+    let a_dir = w.path("keys");
+    let (b_dir, _) = keygen(&w, "keys-b");
+    // The host only ever listed B; B introduced A, which signs the index.
+    w.write_config(&[&public_keys(&[&b_dir])]);
+    rotate(&w, &b_dir.join("slipway.key"), &a_dir.join("slipway.pub"));
+    let v1 = w.build("1.0.0");
+    w.publish(&v1, &[]);
+    let a = w.key.key_id().to_string();
+    let out = w.run_expect(&["update"], 0, &[]);
+    assert!(
+        stderr(&out).contains(&format!("trusting release key {a}")),
+        "{}",
+        text(&out)
+    );
+    // A is revoked by id: not trusted any more, though B still vouches for it.
+    let revoked = format!("revoked_keys = [\"{a}\"]");
+    w.write_config(&[&public_keys(&[&b_dir]), &revoked]);
+    let v2 = w.build("2.0.0");
+    w.publish(&v2, &[]);
+    let out = w.run_expect(&["update"], 1, &[]);
+    let all = text(&out);
+    assert!(all.contains("listed in update.revoked_keys"), "{all}");
+    assert!(
+        all.contains(&format!("key {a} is retired on this host")),
+        "{all}"
+    );
+    assert_eq!(w.current(), Some(v1.dir_name()));
+    // A released archive signed by A is refused too.
+    let archive = w.repo().join("releases").join(v2.id.archive_file_name());
+    w.run_expect(&["install", &archive.to_string_lossy()], 1, &[]);
+    // Dropping the revocation does not bring A back: it stays retired.
+    w.write_config(&[&public_keys(&[&b_dir])]);
+    let out = w.run_expect(&["update"], 1, &[]);
+    assert!(
+        text(&out).contains(&format!("key {a} is retired on this host")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.current(), Some(v1.dir_name()));
 }
 
 // ---------------------------------------------------------------------------

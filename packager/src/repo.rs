@@ -383,10 +383,27 @@ impl IndexOptions {
         }
     }
 
+    /// The signing time, in whole seconds: the index's `published`.
+    fn now(&self) -> Timestamp {
+        self.now.unwrap_or_else(|| {
+            let now = time::OffsetDateTime::now_utc();
+            Timestamp(now.replace_nanosecond(0).unwrap_or(now))
+        })
+    }
+
+    /// Stamps a new index: `published` now, `expires` now + `expires_in`.
+    fn stamp(&self, index: &mut ChannelIndex) -> Result<()> {
+        let now = self.now();
+        index.expires = self.expires_after(now)?;
+        index.published = Some(now);
+        Ok(())
+    }
+
     fn expires(&self) -> Result<Timestamp> {
-        let now = self
-            .now
-            .unwrap_or(Timestamp(time::OffsetDateTime::now_utc()));
+        self.expires_after(self.now())
+    }
+
+    fn expires_after(&self, now: Timestamp) -> Result<Timestamp> {
         time::Duration::try_from(self.expires_in)
             .ok()
             .and_then(|d| now.0.checked_add(d))
@@ -555,7 +572,7 @@ pub fn publish(
         }
     }
     index.version += 1;
-    index.expires = expires;
+    opts.index.stamp(&mut index)?;
     let path = repo.write_channel(key, &index)?;
     repo.ensure_public_key(key)?;
     Ok(IndexUpdate {
@@ -614,7 +631,7 @@ pub fn yank(
     release.yanked = true;
     let release = release.clone();
     index.version += 1;
-    index.expires = opts.expires()?;
+    opts.stamp(&mut index)?;
     let path = repo.write_channel(key, &index)?;
     Ok(IndexUpdate {
         index,
@@ -639,7 +656,7 @@ pub fn refresh(repo: &Repo, key: &SigningKey, opts: &IndexOptions) -> Result<Ind
         )
     })?;
     index.version += 1;
-    index.expires = opts.expires()?;
+    opts.stamp(&mut index)?;
     let path = repo.write_channel(key, &index)?;
     Ok(IndexUpdate {
         index,

@@ -149,7 +149,7 @@ pub(super) fn resolve(
     match src {
         Source::Archive { archive, signature } => {
             let keys = configured_keys(host)?;
-            let keys = source::trusted_keys_for_archives(&keys, &host.layout)
+            let keys = source::trusted_keys_for_archives(&keys, &revoked_keys(host)?, &host.layout)
                 .map_err(|e| source_error(e, Exit::Failed))?;
             Ok(Resolved::Install(Box::new(Candidate {
                 archive: archive.clone(),
@@ -221,6 +221,18 @@ fn configured_keys(host: &Host) -> Result<slipway_formats::TrustedKeys, CommandE
     })
 }
 
+/// `[update] revoked_keys`.
+fn revoked_keys(host: &Host) -> Result<Vec<slipway_formats::KeyId>, CommandError> {
+    host.config.revoked_key_ids().map_err(|e| {
+        CommandError::new(
+            Exit::Usage,
+            "cannot load the revoked keys",
+            e,
+            "fix update.revoked_keys",
+        )
+    })
+}
+
 /// A refused or unreadable repository: under the lock the attempt is
 /// recorded (a transient network failure without counting it against the
 /// daily limits) and becomes the outcome; a read-only command just fails.
@@ -273,11 +285,13 @@ fn resolve_listed(
 ) -> Result<Resolved, CommandError> {
     let app = running.as_ref().map(|r| r.manifest.app.clone());
     let channel = host.config.update.channel.clone();
+    let revoked = revoked_keys(host)?;
     let options = source::ReadOptions {
         layout: &host.layout,
         channel: &channel,
         app: app.as_deref(),
         configured_keys: keys,
+        revoked_keys: &revoked,
         now: host.clock.now(),
         allow_expired,
         persist: persist_trust,
@@ -290,6 +304,18 @@ fn resolve_listed(
             return refuse(host, opts, persist_trust, err, transient);
         }
     };
+    for k in &read.retired {
+        host.log.info(format!(
+            "no longer trusting release key {} ({}){}",
+            k.key_id,
+            k.reason,
+            if persist_trust {
+                ": a rotation statement never brings it back"
+            } else {
+                " in this read-only run"
+            }
+        ));
+    }
     for k in &read.learned {
         host.log.info(format!(
             "trusting release key {} {}: introduced by trusted key {} ({})",
@@ -385,8 +411,12 @@ fn refuse_changed_bundle(
 ) -> Result<Option<Resolved>, CommandError> {
     // The configured keys and those learned from rotation statements: a
     // bundle's SHA256SUMS must be signed by one of them.
-    let keys = source::trusted_keys_for_archives(&configured_keys(host)?, &host.layout)
-        .map_err(|e| source_error(e, Exit::Failed))?;
+    let keys = source::trusted_keys_for_archives(
+        &configured_keys(host)?,
+        &revoked_keys(host)?,
+        &host.layout,
+    )
+    .map_err(|e| source_error(e, Exit::Failed))?;
     let e = match crate::bundle::check_bundle(dir, &keys) {
         Ok(Some(b)) => {
             host.log.debug(format!(
