@@ -10,6 +10,7 @@ pub mod config;
 pub mod diff;
 pub mod durable;
 pub mod eligibility;
+pub mod failure_model;
 pub mod fault;
 pub mod fetch;
 pub mod gc;

@@ -819,8 +819,15 @@ fn refusal(kind: Kind, case: Refusal) {
         assert!(cache.is_some(), "the first update cached the index");
     }
 
+    let before = w.status();
     let out = w.update(&attack.target, case.exit, &attack.env);
     let all = text(&out);
+    // A refusal of what the source offers counts toward neither budget.
+    let after = w.status();
+    for counter in ["failures_today", "attempts_today"] {
+        assert_eq!(after[counter], before[counter], "{counter}: {after}");
+    }
+    assert_eq!(after["auto_update"]["enabled"], true, "{after}");
     for s in case.says {
         assert!(all.contains(s), "expected {s:?} in:\n{all}");
     }
@@ -1385,10 +1392,11 @@ fn http_errors_name_the_url_and_say_what_to_do() {
     let out = w.run_expect(&["update"], 2, &[]);
     assert!(stderr(&out).contains("token_file"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("user:pw"), "{}", stderr(&out));
-    // Only the 404 (a configuration problem) counted against the daily
-    // limits; refused connections and DNS failures are the network's.
+    // None of these counts against the daily limits: the network's passing
+    // state, and a source this host cannot use (404), are no failures.
     let status = w.status();
-    assert_eq!(status["failures_today"], 1, "{status}");
+    assert_eq!(status["failures_today"], 0, "{status}");
+    assert_eq!(status["last_attempt"]["cause"], "network", "{status}");
 }
 
 #[test]
