@@ -214,8 +214,11 @@ pub fn reap_orphans(ledger: &Path) -> io::Result<Reaped> {
             pgids.push(r.pgid);
         }
     }
+    let me = rustix::process::getpid().as_raw_nonzero().get();
     for p in &procs {
-        if p.zombie {
+        // This process may carry a token inherited from whoever started it
+        // (a slipway run by a hook of another): never reap oneself.
+        if p.zombie || p.pid == me {
             continue;
         }
         let Some(token) = token_of(p.pid) else {

@@ -53,6 +53,11 @@ pub struct CommandOutput {
     pub stdout_tail: String,
     /// The last [`TAIL_BYTES`] of stderr (invalid UTF-8 replaced).
     pub stderr_tail: String,
+    /// The last [`TAIL_BYTES`] of stdout and stderr together, in the order
+    /// their chunks arrived.
+    pub output_tail: String,
+    /// The file holding the whole output, when one was asked for.
+    pub log: Option<PathBuf>,
     pub duration: Duration,
 }
 
@@ -67,16 +72,18 @@ pub enum HookError {
         cwd: PathBuf,
         source: std::io::Error,
     },
-    #[error("{argv} did not finish within {}s and was killed with its process group; fix the command or raise its timeout{}", timeout.as_secs_f64(), tail_suffix(stderr_tail))]
+    #[error("{argv} did not finish within {}s and was killed with its process group; fix the command or raise its timeout{}", timeout.as_secs_f64(), output_suffix(&seen.output_tail, seen.log.as_deref()))]
     Timeout {
         argv: String,
         timeout: Duration,
         stderr_tail: String,
+        seen: Box<Seen>,
     },
-    #[error("{argv} failed ({}){}", describe_status(*status), tail_suffix(stderr_tail))]
+    #[error("{argv} failed ({}){}", describe_status(*status), output_suffix(&seen.output_tail, seen.log.as_deref()))]
     Failed {
         argv: String,
         status: Option<i32>,
+        seen: Box<Seen>,
         stderr_tail: String,
     },
     #[error("while running {argv}: {source}")]
@@ -86,6 +93,15 @@ pub enum HookError {
     },
 }
 
+/// What a failed command printed, for its error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Its stdout and stderr interleaved as they arrived (last bytes).
+    pub output_tail: String,
+    /// Where its whole output was kept, when it was.
+    pub log: Option<PathBuf>,
+}
+
 fn describe_status(status: Option<i32>) -> String {
     match status {
         Some(code) => format!("exit status {code}"),
@@ -93,16 +109,35 @@ fn describe_status(status: Option<i32>) -> String {
     }
 }
 
-fn tail_suffix(tail: &str) -> String {
-    let t = tail.trim();
-    if t.is_empty() {
-        String::new()
-    } else {
-        // The last few lines are what an operator needs in a one-line error.
+/// How many lines of a failed command's output its error shows.
+pub const ERROR_LINES: usize = 20;
+
+/// The last [`ERROR_LINES`] lines of the command's stdout and stderr, in the
+/// order they came (`python -m compileall` prints its SyntaxError on
+/// stdout), and where the whole output is kept.
+fn output_suffix(tail: &str, log: Option<&Path>) -> String {
+    let t = tail.trim_end();
+    let mut out = String::new();
+    if !t.trim().is_empty() {
         let lines: Vec<&str> = t.lines().collect();
-        let start = lines.len().saturating_sub(5);
-        format!("; stderr: {}", lines[start..].join(" | "))
+        let start = lines.len().saturating_sub(ERROR_LINES);
+        out.push_str(&format!(
+            "; its output{}:",
+            if start > 0 {
+                format!(" (last {ERROR_LINES} lines)")
+            } else {
+                String::new()
+            }
+        ));
+        for l in &lines[start..] {
+            out.push_str("\n    ");
+            out.push_str(l);
+        }
     }
+    if let Some(log) = log {
+        out.push_str(&format!("\n  whole output: {}", log.display()));
+    }
+    out
 }
 
 /// An argv as an operator would type it: words joined by spaces, quoted
@@ -146,7 +181,47 @@ impl Tail {
     }
 }
 
-fn spawn_reader<R: Read + Send + 'static>(mut stream: R, tail: Arc<Mutex<Tail>>) -> JoinHandle<()> {
+/// Where a command's whole output goes ([`run_hook`]): a file, up to
+/// [`LOG_BYTES`]; past that a last line says it was cut.
+struct OutputLog {
+    file: std::fs::File,
+    written: u64,
+    cut: bool,
+}
+
+/// The most of one command's output kept in its log file.
+pub const LOG_BYTES: u64 = 16 * 1024 * 1024;
+
+impl OutputLog {
+    fn push(&mut self, chunk: &[u8]) {
+        use std::io::Write;
+        if self.cut {
+            return;
+        }
+        let room = LOG_BYTES.saturating_sub(self.written);
+        let n = chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if self.file.write_all(&chunk[..n]).is_err() {
+            self.cut = true;
+            return;
+        }
+        self.written += n as u64;
+        if n < chunk.len() {
+            let _ = self
+                .file
+                .write_all(b"\n[slipway: output cut here at 16 MiB]\n");
+            self.cut = true;
+        }
+    }
+}
+
+type Sinks = (
+    Arc<Mutex<Tail>>,
+    Arc<Mutex<Tail>>,
+    Option<Arc<Mutex<OutputLog>>>,
+);
+
+fn spawn_reader<R: Read + Send + 'static>(mut stream: R, sinks: Sinks) -> JoinHandle<()> {
+    let (tail, combined, log) = sinks;
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
@@ -155,6 +230,16 @@ fn spawn_reader<R: Read + Send + 'static>(mut stream: R, tail: Arc<Mutex<Tail>>)
                 Ok(n) => {
                     if let Ok(mut t) = tail.lock() {
                         t.push(&buf[..n]);
+                    }
+                    // One lock for both, so chunks keep their order in the
+                    // interleaved tail and in the log.
+                    if let Ok(mut c) = combined.lock() {
+                        c.push(&buf[..n]);
+                        if let Some(log) = &log {
+                            if let Ok(mut l) = log.lock() {
+                                l.push(&buf[..n]);
+                            }
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -195,7 +280,20 @@ pub fn run_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, false)?)
+    succeeded(argv, run_process(argv, cwd, env, timeout, false, None)?)
+}
+
+/// Like [`run_command`], for a hook (`check`, `migrate`): its whole output
+/// (stdout and stderr interleaved as they came, up to [`LOG_BYTES`]) is also
+/// written to `log`, which a failure's message names.
+pub fn run_hook(
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+    timeout: Duration,
+    log: Option<&Path>,
+) -> Result<CommandOutput, HookError> {
+    succeeded(argv, run_process(argv, cwd, env, timeout, false, log)?)
 }
 
 /// A command's output if it exited 0; else [`HookError::Failed`] with the
@@ -207,6 +305,10 @@ fn succeeded(argv: &[String], output: CommandOutput) -> Result<CommandOutput, Ho
             argv: display_argv(argv),
             status,
             stderr_tail: output.stderr_tail,
+            seen: Box::new(Seen {
+                output_tail: output.output_tail,
+                log: output.log,
+            }),
         }),
     }
 }
@@ -219,7 +321,7 @@ pub fn run_command_status(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    run_process(argv, cwd, env, timeout, false)
+    run_process(argv, cwd, env, timeout, false, None)
 }
 
 /// Like [`run_command`], but processes the command started in the
@@ -231,7 +333,7 @@ pub fn run_service_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, true)?)
+    succeeded(argv, run_process(argv, cwd, env, timeout, true, None)?)
 }
 
 fn run_process(
@@ -240,6 +342,7 @@ fn run_process(
     env: &[(String, String)],
     timeout: Duration,
     leave_children: bool,
+    log_path: Option<&Path>,
 ) -> Result<CommandOutput, HookError> {
     let (program, args) = argv.split_first().ok_or(HookError::EmptyArgv)?;
     let started = Instant::now();
@@ -278,12 +381,37 @@ fn run_process(
 
     let out_tail = Arc::new(Mutex::new(Tail::default()));
     let err_tail = Arc::new(Mutex::new(Tail::default()));
+    let combined = Arc::new(Mutex::new(Tail::default()));
+    // A log that cannot be created costs the log, never the command.
+    let log = log_path.and_then(|p| {
+        let _ = p.parent().map(std::fs::create_dir_all);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .ok()
+            .map(|file| {
+                Arc::new(Mutex::new(OutputLog {
+                    file,
+                    written: 0,
+                    cut: false,
+                }))
+            })
+    });
+    let kept_log = log.as_ref().and(log_path.map(Path::to_path_buf));
     let mut readers = Vec::with_capacity(2);
     if let Some(s) = child.stdout.take() {
-        readers.push(spawn_reader(s, Arc::clone(&out_tail)));
+        readers.push(spawn_reader(
+            s,
+            (Arc::clone(&out_tail), Arc::clone(&combined), log.clone()),
+        ));
     }
     if let Some(s) = child.stderr.take() {
-        readers.push(spawn_reader(s, Arc::clone(&err_tail)));
+        readers.push(spawn_reader(
+            s,
+            (Arc::clone(&err_tail), Arc::clone(&combined), log.clone()),
+        ));
     }
 
     let deadline = deadline_after(started, timeout);
@@ -330,6 +458,8 @@ fn run_process(
         status: status_code(status),
         stdout_tail: take_tail(&out_tail),
         stderr_tail: take_tail(&err_tail),
+        output_tail: take_tail(&combined),
+        log: kept_log,
         duration: started.elapsed(),
     };
     if timed_out {
@@ -337,6 +467,10 @@ fn run_process(
             argv: display_argv(argv),
             timeout,
             stderr_tail: output.stderr_tail,
+            seen: Box::new(Seen {
+                output_tail: output.output_tail,
+                log: output.log,
+            }),
         });
     }
     Ok(output)
@@ -377,7 +511,8 @@ fn wait_until(child: &Child, deadline: Instant) -> std::io::Result<bool> {
 }
 
 /// Runs the release's `check` hook, then each of the host's checks, all in
-/// `release_dir`, each with `timeout`; stops at the first failure.
+/// `release_dir`, each with `timeout`; stops at the first failure. With
+/// `log_dir`, each check's whole output is kept in `log_dir/check-<n>.log`.
 ///
 /// Returns the outputs of all checks when every one passed. A failure here
 /// happens before anything is switched: the running release is untouched.
@@ -387,13 +522,16 @@ pub fn run_checks(
     host_checks: &[Vec<String>],
     env: &[(String, String)],
     timeout: Duration,
+    log_dir: Option<&Path>,
 ) -> Result<Vec<CommandOutput>, HookError> {
     let mut outputs = Vec::with_capacity(host_checks.len() + 1);
-    for argv in release_check
+    for (i, argv) in release_check
         .into_iter()
         .chain(host_checks.iter().map(Vec::as_slice))
+        .enumerate()
     {
-        outputs.push(run_command(argv, release_dir, env, timeout)?);
+        let log = log_dir.map(|d| d.join(format!("check-{}.log", i + 1)));
+        outputs.push(run_hook(argv, release_dir, env, timeout, log.as_deref())?);
     }
     Ok(outputs)
 }
@@ -434,6 +572,38 @@ mod tests {
         let err =
             run_command(&[], Path::new("/"), &[], Duration::from_secs(1)).expect_err("empty argv");
         assert!(matches!(err, HookError::EmptyArgv));
+    }
+
+    #[test]
+    fn a_failed_hook_shows_its_last_lines_of_stdout_and_stderr_in_order_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("out/check-1.log");
+        // Like `python -m compileall`: the reason is on stdout.
+        let script = "for i in $(seq 1 25); do echo \"line $i\"; done; \
+                      echo 'SyntaxError: invalid syntax' >&2; sleep 0.05; echo 'after' ; exit 1";
+        let err = run_hook(
+            &argv(&["sh", "-c", script]),
+            Path::new("/"),
+            &[],
+            Duration::from_secs(10),
+            Some(&log),
+        )
+        .expect_err("fails");
+        let text = err.to_string();
+        assert!(text.contains("exit status 1"), "{text}");
+        assert!(text.contains("last 20 lines"), "{text}");
+        let syntax = text.find("SyntaxError").expect("stderr shown");
+        let after = text.find("\n    after").expect("stdout shown");
+        assert!(syntax < after, "in the order they came: {text}");
+        assert!(text.contains("line 25"), "{text}");
+        assert!(!text.contains("line 6\n"), "only the last 20 lines: {text}");
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        let kept = std::fs::read_to_string(&log).expect("log kept");
+        assert!(kept.starts_with("line 1\n"), "{kept}");
+        assert!(
+            kept.contains("SyntaxError") && kept.ends_with("after\n"),
+            "{kept}"
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ pub enum VerifyError {
         min: u32,
         max: u32,
     },
-    #[error("{app} {version} reads data schemas {min} to {max}, but the data is at schema {data}, older than it can migrate from; install an intermediate release first")]
+    #[error("{app} {version} reads data schemas {min} to {max} and has no migrate hook, but the data is at schema {data}; install a release that migrates from schema {data} first")]
     DataTooOld {
         app: String,
         version: Version,
@@ -636,10 +636,17 @@ pub(crate) fn describe_tar_type(kind: tar::EntryType) -> String {
 /// - the same app;
 /// - a newer version: an equal version is [`VerifyError::AlreadyInstalled`],
 ///   an older one [`VerifyError::Downgrade`]; `allow_downgrade` lifts both;
-/// - when the data's schema is known, the new code must read it:
-///   `schema_min_compatible <= data <= schema_version`. Data newer than the
-///   code is refused whatever `allow_downgrade` says: running code on data
-///   it does not understand is how data gets destroyed.
+/// - when the data's schema is known, the new release must be able to take
+///   it (the one meaning of `schema_min_compatible`, docs/configuration.md:
+///   the oldest data schema the release's *code* reads as it is):
+///   - data newer than `schema_version` is refused whatever
+///     `allow_downgrade` says: running code on data it does not understand
+///     is how data gets destroyed;
+///   - data from `schema_min_compatible` to `schema_version` is taken (the
+///     migrate hook, if any, brings it up to `schema_version` first);
+///   - older data is taken only by a release with a migrate hook, which
+///     migrates it to `schema_version` before the code ever reads it;
+///     without one it is refused.
 pub fn check_upgrade(
     new: &Manifest,
     running: Option<&Manifest>,
@@ -683,7 +690,7 @@ pub fn check_upgrade(
                 max,
             });
         }
-        if data < min {
+        if data < min && new.hooks.migrate.is_none() {
             return Err(VerifyError::DataTooOld {
                 app: new.app.clone(),
                 version: new.version.clone(),

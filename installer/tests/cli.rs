@@ -579,3 +579,29 @@ fn channel_index_must_be_signed_fresh_and_never_older_than_seen() {
     assert_eq!(host.link("current"), Some(v2.dir_name()));
     host.wait_healthy("2.0.0");
 }
+
+#[test]
+fn a_release_that_no_longer_reads_old_data_but_migrates_it_installs() {
+    // examples/bot/schema/migrations/README.md: raise min_compatible when
+    // the code can no longer read older data. With a migrate hook such a
+    // release installs (the hook runs first); `check` agrees.
+    let host = TestHost::new(&[]);
+    host.release("1.0.0", &Flavor::default());
+    host.run_expect(&["install", &host.repo().to_string_lossy()], 0);
+    host.wait_healthy("1.0.0");
+    host.release(
+        "2.0.0",
+        &Flavor {
+            schema: Some(2),
+            min_compatible: Some(2),
+            ..Flavor::default()
+        },
+    );
+    let c = host.json(&["check"], 0);
+    assert!(c["candidate"]["refused"].is_null(), "{c}");
+    assert_eq!(c["candidate"]["migrates"], true, "{c}");
+    let o = host.json(&["update"], 0);
+    assert_eq!(o["result"], "updated", "{o}");
+    host.wait_healthy("2.0.0");
+    assert_eq!(host.data_schema(), 2);
+}

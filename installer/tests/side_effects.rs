@@ -176,6 +176,7 @@ fn run_command_captures_the_tails_and_reports_failures() {
             argv,
             status,
             stderr_tail,
+            ..
         } => {
             assert_eq!(*status, Some(3));
             assert!(argv.contains("exit 3"), "{argv}");
@@ -228,6 +229,7 @@ fn run_checks_runs_in_the_release_and_stops_at_the_first_failure() {
         &host_checks,
         &env,
         Duration::from_secs(10),
+        None,
     )
     .expect_err("second host check fails");
     assert!(err.to_string().contains("tests failed"), "{err}");
@@ -247,6 +249,7 @@ fn run_checks_runs_in_the_release_and_stops_at_the_first_failure() {
         &host_checks[..1],
         &env,
         Duration::from_secs(10),
+        None,
     )
     .expect("passes");
     assert_eq!(outputs.len(), 1);

@@ -659,6 +659,15 @@ fn check_upgrade_refuses_data_the_code_cannot_read() {
         ),
         "{err:?}"
     );
+    // The same release with a migrate hook takes the old data: the hook
+    // brings it to schema_version before the code reads it (raising
+    // min_compatible says what the code reads, not what it migrates from).
+    let mut migrating = new.clone();
+    migrating.hooks.migrate = Some(vec!["python3".into(), "app/migrate.py".into()]);
+    check_upgrade(&migrating, None, Some(1), false).unwrap();
+    // ...but never data newer than it understands.
+    let err = check_upgrade(&migrating, None, Some(4), true).unwrap_err();
+    assert!(matches!(err, VerifyError::DataTooNew { .. }), "{err:?}");
 }
 
 #[test]

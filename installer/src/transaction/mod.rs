@@ -212,6 +212,31 @@ fn hook_env(
     env
 }
 
+/// How many transactions' hook output is kept under `state/hook-output/`.
+pub const KEEP_HOOK_OUTPUT: usize = 10;
+
+/// `<root>/state/hook-output/<txn>/`, where this transaction's hooks keep
+/// their whole output (named in a failure's message). Only the newest
+/// [`KEEP_HOOK_OUTPUT`] transactions' directories are kept.
+fn hook_log_dir(host: &Host, txn: &str) -> PathBuf {
+    let base = host.layout.state_dir().join("hook-output");
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.as_str() != txn)
+            .collect();
+        // Transaction ids sort by time.
+        names.sort();
+        let excess = names.len().saturating_sub(KEEP_HOOK_OUTPUT - 1);
+        for old in &names[..excess] {
+            let _ = durable::remove_tree(&base.join(old));
+        }
+    }
+    base.join(txn)
+}
+
 /// A throwaway directory for hook bytecode, outside the install root.
 fn pycache_dir() -> Option<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -796,12 +821,14 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<(Cause, Failure)>, TxnE
             .map_or(Path::new("/nonexistent"), |d| d.path()),
     );
     let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
+    let logs = hook_log_dir(host, &t.journal.txn);
     match hooks::run_checks(
         &target.dir,
         release_check,
         &host.config.hooks.check,
         &env,
         timeout,
+        Some(&logs),
     ) {
         Ok(outputs) => {
             for o in outputs {
@@ -1164,7 +1191,8 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 .map_or(Path::new("/nonexistent"), |d| d.path()),
         );
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
-        if let Err(e) = hooks::run_command(&argv, &target.dir, &env, timeout) {
+        let log = hook_log_dir(host, &t.journal.txn).join("migrate.log");
+        if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, Some(&log)) {
             let cause =
                 failure_model::of_hook_error(&e, Cause::MigrateFailed, Cause::HostServicePaused);
             // Bad-listed before the undo: if the restore fails, the journal

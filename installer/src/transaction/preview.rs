@@ -164,6 +164,8 @@ pub fn preview(
             &host.config.hooks.check,
             &env,
             timeout,
+            // A dry run writes nothing under the root: no kept output.
+            None,
         ) {
             Ok(_) => checks_passed = Some(true),
             Err(e) => {

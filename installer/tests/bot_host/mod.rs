@@ -96,6 +96,8 @@ pub struct Flavor {
     /// The migrate hook sleeps for this many seconds, then migrates (so an
     /// orphaned hook of a killed run would write late).
     pub late_migrate: Option<u32>,
+    /// `[schema] min_compatible` (default 1).
+    pub min_compatible: Option<u32>,
 }
 
 /// A built release.
@@ -271,6 +273,13 @@ impl TestHost {
         fs::write(src.join("schema/VERSION"), format!("{schema}\n")).expect("schema");
         let toml = fs::read_to_string(src.join("slipway.toml")).expect("slipway.toml");
         let mut toml = toml.replace("version = 1\n", &format!("version = {schema}\n"));
+        if let Some(min) = flavor.min_compatible {
+            toml = toml.replace("min_compatible = 1\n", &format!("min_compatible = {min}\n"));
+            assert!(
+                toml.contains(&format!("min_compatible = {min}")),
+                "slipway.toml changed shape"
+            );
+        }
         if flavor.failing_check {
             toml = toml.replace(
                 "check = [\"python3\", \"-m\", \"compileall\", \"-q\", \"app\"]",
