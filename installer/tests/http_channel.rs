@@ -1460,6 +1460,124 @@ fn a_partial_download_of_a_changed_file_is_discarded() {
     assert_eq!(w.current(), Some(v1.dir_name()));
 }
 
+/// Serves `channels/stable.json.minisig` of `repo` behind nginx, except
+/// that the next requests get the bodies queued in `stale`: the signature
+/// as it was before a publish, as a host that reads the index just after a
+/// publish and the signature just before it would see.
+struct SignatureBackend {
+    port: u16,
+    stale: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SignatureBackend {
+    fn start(repo: PathBuf) -> SignatureBackend {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stale = std::sync::Arc::new(std::sync::Mutex::new(
+            std::collections::VecDeque::<Vec<u8>>::new(),
+        ));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (queue, count) = (stale.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = queue.lock().expect("queue").pop_front().unwrap_or_else(|| {
+                    fs::read(repo.join("channels/stable.json.minisig")).expect("signature")
+                });
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        SignatureBackend {
+            port,
+            stale,
+            requests,
+        }
+    }
+
+    fn serve_stale(&self, body: &[u8], times: usize) {
+        let mut q = self.stale.lock().expect("queue");
+        for _ in 0..times {
+            q.push_back(body.to_vec());
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn an_index_and_signature_torn_by_a_publish_are_read_again_once() {
+    // The signature goes through the backend, the rest straight from disk.
+    let mut w = World::new(Kind::Http);
+    let backend = SignatureBackend::start(w.repo());
+    w = {
+        w.nginx = Some(
+            Nginx::serve_with(
+                w.repo(),
+                NginxOptions {
+                    extra_server_config: Some(format!(
+                        "location = /channels/stable.json.minisig {{ proxy_pass http://127.0.0.1:{}; }}",
+                        backend.port
+                    )),
+                    ..NginxOptions::default()
+                },
+            )
+            .expect("nginx"),
+        );
+        w.write_config(&[]);
+        w
+    };
+    let v1 = w.build("1.0.0");
+    let v2 = w.build("2.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    let old_signature = fs::read(w.repo().join("channels/stable.json.minisig")).expect("sig");
+    w.publish(&v2, &[]);
+
+    // Torn once: the new index with the old signature, then the pair again.
+    backend.serve_stale(&old_signature, 1);
+    let before = backend.requests();
+    let out = w.run_expect(&["update"], 0, &[]);
+    assert!(stdout(&out).contains("2.0.0"), "{}", text(&out));
+    assert_eq!(w.current(), Some(v2.dir_name()));
+    assert_eq!(backend.requests() - before, 2, "the signature read twice");
+
+    // Torn twice in a row: refused, and that is no failure of anything.
+    let v3 = w.build("3.0.0");
+    let signature_v2 = fs::read(w.repo().join("channels/stable.json.minisig")).expect("sig");
+    w.publish(&v3, &[]);
+    backend.serve_stale(&signature_v2, 2);
+    let out = w.run_expect(&["update", "--json"], 1, &[]);
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(o["result"], "refused", "{o}");
+    assert_eq!(o["cause"], "index_untrusted", "{o}");
+    assert!(
+        stderr(&out).contains("does not match the data"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.current(), Some(v2.dir_name()));
+    let status = w.status();
+    assert_eq!(status["failures_today"], 0, "{status}");
+    // The next poll reads a consistent pair and goes on.
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.current(), Some(v3.dir_name()));
+}
+
 #[test]
 fn a_server_answering_slowly_trips_the_stall_timeout_naming_the_url() {
     // nginx proxies /slow/ to a backend that accepts and never answers.
