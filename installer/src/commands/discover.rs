@@ -24,15 +24,16 @@ pub(super) fn source_error(e: SourceError, exit: Exit) -> CommandError {
         SourceError::BadUrl { .. } => {
             "give the repository's base URL (the directory holding channels/ and releases/)"
         }
-        SourceError::Fetch { .. } => "nothing was installed; the message above says what to check",
-        SourceError::UntrustedKey { .. } => {
-            "add the key to update.public_keys only if you trust it; nothing was installed"
-        }
+        // The error itself says what to check: the hint only adds what it
+        // does not say.
+        SourceError::Fetch { .. } | SourceError::UntrustedKey { .. } => "nothing was installed",
         SourceError::NotFound { .. } | SourceError::Unrecognized { .. } => {
             "give an archive path, or a directory with channels/ and releases/"
         }
-        SourceError::Expired { .. } => "re-publish the channel, or pass --allow-expired once",
-        SourceError::ClockWentBack { .. } => "fix the system clock (timedatectl status)",
+        SourceError::Expired { .. } => {
+            "nothing was installed, and auto-update stays on: the first poll after the refresh updates by itself"
+        }
+        SourceError::ClockWentBack { .. } => "nothing was installed",
         _ => "nothing was installed; check the source and the trusted keys",
     };
     CommandError::new(exit, "cannot use the release source", e, hint)

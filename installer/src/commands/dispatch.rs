@@ -50,8 +50,16 @@ impl From<TxnError> for CommandError {
 
 /// Prints `slipway: error: <what>: <why>` and the hint to stderr.
 pub fn print_failure(f: &Failure) {
+    print_ending(f, Exit::Failed);
+}
+
+/// Prints why a command ended without doing its job: `slipway: error: <what>:
+/// <why>`, or for a skip (exit 4, an ordinary end of a timer run, not an
+/// error) `slipway: <what>: <why>`, and the hint when there is one.
+fn print_ending(f: &Failure, exit: Exit) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "slipway: error: {}: {}", f.what, f.why);
+    let label = if exit == Exit::Skipped { "" } else { "error: " };
+    let _ = writeln!(err, "slipway: {label}{}: {}", f.what, f.why);
     if !f.hint.is_empty() {
         let _ = writeln!(err, "  hint: {}", f.hint);
     }
@@ -71,7 +79,7 @@ pub fn run(cli: Cli) -> i32 {
     match dispatch(&cli, log) {
         Ok(exit) => exit as i32,
         Err(e) => {
-            print_failure(&e.failure);
+            print_ending(&e.failure, e.exit);
             e.exit as i32
         }
     }
@@ -387,7 +395,7 @@ pub(super) fn emit(host: &Host, o: &Outcome, json: bool) -> Exit {
     if json {
         print_json(o);
         if let Some(f) = &o.failure {
-            print_failure(f);
+            print_ending(f, o.exit);
         }
         return o.exit;
     }
@@ -398,7 +406,7 @@ pub(super) fn emit(host: &Host, o: &Outcome, json: bool) -> Exit {
         None if crate::report::result_in_journal(crate::term::Stream::Stdout) => {}
         None => slipway_fs::outln!("{}", o.message),
         Some(_) if crate::report::result_in_journal(crate::term::Stream::Stderr) => {}
-        Some(f) => print_failure(f),
+        Some(f) => print_ending(f, o.exit),
     }
     o.exit
 }

@@ -77,7 +77,7 @@ pub(super) fn install_interactive(
             Exit::Skipped,
             format!("{} {} would be skipped", preview.app, preview.version),
             i,
-            "the reason above says what to change; nothing was changed",
+            "nothing was changed",
         ));
     }
     let question = format!(

@@ -390,9 +390,9 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         ),
         None => "none".to_string(),
     };
-    let _ = writeln!(out, "root:         {}", view.root.display());
-    let _ = writeln!(out, "current:      {}", rel(&view.current));
-    let _ = writeln!(out, "previous:     {}", rel(&view.previous));
+    let _ = writeln!(out, "root:        {}", view.root.display());
+    let _ = writeln!(out, "current:     {}", rel(&view.current));
+    let _ = writeln!(out, "previous:    {}", rel(&view.previous));
     let index_text = match &view.index {
         Some(i) if i.channel == view.channel => format!(
             "; index v{} expires {}{}",
@@ -405,9 +405,9 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         ),
         _ => "; no index accepted yet".to_string(),
     };
-    let _ = writeln!(out, "channel:      {}{index_text}", view.channel);
+    let _ = writeln!(out, "channel:     {}{index_text}", view.channel);
     if let Some(next) = &view.next_timer_run {
-        let _ = writeln!(out, "next check:   {next} ({})", super::UPDATE_TIMER);
+        let _ = writeln!(out, "next check:  {next} ({})", super::UPDATE_TIMER);
     }
     if let Some(p) = &view.pending {
         let _ = writeln!(
@@ -440,7 +440,7 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
     if let Some(b) = view.blocked.as_ref().filter(|b| !b.stalled) {
         let _ = writeln!(
             out,
-            "blocked:      since {} ({}; a warning after {})",
+            "blocked:     since {} ({}; a warning after {})",
             b.since,
             b.cause,
             plural(config.update.stalled_after_hours, "hour", "hours")
@@ -468,17 +468,17 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         ));
     }
     if off.is_empty() {
-        let _ = writeln!(out, "auto-update:  {}", paint.good("enabled"));
+        let _ = writeln!(out, "auto-update: {}", paint.good("enabled"));
     } else {
         let _ = writeln!(
             out,
-            "auto-update:  {}: {}",
+            "auto-update: {}: {}",
             paint.bad("DISABLED"),
             off.join("; and ")
         );
     }
     if view.bad_releases.is_empty() {
-        let _ = writeln!(out, "bad list:     empty");
+        let _ = writeln!(out, "bad list:    empty");
     } else {
         let _ = writeln!(out, "bad list:");
         for b in &view.bad_releases {
