@@ -1,7 +1,8 @@
 //! The formats slipway's packager and installer agree on.
 //!
 //! This crate is pure: it parses, validates, hashes and verifies, and never
-//! touches the network, spawns a process or assumes a global path. Every
+//! touches the network, spawns a process, opens a file by path or assumes a
+//! global path: it takes bytes, or a reader the caller opened. Every
 //! reader and writer of a release goes through it, so a rule enforced here
 //! (a path rule, a manifest field, a signature check) is enforced everywhere.
 //!
@@ -16,7 +17,10 @@
 //! - [`rollout`]: the stable per-host bucket for staged rollouts.
 //! - [`rotation`]: key rotation statements (`keys/rotation-<KEYID>.json`).
 //! - [`bundle`]: the offline bundle's checksum list and its signed comment.
+//! - [`archive`]: release archives: verification, the entry policy and the
+//!   walk both binaries run over the same bytes.
 
+pub mod archive;
 pub mod bundle;
 pub mod channel;
 pub mod diff;

@@ -254,21 +254,11 @@ pub fn reap_orphans(ledger: &Path) -> io::Result<Reaped> {
     Ok(reaped)
 }
 
-/// A ledger record: opened without following a link or blocking, a regular
-/// file of at most 64 KiB; anything else reads as no record.
+/// A ledger record, read with [`slipway_fs::read_capped`] (no link
+/// followed, no blocking open, a regular file of at most 64 KiB); anything
+/// else reads as no record.
 fn read_record(path: &Path) -> Option<ChildRecord> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(64 * 1024).read_to_end(&mut bytes).ok()?;
+    let bytes = slipway_fs::read_capped(path, 64 * 1024).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

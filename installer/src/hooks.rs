@@ -580,7 +580,7 @@ mod tests {
         let log = dir.path().join("out/check-1.log");
         // Like `python -m compileall`: the reason is on stdout.
         let script = "for i in $(seq 1 25); do echo \"line $i\"; done; \
-                      echo 'SyntaxError: invalid syntax' >&2; sleep 0.05; echo 'after' ; exit 1";
+                      echo 'SyntaxError: invalid syntax' >&2; sleep 0.5; echo 'after' ; exit 1";
         let err = run_hook(
             &argv(&["sh", "-c", script]),
             Path::new("/"),

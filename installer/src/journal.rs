@@ -322,7 +322,10 @@ pub enum JournalError {
     #[error("cannot write the transaction journal {path}: {source}; check free space and permissions of {}, then run `slipway recover`", .path.parent().unwrap_or(Path::new(".")).display())]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read the transaction journal {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        path: PathBuf,
+        source: slipway_fs::ReadError,
+    },
     #[error("the transaction journal {path} is unreadable ({message}); it was written by a newer slipway or damaged: inspect it, run the slipway that wrote it, or move it away and check `current`, `previous` and the service by hand")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot remove the transaction journal {path}: {source}")]
@@ -374,9 +377,11 @@ pub fn record(layout: &Layout, journal: &Journal) -> Result<(), JournalError> {
 /// Reads the journal of a transaction in flight, `None` when there is none.
 pub fn load(layout: &Layout) -> Result<Option<Journal>, JournalError> {
     let path = layout.journal_file();
-    let bytes = match std::fs::read(&path) {
+    // Capped and never through a symlink, FIFO or device: the journal
+    // decides what `recover` undoes.
+    let bytes = match slipway_fs::read_capped(&path, crate::source::MAX_STATE_BYTES) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(None),
         Err(source) => return Err(JournalError::Read { path, source }),
     };
     let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {

@@ -8,7 +8,6 @@ pub mod children;
 pub mod commands;
 pub mod config;
 pub mod diff;
-pub mod durable;
 pub mod eligibility;
 pub mod failure_model;
 pub mod fault;
@@ -31,6 +30,10 @@ pub mod switch;
 pub mod term;
 pub mod transaction;
 pub mod verify;
+
+/// Durable writes are slipway-fs's, shared with `slipway-pack`; re-exported
+/// here so every step writes through `crate::durable`.
+pub use slipway_fs::durable;
 
 /// The documented, stable exit codes (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

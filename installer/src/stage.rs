@@ -3,70 +3,53 @@
 //! while writing it.
 //!
 //! [`stage_release`] reads from the descriptor [`crate::verify`] checked and
-//! unpacks into a fresh `releases/.staging-<id12>-<pid>` directory. It walks
-//! the tar entries itself (the tar crate's `unpack` skips `..` entries
-//! silently, strips leading `/`, never checks symlink targets and writes
-//! unknown types as files) and requires them to be exactly the manifest's
-//! entries, one to one and in order: same path, type, mode, size, content hash
-//! and symlink target. Everything SPEC §6 lists is refused with the entry
-//! named. Files are created with `O_EXCL | O_NOFOLLOW` under directories this
-//! run created, so nothing is ever written outside the staging directory.
-//!
-//! The compressed bytes are hashed again as they are read, with the keyed
-//! BLAKE3 the verification computed over the bytes it checked
-//! ([`Recheck`]): an archive rewritten between verify and stage is refused.
+//! unpacks into a fresh `releases/.staging-<id12>-<pid>` directory. The
+//! reading and checking are [`slipway_formats::archive::walk_release`]'s,
+//! the walk `slipway-pack verify` runs too: the file is read again through
+//! the keyed BLAKE3 the verification computed
+//! ([`Recheck`](slipway_formats::archive::Recheck)), so an archive
+//! rewritten between verify and stage is refused; it is decompressed with
+//! the zstd window limit and a decompression budget; and every tar entry
+//! must be exactly the manifest's, one to one and in order (path, type,
+//! mode, mtime, owner, size, symlink target), with everything SPEC §6 lists
+//! refused by name. This module is the walk's [`EntrySink`]: it creates
+//! what the walk accepted, files with `O_EXCL | O_NOFOLLOW` under
+//! directories this run created, so nothing is ever written outside the
+//! staging directory.
 //!
 //! Five threads share the work, each fed through a bounded queue of
-//! recycled buffers: one reads, re-hashes and decompresses; this one parses
-//! and checks every entry and queues what to create; one creates the
+//! recycled buffers: the walk's own decompressing thread; this one, which
+//! walks and checks the entries and queues what to create; one creates the
 //! directories, symlinks and files; one hashes the file contents it wrote
-//! (every file's digest is compared before staging succeeds, and the error
-//! of the earliest entry is reported, as if all were done in line); and,
-//! with [`SyncMode::Filesystem`], one runs a `syncfs(2)` every 128 MiB
-//! written so that writeback overlaps the unpacking instead of all waiting
-//! for the final syncfs. Decompressed bytes are counted against what the manifest
-//! allows, so a decompression bomb stops at the limit, and at every point the
-//! tar reader may buffer at most a header's worth of data.
+//! (every file's digest is compared, with
+//! [`slipway_formats::archive::check_file_digest`], before staging succeeds,
+//! and the error of the earliest entry is reported, as if all were done in
+//! line); and, with [`SyncMode::Filesystem`], one runs a `syncfs(2)` every
+//! 128 MiB written so that writeback overlaps the unpacking instead of all
+//! waiting for the final syncfs.
 //!
 //! On success the tree is made read-only, made durable and renamed into
 //! place. On any error the staging directory is removed: a refused release
 //! leaves nothing behind but the error the caller logs.
 
-use std::cell::Cell;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
-use slipway_formats::path::{validate_entry_path, PathError, MAX_PATH_BYTES};
+use slipway_formats::archive::{
+    check_file_digest, walk_release, EntryError, EntrySink, SinkError, VerifiedRelease, WalkError,
+};
+use slipway_formats::path::PathError;
 use slipway_formats::{EntryType, FileEntry, Manifest, ReleaseId, MANIFEST_PATH};
 use thiserror::Error;
 
 use crate::diff::verify_installed;
 use crate::durable;
-use crate::verify::{
-    describe_tar_type, is_window_error, Recheck, VerifiedArchive, ZSTD_WINDOW_LOG_MAX,
-};
-
-/// The compressed read buffer.
-const BUFFER: usize = 256 * 1024;
-/// Decompressed bytes are handed from the decompressing thread to the
-/// parsing one in chunks this big: large enough that the two threads meet
-/// (and wake each other) a thousand times per GiB, not four thousand.
-const CHUNK: usize = 1024 * 1024;
-
-/// Decompressed bytes the tar reader may consume for one entry's headers
-/// (the 512-byte header, PAX and GNU long-name records, padding) on top of
-/// the longest path and link target the manifest lists.
-const HEADER_ALLOWANCE: u64 = 16 * 1024;
-
-/// Slack on the whole-archive decompression limit (end-of-archive blocks,
-/// record padding).
-const TOTAL_SLACK: u64 = 1024 * 1024;
+use crate::verify::{VerifiedArchive, ZSTD_WINDOW_LOG_MAX};
 
 /// How the staged tree is made durable before it is renamed into place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -153,6 +136,20 @@ pub enum StageError {
         expected: u32,
         found: u32,
     },
+    #[error("release {id}: entry {path:?} has mtime {found} but the manifest's created is {expected}; refused (build releases with slipway-pack)")]
+    MtimeMismatch {
+        id: ReleaseId,
+        path: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("release {id}: entry {path:?} is owned by uid {uid} gid {gid}, not 0 and 0; refused (build releases with slipway-pack)")]
+    OwnerNotRoot {
+        id: ReleaseId,
+        path: String,
+        uid: u64,
+        gid: u64,
+    },
     #[error(
         "release {id}: entry {path:?} is {found} bytes but the manifest says {expected}; refused"
     )]
@@ -224,8 +221,8 @@ fn stage_inner(
     releases_dir: &Path,
     options: StageOptions,
 ) -> Result<PathBuf, StageError> {
-    let id = verified.id;
-    let final_dir = releases_dir.join(verified.manifest.release_dir_name(&id));
+    let id = verified.release.id;
+    let final_dir = releases_dir.join(verified.release.manifest.release_dir_name(&id));
     let meta =
         fs::metadata(releases_dir).map_err(io_at("use the releases directory", releases_dir))?;
     if !meta.is_dir() {
@@ -255,7 +252,7 @@ fn stage_inner(
         .map_err(io_at("open", &staging))
         .and_then(|root| {
             unpack(verified, &staging, options)?;
-            seal(&staging, &root, &verified.manifest, options)
+            seal(&staging, &root, &verified.release.manifest, options)
         })
         .and_then(|()| move_into_place(&staging, &final_dir, existing.is_some(), releases_dir));
     match staged {
@@ -287,271 +284,129 @@ fn is_clean(dir: &Path, verified: &VerifiedArchive) -> bool {
         &dir.join(MANIFEST_PATH),
         slipway_formats::MAX_MANIFEST_BYTES,
     )
-    .map(|bytes| bytes == verified.manifest_bytes)
+    .map(|bytes| bytes == verified.release.manifest_bytes)
     .unwrap_or(false);
     manifest_same
-        && verify_installed(dir, &verified.manifest)
+        && verify_installed(dir, &verified.release.manifest)
             .map(|drift| drift.is_empty())
             .unwrap_or(false)
 }
 
-/// Counts decompressed bytes and refuses to hand out more than `limit`.
-struct Budget {
-    used: Cell<u64>,
-    limit: Cell<u64>,
-    total: u64,
-    tripped: Cell<bool>,
-}
-
-impl Budget {
-    /// Allows `more` bytes past what has been used so far, never past the
-    /// whole-archive total.
-    fn allow(&self, more: u64) {
-        self.limit
-            .set(self.used.get().saturating_add(more).min(self.total));
-    }
-}
-
-struct BudgetReader<R> {
-    inner: R,
-    budget: Rc<Budget>,
-}
-
-impl<R: Read> Read for BudgetReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let b = &self.budget;
-        let left = b.limit.get().saturating_sub(b.used.get());
-        if left == 0 {
-            // One probe byte tells a stream that ends here from one that goes on.
-            let mut probe = [0u8; 1];
-            return match self.inner.read(&mut probe)? {
-                0 => Ok(0),
-                _ => {
-                    b.tripped.set(true);
-                    Err(io::Error::other("decompressed data exceeds the limit"))
-                }
-            };
-        }
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        b.used.set(b.used.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// Hashes every byte read from the archive file with the verification's
-/// keyed BLAKE3 ([`Recheck`]), in line: at several GB/s it costs a fraction
-/// of decompressing.
-struct HashingReader<R> {
-    inner: R,
-    hasher: blake3::Hasher,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// The most decompressed bytes a release may produce: its files, its
-/// manifest, five blocks per entry (header, PAX header and record, padding,
-/// spare), the length of every path and target twice over (long PAX
-/// records), and slack.
-fn decompression_limit(manifest: &Manifest, manifest_len: u64) -> u64 {
-    let entries = manifest.files.len() as u64 + 1;
-    let names = manifest
-        .files
-        .iter()
-        .map(|e| e.path.len() as u64 + e.target.as_ref().map_or(0, |t| t.len() as u64))
-        .fold(0u64, u64::saturating_add);
-    manifest
-        .total_size()
-        .saturating_add(manifest_len)
-        .saturating_add((entries + 4).saturating_mul(5 * 512))
-        .saturating_add(names.saturating_mul(2))
-        .saturating_add(TOTAL_SLACK)
-}
-
-/// Unpacks and checks every entry into `staging`.
-///
-/// One thread reads, re-hashes ([`Recheck`]) and decompresses the archive;
-/// this one parses, checks and writes
-/// ([`check_and_write`]). They meet in a bounded channel, so at most
-/// [`CHUNKS_IN_FLIGHT`] chunks are ever held.
+/// Unpacks and checks every entry into `staging`, reading the verified
+/// descriptor from its start ([`check_and_write`]).
 fn unpack(
     verified: &mut VerifiedArchive,
     staging: &Path,
     options: StageOptions,
 ) -> Result<(), StageError> {
-    let id = verified.id;
-    let archive_path = verified.path.clone();
+    let archive = verified.path.clone();
     verified
         .file
         .seek(SeekFrom::Start(0))
-        .map_err(io_at("rewind the archive", &archive_path))?;
-    let file = &mut verified.file;
-    let recheck = &verified.recheck;
-    let manifest = &verified.manifest;
-    let manifest_bytes = &verified.manifest_bytes;
-    std::thread::scope(|scope| {
-        let (chunks, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-        let (spare_tx, spares) = mpsc::channel();
-        let producer = scope.spawn(move || decompress(file, recheck, &chunks, &spares));
-        let reader = ChannelReader {
-            chunks: chunk_rx,
-            chunk: Vec::new(),
-            pos: 0,
-            spares: spare_tx,
-            failed: false,
-        };
-        // The reader is dropped when this returns, which stops the producer
-        // early if the archive was refused half way.
-        let checked = check_and_write(reader, id, manifest, manifest_bytes, staging, options);
-        let produced = producer.join();
-        checked?;
-        let same = match produced {
-            Ok(Ok(Some(same))) => same,
-            Ok(Ok(None)) => {
-                return Err(StageError::Corrupt {
-                    id,
-                    reason: "decompression stopped early".into(),
-                })
-            }
-            Ok(Err(source)) => return Err(io_at("read the archive", &archive_path)(source)),
-            Err(_) => {
-                return Err(StageError::Corrupt {
-                    id,
-                    reason: "the decompression thread panicked".into(),
-                })
-            }
-        };
-        if !same {
-            return Err(StageError::ArchiveChanged {
-                path: archive_path,
-                id,
-            });
-        }
-        Ok(())
-    })
+        .map_err(io_at("rewind the archive", &archive))?;
+    check_and_write(
+        &mut verified.file,
+        &verified.release,
+        &archive,
+        staging,
+        options,
+    )
 }
 
-/// Decompressed chunks buffered between the two threads.
-const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// The decompressing side: reads the whole file through the keyed hash,
-/// decompresses it and sends the output in chunks. Returns whether the
-/// file's bytes are the verified ones, `None` if the consumer stopped
-/// listening or decoding failed (the error went down the channel), or an
-/// error reading the file after the stream.
-fn decompress(
-    file: &mut File,
-    recheck: &Recheck,
-    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
-    spares: &mpsc::Receiver<Vec<u8>>,
-) -> io::Result<Option<bool>> {
-    let hashing = HashingReader {
-        inner: file,
-        hasher: recheck.hasher(),
-    };
-    let hasher = decompress_from(hashing, chunks, spares)?;
-    Ok(hasher.map(|h| recheck.matches(&h)))
-}
-
-/// Decompresses everything `hashing` reads and sends it on; then reads the
-/// file to its end (through the hash) and returns the hash of the whole
-/// file. Returns `None` if the consumer stopped listening or decoding
-/// failed (the error went down the channel).
-fn decompress_from(
-    hashing: HashingReader<&mut File>,
-    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
-    spares: &mpsc::Receiver<Vec<u8>>,
-) -> io::Result<Option<blake3::Hasher>> {
-    let buffered = BufReader::with_capacity(BUFFER, hashing);
-    let mut decoder = match zstd::stream::read::Decoder::with_buffer(buffered) {
-        Ok(d) => d,
-        Err(e) => {
-            let _ = chunks.send(Err(e));
-            return Ok(None);
+/// A refusal of the shared entry policy, as a [`StageError`] naming the
+/// release (and `archive`, for errors reading it).
+fn refused(id: ReleaseId, archive: &Path, e: EntryError) -> StageError {
+    match e {
+        EntryError::Read(source) => io_at("read the archive", archive)(source),
+        EntryError::ArchiveChanged => StageError::ArchiveChanged {
+            path: archive.to_path_buf(),
+            id,
+        },
+        EntryError::Corrupt { reason } => StageError::Corrupt { id, reason },
+        EntryError::WindowTooLarge => StageError::WindowTooLarge { id },
+        EntryError::DecompressionBomb { limit, near } => {
+            StageError::DecompressionBomb { id, limit, near }
         }
-    };
-    if let Err(e) = decoder.window_log_max(ZSTD_WINDOW_LOG_MAX) {
-        let _ = chunks.send(Err(e));
-        return Ok(None);
-    }
-    loop {
-        let mut chunk = spares.try_recv().unwrap_or_default();
-        chunk.resize(CHUNK, 0);
-        let mut filled = 0;
-        while filled < chunk.len() {
-            match decoder.read(&mut chunk[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = chunks.send(Err(e));
-                    return Ok(None);
-                }
-            }
+        EntryError::FirstEntryNotManifest { found } => {
+            StageError::FirstEntryNotManifest { id, found }
         }
-        if filled == 0 {
-            break;
+        EntryError::ManifestChanged => StageError::ManifestChanged { id },
+        EntryError::NonUtf8Path { path } => StageError::NonUtf8Path { id, path },
+        EntryError::BadPath(source) => StageError::BadPath { id, source },
+        EntryError::ForbiddenType { path, kind } => StageError::ForbiddenType { id, path, kind },
+        EntryError::ForbiddenMode { path, mode, what } => StageError::ForbiddenMode {
+            id,
+            path,
+            mode,
+            what,
+        },
+        EntryError::Duplicate { path } => StageError::Duplicate { id, path },
+        EntryError::NotInManifest { path } => StageError::NotInManifest { id, path },
+        EntryError::Missing { path } => StageError::Missing { id, path },
+        EntryError::TypeMismatch {
+            path,
+            expected,
+            found,
+        } => StageError::TypeMismatch {
+            id,
+            path,
+            expected,
+            found,
+        },
+        EntryError::ModeMismatch {
+            path,
+            expected,
+            found,
+        } => StageError::ModeMismatch {
+            id,
+            path,
+            expected,
+            found,
+        },
+        EntryError::MtimeMismatch {
+            path,
+            expected,
+            found,
+        } => StageError::MtimeMismatch {
+            id,
+            path,
+            expected,
+            found,
+        },
+        EntryError::OwnerNotRoot { path, uid, gid } => {
+            StageError::OwnerNotRoot { id, path, uid, gid }
         }
-        chunk.truncate(filled);
-        if chunks.send(Ok(chunk)).is_err() {
-            return Ok(None);
-        }
-    }
-    // Whatever zstd did not need (nothing, for a well-formed file) is hashed too.
-    let mut hashing = decoder.into_inner().into_inner();
-    let mut sink = vec![0u8; 64 * 1024];
-    loop {
-        match hashing.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Some(hashing.hasher))
-}
-
-/// The consuming side of the channel, as a reader. Emptied chunks go back
-/// to the producer for reuse.
-struct ChannelReader {
-    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    pos: usize,
-    spares: mpsc::Sender<Vec<u8>>,
-    failed: bool,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.failed {
-            return Err(io::Error::other("decompression failed earlier"));
-        }
-        while self.pos == self.chunk.len() {
-            let used = std::mem::take(&mut self.chunk);
-            if used.capacity() > 0 {
-                let _ = self.spares.send(used);
-            }
-            self.pos = 0;
-            match self.chunks.recv() {
-                Ok(Ok(chunk)) => self.chunk = chunk,
-                Ok(Err(e)) => {
-                    self.failed = true;
-                    return Err(e);
-                }
-                // The producer is done: end of the decompressed stream.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        EntryError::SizeMismatch {
+            path,
+            expected,
+            found,
+        } => StageError::SizeMismatch {
+            id,
+            path,
+            expected,
+            found,
+        },
+        EntryError::HashMismatch {
+            path,
+            expected,
+            found,
+        } => StageError::HashMismatch {
+            id,
+            path,
+            expected,
+            found,
+        },
+        EntryError::TargetMismatch {
+            path,
+            expected,
+            found,
+        } => StageError::TargetMismatch {
+            id,
+            path,
+            expected,
+            found,
+        },
+        EntryError::TrailingData => StageError::TrailingData { id },
     }
 }
 
@@ -566,24 +421,26 @@ const BATCH_OPS: usize = 4096;
 /// written or hashed): bounds that memory to `BATCHES` × `BATCH_BYTES`.
 const BATCHES: usize = 4;
 
-/// The checking side: walks the tar entries and checks each against the
-/// manifest on this thread, which queues what to create in batches. Two
-/// threads carry them out in order: the writing thread creates the
-/// directories, symlinks and files under `staging` ([`write_batches`]),
-/// then the hashing thread hashes the file contents from the same buffers
-/// ([`hash_batches`]). So parsing, the kernel's file creation and hashing
-/// overlap. Every content hash is compared before this returns, and of the
-/// errors the two threads found, the one for the earliest entry is
-/// reported (a hash mismatch first if both concern the same entry), as if
-/// everything had been done in line.
+/// The checking side: [`walk_release`] reads, decompresses and checks the
+/// tar entries against the manifest, and this thread, as its [`EntrySink`]
+/// ([`Writer`]), queues what to create in batches. Two threads carry them
+/// out in order: the writing thread creates the directories, symlinks and
+/// files under `staging` ([`write_batches`]), then the hashing thread
+/// hashes the file contents from the same buffers ([`hash_batches`]). So
+/// decompressing, parsing, the kernel's file creation and hashing overlap.
+/// Every content hash is compared before this returns, and of the errors
+/// the two threads found, the one for the earliest entry is reported (a
+/// hash mismatch first if both concern the same entry), as if everything
+/// had been done in line.
 fn check_and_write(
-    reader: ChannelReader,
-    id: ReleaseId,
-    manifest: &Manifest,
-    manifest_bytes: &[u8],
+    file: &mut File,
+    release: &VerifiedRelease,
+    archive: &Path,
     staging: &Path,
     options: StageOptions,
 ) -> Result<(), StageError> {
+    let id = release.id;
+    let manifest = &release.manifest;
     let failed = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(BATCHES);
@@ -613,9 +470,8 @@ fn check_and_write(
             open: None,
         };
         let writer_thread = scope.spawn(move || write_batches(files, batch_rx, written_tx, failed));
-        let hasher = scope.spawn(move || hash_batches(id, manifest, written_rx, free_tx, failed));
+        let hasher = scope.spawn(move || hash_batches(manifest, written_rx, free_tx, failed));
         let mut writer = Writer {
-            id,
             staging,
             batch: Batch::new(),
             batches: Some(batch_tx),
@@ -623,18 +479,24 @@ fn check_and_write(
             failed,
             sync: options.sync,
         };
-        let walked = walk_entries(reader, id, manifest, manifest_bytes, &mut writer);
+        let walked = walk_release(&mut *file, release, &mut writer);
         // The last, partly filled batch; then the threads see the end.
         let shipped = writer.ship();
         drop(writer);
         let write_failure = writer_thread.join().map_err(|_| hashing_stopped(staging))?;
-        let mismatch = hasher.join().map_err(|_| hashing_stopped(staging))?;
+        let mismatch = hasher
+            .join()
+            .map_err(|_| hashing_stopped(staging))?
+            .map(|(i, e)| (i, refused(id, archive, e)));
         let synced = write_back.map(|t| t.join());
         if let Some(e) = earliest(mismatch, write_failure) {
             return Err(e);
         }
-        walked?;
-        shipped.map_err(|e| e.or_read(|_| hashing_stopped(staging)))?;
+        walked.map_err(|e| match e {
+            WalkError::Entry(e) => refused(id, archive, e),
+            WalkError::Sink(e) => e,
+        })?;
+        shipped?;
         let sync_error = |source| io_at("syncfs the file system holding", staging)(source);
         match synced {
             Some(Ok(Err(e))) => return Err(sync_error(e)),
@@ -682,342 +544,6 @@ fn hashing_stopped(staging: &Path) -> StageError {
     }
 }
 
-/// Walks the tar entries, checks each against the manifest and hands it to
-/// `writer`.
-fn walk_entries(
-    reader: ChannelReader,
-    id: ReleaseId,
-    manifest: &Manifest,
-    manifest_bytes: &[u8],
-    writer: &mut Writer<'_>,
-) -> Result<(), StageError> {
-    let longest_name = manifest
-        .files
-        .iter()
-        .map(|e| e.target.as_ref().map_or(0, String::len))
-        .max()
-        .unwrap_or(0) as u64
-        + MAX_PATH_BYTES as u64;
-    let header_allowance = HEADER_ALLOWANCE + 2 * longest_name;
-    let total = decompression_limit(manifest, manifest_bytes.len() as u64);
-    let budget = Rc::new(Budget {
-        used: Cell::new(0),
-        limit: Cell::new(0),
-        total,
-        tripped: Cell::new(false),
-    });
-    budget.allow(header_allowance);
-
-    let mut tar = tar::Archive::new(BudgetReader {
-        inner: reader,
-        budget: Rc::clone(&budget),
-    });
-
-    let mut near = String::from("(start of archive)");
-    let read_error = |e: io::Error, near: &str| {
-        if budget.tripped.get() {
-            StageError::DecompressionBomb {
-                id,
-                limit: total,
-                near: near.to_string(),
-            }
-        } else if is_window_error(&e) {
-            StageError::WindowTooLarge { id }
-        } else {
-            StageError::Corrupt {
-                id,
-                reason: format!("{e} (near entry {near:?})"),
-            }
-        }
-    };
-
-    let mut next = 0usize;
-    let mut seen_manifest = false;
-    {
-        let mut entries = tar.entries().map_err(|e| read_error(e, &near))?;
-        loop {
-            let mut entry = match entries.next() {
-                None => break,
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => return Err(read_error(e, &near)),
-            };
-            let header_kind = entry.header().entry_type();
-            let raw_path = entry.path_bytes().into_owned();
-            near = String::from_utf8_lossy(&raw_path).into_owned();
-
-            if !seen_manifest {
-                if raw_path != MANIFEST_PATH.as_bytes() {
-                    return Err(StageError::FirstEntryNotManifest { id, found: near });
-                }
-                if header_kind != tar::EntryType::Regular
-                    || entry.size() != manifest_bytes.len() as u64
-                {
-                    return Err(StageError::ManifestChanged { id });
-                }
-                check_header_mode(id, &near, entry.header(), EntryType::File)?;
-                budget.allow(entry.size() + header_allowance);
-                writer
-                    .write_manifest(&mut entry, manifest_bytes)
-                    .map_err(|e| e.or_read(|e| read_error(e, &near)))?;
-                seen_manifest = true;
-                budget.allow(header_allowance);
-                continue;
-            }
-
-            let path = checked_path(id, &raw_path, header_kind)?;
-            let kind = allowed_type(id, path, header_kind)?;
-            refuse_sparse_pax(id, path, &mut entry)?;
-            let mode = check_header_mode(id, path, entry.header(), kind)?;
-            let expected = match manifest.files.get(next) {
-                Some(e) if e.path == path => e,
-                other => return Err(misplaced(id, manifest, path, other)),
-            };
-            next += 1;
-            compare_header(id, expected, kind, mode, &entry)?;
-
-            budget.allow(entry.size() + header_allowance);
-            writer
-                .write_entry(expected, next - 1, &mut entry)
-                .map_err(|e| e.or_read(|e| read_error(e, &near)))?;
-            budget.allow(header_allowance);
-            if writer.failed.load(Ordering::Relaxed) {
-                // The caller reports what failed; nothing after it counts.
-                return Ok(());
-            }
-        }
-    }
-    if !seen_manifest {
-        return Err(StageError::FirstEntryNotManifest {
-            id,
-            found: "(no entry at all)".to_string(),
-        });
-    }
-    if let Some(missing) = manifest.files.get(next) {
-        return Err(StageError::Missing {
-            id,
-            path: missing.path.clone(),
-        });
-    }
-
-    // Whatever follows the end-of-archive blocks must be zeros (record
-    // padding), within the same budget.
-    budget.allow(u64::MAX);
-    let mut rest = tar.into_inner();
-    near = "(end of archive)".to_string();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match rest.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_error(e, &near)),
-        };
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(StageError::TrailingData { id });
-        }
-    }
-    Ok(())
-}
-
-/// An entry's path as the manifest would spell it: UTF-8, one trailing `/`
-/// dropped from directories, and valid by the path rules.
-fn checked_path(id: ReleaseId, raw: &[u8], kind: tar::EntryType) -> Result<&str, StageError> {
-    let text = std::str::from_utf8(raw).map_err(|_| StageError::NonUtf8Path {
-        id,
-        path: String::from_utf8_lossy(raw).into_owned(),
-    })?;
-    let text = match text.strip_suffix('/') {
-        Some(stripped) if kind == tar::EntryType::Directory => stripped,
-        _ => text,
-    };
-    validate_entry_path(text).map_err(|source| StageError::BadPath { id, source })?;
-    Ok(text)
-}
-
-/// Maps a tar type to a manifest type, refusing everything else.
-fn allowed_type(id: ReleaseId, path: &str, kind: tar::EntryType) -> Result<EntryType, StageError> {
-    match kind {
-        tar::EntryType::Regular => Ok(EntryType::File),
-        tar::EntryType::Directory => Ok(EntryType::Dir),
-        tar::EntryType::Symlink => Ok(EntryType::Symlink),
-        other => Err(StageError::ForbiddenType {
-            id,
-            path: path.to_string(),
-            kind: describe_tar_type(other),
-        }),
-    }
-}
-
-/// PAX-format sparse files look like regular files with `GNU.sparse.*`
-/// records; the tar crate does not expand them, so refuse them by name.
-fn refuse_sparse_pax<R: Read>(
-    id: ReleaseId,
-    path: &str,
-    entry: &mut tar::Entry<'_, R>,
-) -> Result<(), StageError> {
-    let sparse = match entry.pax_extensions() {
-        Ok(Some(exts)) => exts
-            .filter_map(Result::ok)
-            .any(|ext| ext.key_bytes().starts_with(b"GNU.sparse")),
-        _ => false,
-    };
-    if sparse {
-        return Err(StageError::ForbiddenType {
-            id,
-            path: path.to_string(),
-            kind: "GNU sparse file (PAX)".to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Reads the header's permission bits and refuses the dangerous ones by name.
-fn check_header_mode(
-    id: ReleaseId,
-    path: &str,
-    header: &tar::Header,
-    kind: EntryType,
-) -> Result<u32, StageError> {
-    let mode = header.mode().map_err(|e| StageError::Corrupt {
-        id,
-        reason: format!("entry {path:?}: {e}"),
-    })? & 0o7777;
-    let what = if mode & 0o4000 != 0 {
-        Some("setuid")
-    } else if mode & 0o2000 != 0 {
-        Some("setgid")
-    } else if mode & 0o1000 != 0 {
-        Some("sticky")
-    } else if kind == EntryType::Symlink {
-        // A symlink's permission bits mean nothing on Linux (always 0777).
-        None
-    } else if mode & 0o002 != 0 {
-        Some("world-writable")
-    } else if mode & 0o020 != 0 {
-        Some("group-writable")
-    } else {
-        None
-    };
-    match what {
-        Some(what) => Err(StageError::ForbiddenMode {
-            id,
-            path: path.to_string(),
-            mode,
-            what,
-        }),
-        None => Ok(mode),
-    }
-}
-
-/// The error for an entry that is not the next one the manifest lists.
-fn misplaced(
-    id: ReleaseId,
-    manifest: &Manifest,
-    path: &str,
-    expected: Option<&FileEntry>,
-) -> StageError {
-    if path == MANIFEST_PATH {
-        return StageError::Duplicate {
-            id,
-            path: path.to_string(),
-        };
-    }
-    let listed = manifest.entry(path).is_some();
-    let already_passed = match expected {
-        Some(e) => path.as_bytes() < e.path.as_bytes(),
-        None => true,
-    };
-    if listed && already_passed {
-        StageError::Duplicate {
-            id,
-            path: path.to_string(),
-        }
-    } else if !listed {
-        StageError::NotInManifest {
-            id,
-            path: path.to_string(),
-        }
-    } else {
-        StageError::Missing {
-            id,
-            path: expected.map(|e| e.path.clone()).unwrap_or_default(),
-        }
-    }
-}
-
-/// Compares an entry's header with its manifest entry: type, mode, size and
-/// symlink target.
-fn compare_header<R: Read>(
-    id: ReleaseId,
-    expected: &FileEntry,
-    kind: EntryType,
-    mode: u32,
-    entry: &tar::Entry<'_, R>,
-) -> Result<(), StageError> {
-    let path = || expected.path.clone();
-    if kind != expected.kind {
-        return Err(StageError::TypeMismatch {
-            id,
-            path: path(),
-            expected: expected.kind,
-            found: kind.to_string(),
-        });
-    }
-    if kind != EntryType::Symlink && mode != expected.mode.0 {
-        return Err(StageError::ModeMismatch {
-            id,
-            path: path(),
-            expected: expected.mode.0,
-            found: mode,
-        });
-    }
-    let size = entry.size();
-    let expected_size = expected.size.unwrap_or(0);
-    if size != expected_size {
-        return Err(StageError::SizeMismatch {
-            id,
-            path: path(),
-            expected: expected_size,
-            found: size,
-        });
-    }
-    if kind == EntryType::Symlink {
-        let found = entry.link_name_bytes().unwrap_or_default();
-        let wanted = expected.target.as_deref().unwrap_or_default();
-        if found.as_ref() != wanted.as_bytes() {
-            return Err(StageError::TargetMismatch {
-                id,
-                path: path(),
-                expected: wanted.to_string(),
-                found: String::from_utf8_lossy(&found).into_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// A failure while writing an entry: either reading the archive (mapped by
-/// the caller, who knows about the budget) or a refusal / local I/O error.
-enum WriteError {
-    Read(io::Error),
-    Stage(StageError),
-}
-
-impl WriteError {
-    fn or_read(self, map: impl FnOnce(io::Error) -> StageError) -> StageError {
-        match self {
-            WriteError::Read(e) => map(e),
-            WriteError::Stage(e) => e,
-        }
-    }
-}
-
-impl From<StageError> for WriteError {
-    fn from(e: StageError) -> Self {
-        WriteError::Stage(e)
-    }
-}
-
 /// A batch of creation orders and the file contents they refer to, passed
 /// from the parsing thread to the writing thread, then to the hashing
 /// thread, then back.
@@ -1059,16 +585,16 @@ impl Batch {
 
 /// The hashing thread: hashes each file's content from the batches (after
 /// the writing thread wrote it) and compares the digest with the manifest
-/// at its end. Returns the first mismatch with its entry, and raises
-/// `failed` so the other threads stop early; drains the queue to its end
-/// either way, so the threads before it never find it closed.
+/// at its end ([`check_file_digest`]). Returns the first mismatch with its
+/// entry, and raises `failed` so the other threads stop early; drains the
+/// queue to its end either way, so the threads before it never find it
+/// closed.
 fn hash_batches(
-    id: ReleaseId,
     manifest: &Manifest,
     batches: mpsc::Receiver<Batch>,
     free: mpsc::SyncSender<Batch>,
     failed: &AtomicBool,
-) -> Option<(usize, StageError)> {
+) -> Option<(usize, EntryError)> {
     let mut sha = Sha256::new();
     let mut mismatch = None;
     for mut batch in batches {
@@ -1077,19 +603,9 @@ fn hash_batches(
                 match *op {
                     Op::Data { start, end } => sha.update(&batch.buf[start..end]),
                     Op::Close(i) => {
-                        let found = hex::encode(std::mem::take(&mut sha).finalize());
-                        let expected = &manifest.files[i];
-                        let wanted = expected.sha256.as_deref().unwrap_or_default();
-                        if found != wanted {
-                            mismatch = Some((
-                                i,
-                                StageError::HashMismatch {
-                                    id,
-                                    path: expected.path.clone(),
-                                    expected: wanted.to_string(),
-                                    found,
-                                },
-                            ));
+                        let digest = std::mem::take(&mut sha).finalize();
+                        if let Err(e) = check_file_digest(&manifest.files[i], &digest) {
+                            mismatch = Some((i, e));
                             failed.store(true, Ordering::Relaxed);
                             break;
                         }
@@ -1224,9 +740,9 @@ fn finish_file(file: File, path: &Path, mode: u32, sync: SyncMode) -> Result<(),
     Ok(())
 }
 
-/// The parsing thread's side: queues what to create in batches.
+/// The walking thread's side, the [`EntrySink`] of [`walk_release`]:
+/// queues what to create in batches.
 struct Writer<'a> {
-    id: ReleaseId,
     staging: &'a Path,
     /// The batch being filled.
     batch: Batch,
@@ -1239,38 +755,47 @@ struct Writer<'a> {
     sync: SyncMode,
 }
 
-impl Writer<'_> {
-    fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
-        let to_error = io_at(action, path);
-        move |source| WriteError::Stage(to_error(source))
-    }
+impl EntrySink for Writer<'_> {
+    type Error = StageError;
 
-    /// Writes `slipway/manifest.json`, which must be byte-identical to the
-    /// verified manifest. It is the first entry, so it is written here,
+    /// Writes `slipway/manifest.json` (the walk compared it with the
+    /// verified manifest). It is the first entry, so it is written here,
     /// before any batch.
-    fn write_manifest(&mut self, entry: &mut impl Read, verified: &[u8]) -> Result<(), WriteError> {
-        let mut bytes = Vec::with_capacity(verified.len());
-        entry
-            .take(verified.len() as u64)
-            .read_to_end(&mut bytes)
-            .map_err(WriteError::Read)?;
-        if bytes != verified {
-            return Err(StageError::ManifestChanged { id: self.id }.into());
-        }
+    fn manifest(&mut self, bytes: &[u8]) -> Result<(), StageError> {
         let dir = self.staging.join("slipway");
         DirBuilder::new()
             .mode(0o755)
             .create(&dir)
-            .map_err(Self::io("create directory", &dir))?;
+            .map_err(io_at("create directory", &dir))?;
         let path = self.staging.join(MANIFEST_PATH);
-        let mut file = create_file(&path).map_err(Self::io("create", &path))?;
-        file.write_all(&bytes).map_err(Self::io("write", &path))?;
-        finish_file(file, &path, 0o644, self.sync).map_err(WriteError::Stage)
+        let mut file = create_file(&path).map_err(io_at("create", &path))?;
+        file.write_all(bytes).map_err(io_at("write", &path))?;
+        finish_file(file, &path, 0o644, self.sync)
     }
 
+    fn entry(
+        &mut self,
+        index: usize,
+        expected: &FileEntry,
+        content: &mut impl Read,
+    ) -> Result<(), SinkError<StageError>> {
+        match expected.kind {
+            EntryType::Dir => self.push(Op::Dir(index))?,
+            EntryType::Symlink => self.push(Op::Symlink(index))?,
+            EntryType::File => self.write_file(expected, index, content)?,
+        }
+        Ok(())
+    }
+
+    fn stopped(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl Writer<'_> {
     /// Passes the batch to the writing thread and takes a free one.
-    fn ship(&mut self) -> Result<(), WriteError> {
-        let stopped = || WriteError::Stage(hashing_stopped(self.staging));
+    fn ship(&mut self) -> Result<(), StageError> {
+        let stopped = || hashing_stopped(self.staging);
         if self.batch.ops.is_empty() {
             self.batch.filled = 0;
             return Ok(());
@@ -1284,7 +809,7 @@ impl Writer<'_> {
     }
 
     /// Queues an order, shipping the batch first if it holds enough.
-    fn push(&mut self, op: Op) -> Result<(), WriteError> {
+    fn push(&mut self, op: Op) -> Result<(), StageError> {
         if self.batch.ops.len() >= BATCH_OPS {
             self.ship()?;
         }
@@ -1292,27 +817,15 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn write_entry(
-        &mut self,
-        expected: &FileEntry,
-        index: usize,
-        entry: &mut impl Read,
-    ) -> Result<(), WriteError> {
-        match expected.kind {
-            EntryType::Dir => self.push(Op::Dir(index)),
-            EntryType::Symlink => self.push(Op::Symlink(index)),
-            EntryType::File => self.write_file(expected, index, entry),
-        }
-    }
-
     /// Reads a file's content from the archive into the batch, for the
-    /// writing thread to write and the hashing thread to hash.
+    /// writing thread to write and the hashing thread to hash. A file cut
+    /// short is never closed, so never hashed: the walk reports its size.
     fn write_file(
         &mut self,
         expected: &FileEntry,
         index: usize,
-        entry: &mut impl Read,
-    ) -> Result<(), WriteError> {
+        content: &mut impl Read,
+    ) -> Result<(), SinkError<StageError>> {
         let size = expected.size.unwrap_or(0);
         self.push(Op::Open(index))?;
         let mut read: u64 = 0;
@@ -1326,11 +839,11 @@ impl Writer<'_> {
             let want = room
                 .len()
                 .min(usize::try_from(size - read).unwrap_or(usize::MAX));
-            let n = match entry.read(&mut room[..want]) {
+            let n = match content.read(&mut room[..want]) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(WriteError::Read(e)),
+                Err(e) => return Err(SinkError::Read(e)),
             };
             self.batch.filled += n;
             self.batch.ops.push(Op::Data {
@@ -1339,16 +852,10 @@ impl Writer<'_> {
             });
             read += n as u64;
         }
-        if read != size {
-            return Err(StageError::SizeMismatch {
-                id: self.id,
-                path: expected.path.clone(),
-                expected: size,
-                found: read,
-            }
-            .into());
+        if read == size {
+            self.push(Op::Close(index))?;
         }
-        self.push(Op::Close(index))
+        Ok(())
     }
 }
 
@@ -1527,11 +1034,10 @@ mod tests {
         );
         assert!(failed.load(Ordering::Relaxed));
         assert_eq!(fs::read(dir.path().join("app/a")).unwrap(), b"abc");
-        let id = ReleaseId::of_bytes(b"release");
-        let (i, e) = hash_batches(id, &m, written_rx, free_tx, &failed).expect("mismatch");
+        let (i, e) = hash_batches(&m, written_rx, free_tx, &failed).expect("mismatch");
         assert_eq!(i, 1);
         assert!(
-            matches!(&e, StageError::HashMismatch { path, .. } if path == "app/a"),
+            matches!(&e, EntryError::HashMismatch { path, .. } if path == "app/a"),
             "{e:?}"
         );
     }

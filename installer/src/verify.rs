@@ -1,124 +1,46 @@
 //! Step 4 of the transaction: verify a release archive before anything of it
 //! is unpacked.
 //!
-//! [`verify_archive`] opens the archive once and reads it in one streaming
-//! pass that computes the release id (SHA-256 of the file), feeds the minisign
-//! check and enforces the size cap. Only when the signature holds, and its
-//! trusted comment names this very id, does it decompress the first tar entry:
-//! the manifest, parsed strictly. The open file is handed on in the returned
-//! [`VerifiedArchive`], so [`crate::stage`] unpacks from the descriptor that
-//! was verified, not from a path that could have been swapped since.
+//! [`verify_archive`] opens the archive (no symlink, regular file only) and
+//! its `.minisig` (capped) and hands both to
+//! [`slipway_formats::archive::verify_release`], the check `slipway-pack
+//! verify` runs too: one streaming pass computes the release id (SHA-256 of
+//! the file), feeds the minisign check and enforces the size cap; only when
+//! the signature holds, and its trusted comment names this very id, is the
+//! first tar entry decompressed: the manifest, parsed strictly. The open
+//! file is handed on in the returned [`VerifiedArchive`], so
+//! [`crate::stage`] unpacks from the descriptor that was verified, not from
+//! a path that could have been swapped since.
 //!
 //! [`check_upgrade`] is the rest of step 4: the version order, the app, and
 //! whether the new code can read the host's data.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
-use sha2::{Digest, Sha256};
+use slipway_formats::archive::{verify_release, ArchiveError, ManifestEntryError, VerifiedRelease};
+pub use slipway_formats::archive::{Expectations, Recheck, ZSTD_WINDOW_LOG_MAX};
 use slipway_formats::manifest::ManifestError;
-use slipway_formats::signature::{
-    check_release_comment, check_release_manifest, ReleaseCommentError, SignatureError,
-    TrustedComment,
-};
+use slipway_formats::signature::{ReleaseCommentError, SignatureError};
 use slipway_formats::{
-    KeyId, Manifest, ReleaseId, SignatureFile, TrustedKeys, Version, MANIFEST_PATH,
-    MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES,
+    Manifest, ReleaseId, TrustedKeys, Version, MANIFEST_PATH, MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
 };
 use slipway_fs::ReadError;
 use thiserror::Error;
 
-/// The read buffer of the verifying pass.
-const READ_BUFFER: usize = 256 * 1024;
-
-/// The largest zstd window accepted, as a power of two (128 MiB): it bounds
-/// the decoder's memory. Releases are compressed with far smaller windows.
-pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
-
-/// Decompressed bytes allowed before the manifest's own bytes: room for its
-/// tar header and any PAX or GNU long-name header in front of it.
-const MANIFEST_HEADER_ALLOWANCE: u64 = 64 * 1024;
-
-/// What the caller already knows about the release it is about to verify.
-/// Every field given is checked; `None` skips that check.
-#[derive(Debug, Clone, Default)]
-pub struct Expectations {
-    /// The app this host runs (`[update]` is for one app).
-    pub app: Option<String>,
-    /// The channel this host follows.
-    pub channel: Option<String>,
-    /// The release id the channel index (or the operator) named.
-    pub id: Option<ReleaseId>,
-    /// The signed size from the channel index: a longer file is refused
-    /// without reading past the cap; with `id` set (a listed release) the
-    /// size is exact and a shorter file is refused too.
-    pub max_size: Option<u64>,
-}
-
 /// An archive whose id, signature and manifest have been checked.
 ///
 /// `file` is the descriptor that was read, rewound to offset 0: stage from
-/// it, never reopen `path`; and check what is read again with `recheck`.
+/// it, never reopen `path`; what is read again is checked against
+/// `release.recheck`.
 #[derive(Debug)]
 pub struct VerifiedArchive {
-    pub id: ReleaseId,
-    pub manifest: Manifest,
-    /// The manifest exactly as it appears in the archive.
-    pub manifest_bytes: Vec<u8>,
-    /// The archive's size in bytes.
-    pub size: u64,
-    /// The trusted key that signed it.
-    pub signer: KeyId,
-    /// The signed trusted comment (kind `slipway-release`).
-    pub comment: TrustedComment,
+    /// What was verified: id, manifest, size, signer, signed comment.
+    pub release: VerifiedRelease,
     pub file: File,
     pub path: PathBuf,
-    /// A keyed hash of the bytes that were verified, to prove that a later
-    /// read of `file` gives the same bytes.
-    pub recheck: Recheck,
-}
-
-/// Proof that a second read of an archive gives the bytes the first read
-/// verified, even if whoever can write the file (a USB stick, a user who
-/// owns it, a FUSE file system) changes it in between: keyed BLAKE3 of every
-/// byte, under a key drawn at random for this verification and never shown
-/// to anyone. Without the key nobody can make other bytes hash the same,
-/// and BLAKE3 runs at several GB/s, so the second read costs a small
-/// fraction of the SHA-256 that establishes the release id.
-pub struct Recheck {
-    key: [u8; 32],
-    mac: blake3::Hash,
-}
-
-impl Recheck {
-    /// A hasher for the second read.
-    pub fn hasher(&self) -> blake3::Hasher {
-        blake3::Hasher::new_keyed(&self.key)
-    }
-
-    /// Whether the second read, hashed with [`Recheck::hasher`], saw the
-    /// verified bytes (compared in constant time).
-    pub fn matches(&self, reread: &blake3::Hasher) -> bool {
-        reread.finalize() == self.mac
-    }
-}
-
-impl std::fmt::Debug for Recheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Recheck { .. }")
-    }
-}
-
-/// A fresh random key for [`Recheck`].
-fn recheck_key() -> io::Result<[u8; 32]> {
-    use ring::rand::SecureRandom;
-    let mut key = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut key)
-        .map_err(|_| io::Error::other("the system's random number generator failed"))?;
-    Ok(key)
 }
 
 /// Why a release was refused at step 4. Each variant names the archive,
@@ -237,19 +159,12 @@ pub enum VerifyError {
 }
 
 /// Verifies a release archive and its detached signature (SPEC §4 step 4,
-/// §6 "Archive"), reading the archive file exactly once for the hashes.
+/// §6 "Archive") with [`verify_release`], reading the archive file exactly
+/// once for the hashes.
 ///
-/// In order: the archive is opened (`O_NOFOLLOW`, regular files only); the
-/// signature is read (capped) and must be a prehashed signature by a key in
-/// `keys`; one pass over the archive computes its SHA-256 and the minisign
-/// check, stopping at `expect.max_size`; the id must equal `expect.id`; the
-/// signature must verify and its trusted comment must be a `slipway-release`
-/// comment naming this id; then the first tar entry must be
-/// `slipway/manifest.json`, a strict manifest whose app, version and channel
-/// equal the signed ones (and `expect`'s).
-///
-/// Nothing is written anywhere. On success the returned archive's `file` is
-/// rewound to offset 0.
+/// The archive is opened `O_NOFOLLOW`, regular files only; the signature is
+/// read capped. Nothing is written anywhere. On success the returned
+/// archive's `file` is rewound to offset 0.
 pub fn verify_archive(
     archive: &Path,
     signature: &Path,
@@ -284,197 +199,92 @@ pub fn verify_archive(
             })
         }
     };
-    let read_err = |source| VerifyError::Read {
-        path: archive.to_path_buf(),
-        source,
-    };
-    if let Some(max) = expect.max_size {
-        let len = file.metadata().map_err(read_err)?.len();
-        if len > max {
-            return Err(VerifyError::TooLarge {
-                path: archive.to_path_buf(),
-                max,
-            });
-        }
-        // A listed release's size is exact: the index signed it.
-        if expect.id.is_some() && len < max {
-            return Err(VerifyError::SizeMismatch {
-                path: archive.to_path_buf(),
-                expected: max,
-                found: len,
-            });
-        }
-    }
-
     let sig_text = read_signature(signature)?;
-    let sig_err = |source| VerifyError::Signature {
-        path: signature.to_path_buf(),
-        archive: archive.to_path_buf(),
-        source,
-    };
-    let sig = SignatureFile::parse(&sig_text).map_err(sig_err)?;
-    // Legacy signatures and unknown keys are refused here, before the
-    // archive is read at all.
-    let mut check = sig.start_check(keys).map_err(sig_err)?;
-
-    let recheck_key = recheck_key().map_err(read_err)?;
-    // SHA-256 and the keyed BLAKE3 here, minisign's BLAKE2b on a second
-    // thread: the hashes of one pass overlap instead of adding up.
-    let (streamed, check) = std::thread::scope(|scope| {
-        let (chunks, chunk_rx) = mpsc::sync_channel::<Vec<u8>>(4);
-        let (spare_tx, spares) = mpsc::channel::<Vec<u8>>();
-        let checker = scope.spawn(move || {
-            for chunk in chunk_rx {
-                check.update(&chunk);
-                let _ = spare_tx.send(chunk);
-            }
-            check
-        });
-        let streamed = hash_stream(&mut file, &chunks, &spares, expect.max_size, &recheck_key);
-        drop(chunks);
-        (streamed, checker.join())
-    });
-    let (sha, mac, size) = match streamed {
-        Ok(done) => done,
-        Err(Streamed::TooLarge(max)) => {
-            return Err(VerifyError::TooLarge {
-                path: archive.to_path_buf(),
-                max,
-            })
-        }
-        Err(Streamed::Io(e)) => return Err(read_err(e)),
-    };
-    let check =
-        check.map_err(|_| read_err(io::Error::other("the signature-checking thread panicked")))?;
-    let id = ReleaseId::from_digest(sha.finalize().into());
-    if let Some(expected) = expect.id {
-        if expected != id {
-            return Err(VerifyError::IdMismatch {
-                path: archive.to_path_buf(),
-                expected,
-                found: id,
-            });
-        }
-    }
-    let signer = check.finish().map_err(sig_err)?.id();
-
-    // The release comment rules are slipway_formats::signature's, shared
-    // with `slipway-pack verify`.
-    let comment = check_release_comment(sig.trusted_comment(), &id).map_err(|e| match e {
-        ReleaseCommentError::ForAnotherArchive { signed, actual } => {
-            VerifyError::SignedForAnotherArchive {
-                path: signature.to_path_buf(),
-                archive: archive.to_path_buf(),
-                signed,
-                actual,
-            }
-        }
-        _ => VerifyError::NotReleaseComment {
-            path: signature.to_path_buf(),
-            comment: sig.trusted_comment().to_string(),
-        },
-    })?;
-    let field = |name: &str| comment.field(name).map_err(sig_err);
-    let signed_app = field("app")?;
-    if let Some(app) = &expect.app {
-        if app != signed_app {
-            return Err(VerifyError::WrongApp {
-                id,
-                expected: app.clone(),
-                found: signed_app.to_string(),
-            });
-        }
-    }
-
-    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let manifest_bytes = read_manifest_entry(&mut file, archive, id)?;
-    let manifest =
-        Manifest::parse(&manifest_bytes).map_err(|source| VerifyError::Manifest { id, source })?;
-    check_release_manifest(&comment, &id, &manifest).map_err(|e| match e {
-        ReleaseCommentError::ManifestDisagrees {
-            field,
-            manifest,
-            signed,
-        } => VerifyError::ManifestDisagrees {
-            id,
-            field,
-            manifest,
-            signed,
-        },
-        _ => VerifyError::NotReleaseComment {
-            path: signature.to_path_buf(),
-            comment: comment.to_string(),
-        },
-    })?;
-    if let Some(channel) = &expect.channel {
-        if channel != &manifest.channel {
-            return Err(VerifyError::WrongChannel {
-                id,
-                expected: channel.clone(),
-                found: manifest.channel.clone(),
-            });
-        }
-    }
-
-    file.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let release = verify_release(&mut file, &sig_text, keys, expect)
+        .map_err(|e| refusal(e, archive, signature))?;
     Ok(VerifiedArchive {
-        id,
-        manifest,
-        manifest_bytes,
-        size,
-        signer,
-        comment,
+        release,
         file,
         path: archive.to_path_buf(),
-        recheck: Recheck {
-            key: recheck_key,
-            mac,
-        },
     })
 }
 
-/// Why the hashing pass stopped.
-enum Streamed {
-    TooLarge(u64),
-    Io(io::Error),
-}
-
-/// Reads the whole file once, hashing it with SHA-256 and keyed BLAKE3
-/// and passing every chunk to `chunks` (the signature check), and returns
-/// the hashes and the size.
-fn hash_stream(
-    file: &mut File,
-    chunks: &mpsc::SyncSender<Vec<u8>>,
-    spares: &mpsc::Receiver<Vec<u8>>,
-    max_size: Option<u64>,
-    recheck_key: &[u8; 32],
-) -> Result<(Sha256, blake3::Hash, u64), Streamed> {
-    let mut sha = Sha256::new();
-    let mut mac = blake3::Hasher::new_keyed(recheck_key);
-    let mut size: u64 = 0;
-    loop {
-        let mut buf = spares.try_recv().unwrap_or_default();
-        buf.resize(READ_BUFFER, 0);
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Streamed::Io(e)),
-        };
-        size += n as u64;
-        if let Some(max) = max_size.filter(|max| size > *max) {
-            return Err(Streamed::TooLarge(max));
-        }
-        buf.truncate(n);
-        sha.update(&buf);
-        mac.update(&buf);
-        if chunks.send(buf).is_err() {
-            return Err(Streamed::Io(io::Error::other(
-                "the signature-checking thread stopped",
-            )));
-        }
+/// Names the archive and signature files in a refusal of [`verify_release`].
+fn refusal(e: ArchiveError, archive: &Path, signature: &Path) -> VerifyError {
+    let path = archive.to_path_buf();
+    match e {
+        ArchiveError::Read(source) => VerifyError::Read { path, source },
+        ArchiveError::TooLarge { max } => VerifyError::TooLarge { path, max },
+        ArchiveError::SizeMismatch { expected, found } => VerifyError::SizeMismatch {
+            path,
+            expected,
+            found,
+        },
+        ArchiveError::Signature(source) => VerifyError::Signature {
+            path: signature.to_path_buf(),
+            archive: path,
+            source,
+        },
+        ArchiveError::IdMismatch { expected, found } => VerifyError::IdMismatch {
+            path,
+            expected,
+            found,
+        },
+        ArchiveError::Comment {
+            id,
+            comment,
+            source,
+        } => match *source {
+            ReleaseCommentError::ForAnotherArchive { signed, actual } => {
+                VerifyError::SignedForAnotherArchive {
+                    path: signature.to_path_buf(),
+                    archive: path,
+                    signed,
+                    actual,
+                }
+            }
+            ReleaseCommentError::ManifestDisagrees {
+                field,
+                manifest,
+                signed,
+            } => VerifyError::ManifestDisagrees {
+                id,
+                field,
+                manifest,
+                signed,
+            },
+            ReleaseCommentError::NotRelease { .. } => VerifyError::NotReleaseComment {
+                path: signature.to_path_buf(),
+                comment,
+            },
+        },
+        ArchiveError::WrongApp {
+            id,
+            expected,
+            found,
+        } => VerifyError::WrongApp {
+            id,
+            expected,
+            found,
+        },
+        ArchiveError::WrongChannel {
+            id,
+            expected,
+            found,
+        } => VerifyError::WrongChannel {
+            id,
+            expected,
+            found,
+        },
+        ArchiveError::ManifestEntry { id, source } => match source {
+            ManifestEntryError::WindowTooLarge => VerifyError::WindowTooLarge { path, id },
+            ManifestEntryError::Corrupt(reason) => VerifyError::Corrupt { path, id, reason },
+            ManifestEntryError::NotFirst { found } => VerifyError::ManifestNotFirst { id, found },
+            ManifestEntryError::NotFile { kind } => VerifyError::ManifestNotFile { id, kind },
+            ManifestEntryError::TooLarge { size } => VerifyError::ManifestTooLarge { id, size },
+        },
+        ArchiveError::Manifest { id, source } => VerifyError::Manifest { id, source },
     }
-    Ok((sha, mac.finalize(), size))
 }
 
 /// Reads a `.minisig` file, refusing special files and anything over
@@ -497,137 +307,6 @@ fn read_signature(path: &Path) -> Result<String, VerifyError> {
             io::ErrorKind::InvalidData,
             "it is not UTF-8 text",
         ))),
-    }
-}
-
-/// Decompresses just enough of the archive to read its first entry, which
-/// must be the manifest, and returns its bytes. Decompressed output is capped
-/// so that a hostile stream cannot make the tar reader buffer more than the
-/// manifest limit.
-fn read_manifest_entry(
-    file: &mut File,
-    path: &Path,
-    id: ReleaseId,
-) -> Result<Vec<u8>, VerifyError> {
-    let decode_err = |e: io::Error| {
-        if is_window_error(&e) {
-            VerifyError::WindowTooLarge {
-                path: path.to_path_buf(),
-                id,
-            }
-        } else {
-            VerifyError::Corrupt {
-                path: path.to_path_buf(),
-                id,
-                reason: e.to_string(),
-            }
-        }
-    };
-    let mut decoder = zstd::stream::read::Decoder::new(&mut *file).map_err(decode_err)?;
-    decoder
-        .window_log_max(ZSTD_WINDOW_LOG_MAX)
-        .map_err(decode_err)?;
-    let cap = MAX_MANIFEST_BYTES + MANIFEST_HEADER_ALLOWANCE;
-    let bounded = CappedReader {
-        inner: decoder,
-        left: cap,
-    };
-    let mut tar = tar::Archive::new(bounded);
-    let mut entries = tar.entries().map_err(decode_err)?;
-    let mut entry = match entries.next() {
-        Some(Ok(entry)) => entry,
-        Some(Err(e)) => return Err(decode_err(e)),
-        None => {
-            return Err(VerifyError::ManifestNotFirst {
-                id,
-                found: "(no entry at all)".to_string(),
-            })
-        }
-    };
-    let found = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-    if found != MANIFEST_PATH {
-        return Err(VerifyError::ManifestNotFirst { id, found });
-    }
-    let kind = entry.header().entry_type();
-    if kind != tar::EntryType::Regular {
-        return Err(VerifyError::ManifestNotFile {
-            id,
-            kind: describe_tar_type(kind),
-        });
-    }
-    let size = entry.size();
-    if size > MAX_MANIFEST_BYTES {
-        return Err(VerifyError::ManifestTooLarge { id, size });
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    (&mut entry)
-        .take(size)
-        .read_to_end(&mut bytes)
-        .map_err(decode_err)?;
-    if bytes.len() as u64 != size {
-        return Err(VerifyError::Corrupt {
-            path: path.to_path_buf(),
-            id,
-            reason: format!(
-                "{MANIFEST_PATH} is cut short: {} of {size} bytes",
-                bytes.len()
-            ),
-        });
-    }
-    Ok(bytes)
-}
-
-/// A reader that fails once more than `left` bytes have been read through it.
-struct CappedReader<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for CappedReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            // One probe byte past the cap tells a stream that ends exactly at
-            // the cap from one that goes on.
-            let mut probe = [0u8; 1];
-            return match self.inner.read(&mut probe)? {
-                0 => Ok(0),
-                _ => Err(io::Error::other(
-                    "decompressed data runs past the limit for the manifest",
-                )),
-            };
-        }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// Whether a decoding error is zstd refusing a window over the limit.
-pub(crate) fn is_window_error(e: &io::Error) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    text.contains("window") || text.contains("too much memory")
-}
-
-/// A tar entry type in words, for messages.
-pub(crate) fn describe_tar_type(kind: tar::EntryType) -> String {
-    match kind {
-        tar::EntryType::Regular => "regular file".into(),
-        tar::EntryType::Directory => "directory".into(),
-        tar::EntryType::Symlink => "symlink".into(),
-        tar::EntryType::Link => "hard link".into(),
-        tar::EntryType::Char => "character device".into(),
-        tar::EntryType::Block => "block device".into(),
-        tar::EntryType::Fifo => "FIFO".into(),
-        tar::EntryType::Continuous => "contiguous file".into(),
-        tar::EntryType::GNUSparse => "GNU sparse file".into(),
-        tar::EntryType::XGlobalHeader => "PAX global header".into(),
-        tar::EntryType::XHeader => "PAX extended header".into(),
-        tar::EntryType::GNULongName => "GNU long name header".into(),
-        tar::EntryType::GNULongLink => "GNU long link header".into(),
-        other => format!("unknown type {:?}", char::from(other.as_byte())),
     }
 }
 

@@ -175,6 +175,29 @@ fn channel_index_that_is_a_fifo_in_a_local_repository_is_refused_without_hanging
 }
 
 #[test]
+fn journal_that_is_a_fifo_is_refused_without_hanging() {
+    let host = Host::new();
+    let state = host.path("root/state");
+    fs::create_dir_all(&state).expect("state");
+    let journal = state.join("journal.json");
+    mkfifo(&journal);
+    let (out, took) = host.run(&host.config(), &["status"]);
+    refused(&out, took, 1, &journal.display().to_string(), &["FIFO"]);
+}
+
+#[test]
+fn release_records_and_banner_that_are_fifos_do_not_hang_status() {
+    let host = Host::new();
+    let state = host.path("root/state");
+    fs::create_dir_all(&state).expect("state");
+    mkfifo(&state.join("releases.json"));
+    mkfifo(&state.join("banner.txt"));
+    let (out, took) = host.run(&host.config(), &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
 fn oversized_bundle_member_is_refused_before_it_is_written() {
     let host = Host::new();
     // A bundle tar whose channel index is 1 MiB, 16 times what any index

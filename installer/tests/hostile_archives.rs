@@ -2,8 +2,9 @@
 //! TRUSTED key, so only verification of the manifest and the checked unpack
 //! can stop them. Each test asserts the error names the problem and the
 //! entry, that nothing anywhere under the temporary root changed (not even a
-//! leftover staging directory), and that the file the archive aimed at does
-//! not exist.
+//! leftover staging directory), that the file the archive aimed at does not
+//! exist, and that `slipway-pack verify`, which runs the same checks, refuses
+//! the archive too.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod support;
@@ -63,6 +64,15 @@ fn refuse(world: &TestWorld, builder: &ArchiveBuilder) -> Refusal {
     let after = snapshot(world.root());
     assert_eq!(before, after, "the refused archive changed the file system");
     assert!(world.staging_dirs().is_empty());
+    // `slipway-pack verify` runs the same checks on the same bytes, so it
+    // refuses every archive a host refuses.
+    if let Ok(verified) = slipway_pack::verify::verify_archive(&built.archive, &world.key.trusted())
+    {
+        panic!(
+            "slipway-pack verify accepted an archive slipway refused: {}",
+            verified.path.display()
+        );
+    }
     match result {
         Ok(dir) => panic!("hostile archive was staged at {}", dir.display()),
         Err(refusal) => refusal,
@@ -500,6 +510,40 @@ fn setuid_mode_is_refused() {
         "{err:?}"
     );
     says(&err, &["setuid"]);
+}
+
+#[test]
+fn mtime_other_than_the_manifests_created_is_refused() {
+    let world = TestWorld::new();
+    for path in [MANIFEST_PATH, "app", "app/main.py"] {
+        let mut b = base();
+        b.entry_mut(path).mtime = 1_700_000_000;
+        let err = refuse(&world, &b).stage();
+        assert!(
+            matches!(&err, StageError::MtimeMismatch { path: p, expected: 0, found: 1_700_000_000, .. } if p == path),
+            "{err:?}"
+        );
+        says(&err, &[path, "1700000000", "created"]);
+    }
+}
+
+#[test]
+fn owner_other_than_root_is_refused() {
+    let world = TestWorld::new();
+    for (path, owner) in [
+        ("app/main.py", (1000, 0)),
+        ("app", (0, 1000)),
+        (MANIFEST_PATH, (1000, 1000)),
+    ] {
+        let mut b = base();
+        b.entry_mut(path).owner = owner;
+        let err = refuse(&world, &b).stage();
+        assert!(
+            matches!(&err, StageError::OwnerNotRoot { path: p, uid, gid, .. } if p == path && (*uid, *gid) == owner),
+            "{err:?}"
+        );
+        says(&err, &[path, "uid"]);
+    }
 }
 
 #[test]

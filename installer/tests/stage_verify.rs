@@ -46,11 +46,11 @@ fn happy_path_stages_every_file_mode_and_symlink() {
         &expect,
     )
     .unwrap();
-    assert_eq!(verified.id, built.id);
-    assert_eq!(verified.manifest, built.manifest);
-    assert_eq!(verified.size, built.size);
-    assert_eq!(verified.signer, world.key.key_id());
-    assert_eq!(verified.comment.field("version").unwrap(), "1.4.0");
+    assert_eq!(verified.release.id, built.id);
+    assert_eq!(verified.release.manifest, built.manifest);
+    assert_eq!(verified.release.size, built.size);
+    assert_eq!(verified.release.signer, world.key.key_id());
+    assert_eq!(verified.release.comment.field("version").unwrap(), "1.4.0");
 
     let dir = stage_release(&mut verified, &world.releases()).unwrap();
     assert_eq!(
@@ -63,7 +63,7 @@ fn happy_path_stages_every_file_mode_and_symlink() {
     );
     assert_eq!(
         fs::read(dir.join(MANIFEST_PATH)).unwrap(),
-        verified.manifest_bytes
+        verified.release.manifest_bytes
     );
     assert_eq!(
         fs::read_link(dir.join("app/current.py")).unwrap(),
@@ -75,7 +75,10 @@ fn happy_path_stages_every_file_mode_and_symlink() {
     assert_eq!(mode_of(&dir.join("app/bot")), 0o555);
     assert_eq!(mode_of(&dir.join("slipway")), 0o555);
     assert_eq!(mode_of(&dir), 0o555);
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
     assert!(world.staging_dirs().is_empty());
     // Exactly one entry in releases/: the release.
     assert_eq!(fs::read_dir(world.releases()).unwrap().count(), 1);
@@ -94,7 +97,10 @@ fn per_file_sync_mode_stages_the_same_tree() {
         },
     )
     .unwrap();
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
 }
 
 #[test]
@@ -444,7 +450,7 @@ fn restaging_over_a_tampered_release_replaces_it() {
     fs::set_permissions(&main, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&main, b"tampered\n").unwrap();
     assert_eq!(
-        verify_installed(&dir, &verified.manifest).unwrap(),
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
         vec![Drift::Modified {
             path: "app/bot/main.py".into()
         }]
@@ -453,7 +459,10 @@ fn restaging_over_a_tampered_release_replaces_it() {
     let again = stage_release(&mut verified, &world.releases()).unwrap();
     assert_eq!(again, dir);
     assert_ne!(fs::metadata(&again).unwrap().ino(), inode, "re-unpacked");
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
     assert_eq!(fs::read_dir(world.releases()).unwrap().count(), 1);
 }
 
@@ -482,7 +491,7 @@ fn staged(world: &TestWorld) -> (std::path::PathBuf, Manifest) {
             fs::set_permissions(e.path(), fs::Permissions::from_mode(0o755)).unwrap();
         }
     }
-    (dir, verified.manifest)
+    (dir, verified.release.manifest)
 }
 
 #[test]
@@ -713,7 +722,10 @@ fn archive_built_by_slipway_pack_stages() {
     )
     .unwrap();
     let dir = stage_release(&mut verified, &world.releases()).unwrap();
-    assert_eq!(verify_installed(&dir, &verified.manifest).unwrap(), vec![]);
+    assert_eq!(
+        verify_installed(&dir, &verified.release.manifest).unwrap(),
+        vec![]
+    );
     assert_eq!(fs::read(dir.join("app").join(&long)).unwrap(), b"long\n");
     assert_eq!(
         fs::read_link(dir.join("app/bot/link.py")).unwrap(),

@@ -52,13 +52,13 @@ use slipway_formats::manifest::{validate_argv, validate_name, MANIFEST_FORMAT, M
 use slipway_formats::signature::TrustedComment;
 use slipway_formats::{FileEntry, Hooks, Manifest, ReleaseId, SourceInfo, Version, MANIFEST_PATH};
 
-use crate::durable;
 use crate::error::{PackError, Result};
 use crate::keys::{Prehasher, SigningKey};
 use crate::repo::Repo;
 use crate::source_tree::{
     self, Excludes, SourceConfig, SourceEntry, SourceKind, SourceLayout, CONFIG_FILE,
 };
+use slipway_fs::durable;
 
 /// Size of every read and copy buffer.
 pub const BUFFER_SIZE: usize = 256 * 1024;
@@ -171,8 +171,9 @@ pub fn build_release(opts: &BuildOptions, key: &SigningKey) -> Result<BuiltRelea
     let plan = plan_release(opts)?;
     let repo = Repo::new(&opts.out_repo);
     let releases = repo.releases_dir();
-    durable::create_dir_all(&releases)?;
-    let mut temp = durable::temp_file_in(&releases)?;
+    durable::create_dirs(&releases).map_err(PackError::io("create directory", &releases))?;
+    let mut temp = durable::temp_file_in(&releases)
+        .map_err(PackError::io("create a temporary file in", &releases))?;
     let workers = opts.zstd_workers.unwrap_or_else(default_workers);
     let written =
         write_archive(&plan, temp.as_file_mut(), workers, opts.progress).map_err(|e| match e {
@@ -184,19 +185,23 @@ pub fn build_release(opts: &BuildOptions, key: &SigningKey) -> Result<BuiltRelea
     let comment =
         TrustedComment::for_release(&m.app, &m.version.to_string(), &m.channel, &id).to_string();
     let signature_text = key.sign_prehashed(&written.prehash, &comment)?;
-    let mut sig_temp = durable::temp_file_in(&releases)?;
+    let mut sig_temp = durable::temp_file_in(&releases)
+        .map_err(PackError::io("create a temporary file in", &releases))?;
     sig_temp
         .write_all(signature_text.as_bytes())
         .map_err(PackError::io("write", sig_temp.path()))?;
     let archive = repo.archive_path(&id);
     let signature = repo.signature_path(&id);
     refuse_other_signature(&signature, &signature_text, &id)?;
-    durable::persist(temp, &archive)?;
-    if let Err(e) = durable::persist(sig_temp, &signature) {
+    durable::persist(temp, &archive, durable::PUBLISHED_MODE)
+        .map_err(PackError::io("write", &archive))?;
+    if let Err(e) = durable::persist(sig_temp, &signature, durable::PUBLISHED_MODE)
+        .map_err(PackError::io("write", &signature))
+    {
         let _ = std::fs::remove_file(&archive);
         return Err(e);
     }
-    durable::sync_dir(&releases)?;
+    durable::fsync_dir(&releases).map_err(PackError::io("fsync directory", &releases))?;
     let files = m.files.iter().filter(|e| e.size.is_some()).count();
     Ok(BuiltRelease {
         id,

@@ -33,11 +33,11 @@ use slipway_formats::manifest::validate_name;
 use slipway_formats::{ChannelRelease, KeyId, PublicKey, TrustedKeys};
 
 use crate::build::BUFFER_SIZE;
-use crate::durable;
 use crate::error::{PackError, Result};
 use crate::keys::SigningKey;
 use crate::repo::Repo;
 use crate::verify::verify_archive;
+use slipway_fs::durable;
 
 /// An index that expires sooner than this gets a warning: the bundle may
 /// sit in a drawer before it reaches the host.
@@ -279,7 +279,7 @@ pub fn make_bundle(
 
     let (final_path, name) = destination(&opts.out, opts.tar)?;
     let parent = durable::parent_dir(&final_path).to_path_buf();
-    durable::create_dir_all(&parent)?;
+    durable::create_dirs(&parent).map_err(PackError::io("create directory", &parent))?;
     let staging = tempfile::Builder::new()
         .prefix(&format!(".{name}.tmp-"))
         .tempdir_in(&parent)
@@ -373,7 +373,7 @@ pub fn make_bundle(
         write_new(&dir.join(SUMS_SIGNATURE_FILE), sig.as_bytes())?;
     }
     for d in ["channels", "releases", "keys", "."] {
-        durable::sync_dir(&dir.join(d))?;
+        durable::fsync_dir(&dir.join(d)).map_err(PackError::io("fsync directory", &dir.join(d)))?;
     }
 
     let tar_sha256 = if opts.tar {
@@ -386,7 +386,7 @@ pub fn make_bundle(
         })?;
         None
     };
-    durable::sync_dir(&parent)?;
+    durable::fsync_dir(&parent).map_err(PackError::io("fsync directory", &parent))?;
 
     Ok(BundleReport {
         path: final_path,
@@ -485,7 +485,8 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
 /// returns the tar file's SHA-256 (hex).
 fn write_tar(dir: &Path, name: &str, out: &Path, now: Timestamp) -> Result<String> {
     let parent = durable::parent_dir(out);
-    let temp = durable::temp_file_in(parent)?;
+    let temp = durable::temp_file_in(parent)
+        .map_err(PackError::io("create a temporary file in", parent))?;
     let mtime = u64::try_from(now.unix()).unwrap_or(0);
     let mut builder = tar::Builder::new(temp);
     let mut entries: Vec<(String, PathBuf, bool)> = vec![(name.to_string(), dir.into(), true)];
@@ -541,7 +542,7 @@ fn write_tar(dir: &Path, name: &str, out: &Path, now: Timestamp) -> Result<Strin
         }
         sha.update(&buf[..n]);
     }
-    durable::persist(temp, out)?;
+    durable::persist(temp, out, durable::PUBLISHED_MODE).map_err(PackError::io("write", out))?;
     Ok(hex::encode(sha.finalize()))
 }
 

@@ -8,21 +8,20 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use slipway_formats::archive::read_manifest_entry;
 pub use slipway_formats::diff::{diff_manifests, ManifestDiff};
 use slipway_formats::{EntryType, Manifest, ReleaseId, SignatureFile, MAX_SIGNATURE_BYTES};
 
 use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
 use crate::repo::signature_path_of;
-use crate::verify::{open_tar, read_manifest_entry};
 
-/// Reads the manifest of an archive (unauthenticated).
+/// Reads the manifest of an archive (unauthenticated), by the hosts' rules
+/// for the first entry (`slipway_formats::archive::read_manifest_entry`).
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
-    let mut archive = open_tar(path)?;
-    let mut entries = archive
-        .entries()
-        .map_err(|e| PackError::verify(path, format!("cannot read the tar stream: {e}")))?;
-    read_manifest_entry(path, entries.next())
+    let file = slipway_fs::open_regular(path)?;
+    let bytes = read_manifest_entry(file).map_err(|e| PackError::verify(path, e.to_string()))?;
+    Manifest::parse(&bytes).map_err(|e| PackError::verify(path, e.to_string()))
 }
 
 /// What `inspect` shows about an archive.

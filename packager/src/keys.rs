@@ -25,8 +25,8 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 pub use slipway_formats::signature::Prehasher;
 use slipway_formats::{KeyId, PublicKey, MAX_SIGNATURE_BYTES};
 
-use crate::durable;
 use crate::error::{PackError, Result};
+use slipway_fs::durable;
 
 /// The environment variable holding the secret key's password.
 pub const PASSWORD_ENV: &str = "SLIPWAY_KEY_PASSWORD";
@@ -291,7 +291,7 @@ pub fn generate_key(
             }
         }
     }
-    durable::create_dir_all(out_dir)?;
+    durable::create_dirs(out_dir).map_err(PackError::io("create directory", out_dir))?;
     let (secret_text, public_b64) = match password {
         Some(pw) => {
             if pw.is_empty() {
@@ -325,7 +325,7 @@ pub fn generate_key(
         let _ = fs::remove_file(&secret_path);
         return Err(e);
     }
-    durable::sync_dir(out_dir)?;
+    durable::fsync_dir(out_dir).map_err(PackError::io("fsync directory", out_dir))?;
     Ok(GeneratedKey {
         secret_path,
         public_path,
@@ -353,7 +353,8 @@ fn write_key_file(path: &Path, bytes: &[u8], mode: u32, force: bool) -> Result<(
     if force {
         // Replace atomically: a temporary file (mode 0600), then rename.
         let dir = durable::parent_dir(path);
-        let mut temp = durable::temp_file_in(dir)?;
+        let mut temp =
+            durable::temp_file_in(dir).map_err(PackError::io("create a temporary file in", dir))?;
         temp.write_all(bytes)
             .map_err(PackError::io("write", temp.path()))?;
         std::fs::set_permissions(

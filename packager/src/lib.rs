@@ -33,7 +33,6 @@
 
 pub mod build;
 pub mod bundle;
-pub mod durable;
 pub mod error;
 pub mod inspect;
 pub mod keys;

@@ -28,10 +28,10 @@ use slipway_formats::{
     MAX_SIGNATURE_BYTES,
 };
 
-use crate::durable;
 use crate::error::{PackError, Result};
 use crate::keys::SigningKey;
 use crate::verify::{verify_archive, VerifiedArchive};
+use slipway_fs::durable;
 
 /// The default lifetime of a freshly signed channel index.
 pub const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -170,21 +170,25 @@ impl Repo {
         }
         let signature = sign_channel_index(key, index)?;
         let dir = self.channels_dir();
-        durable::create_dir_all(&dir)?;
+        durable::create_dirs(&dir).map_err(PackError::io("create directory", &dir))?;
         let path = self.channel_path(&index.channel);
         let sig_path = self.channel_signature_path(&index.channel);
         // Both files are complete and fsynced before either is renamed, so the
         // window in which a reader sees a mismatched pair is two renames wide
         // (and a mismatched pair fails verification rather than misleads).
-        let mut temp = durable::temp_file_in(&dir)?;
+        let mut temp = durable::temp_file_in(&dir)
+            .map_err(PackError::io("create a temporary file in", &dir))?;
         std::io::Write::write_all(&mut temp, &bytes)
             .map_err(PackError::io("write", temp.path()))?;
-        let mut sig_temp = durable::temp_file_in(&dir)?;
+        let mut sig_temp = durable::temp_file_in(&dir)
+            .map_err(PackError::io("create a temporary file in", &dir))?;
         std::io::Write::write_all(&mut sig_temp, signature.as_bytes())
             .map_err(PackError::io("write", sig_temp.path()))?;
-        durable::persist(temp, &path)?;
-        durable::persist(sig_temp, &sig_path)?;
-        durable::sync_dir(&dir)?;
+        durable::persist(temp, &path, durable::PUBLISHED_MODE)
+            .map_err(PackError::io("write", &path))?;
+        durable::persist(sig_temp, &sig_path, durable::PUBLISHED_MODE)
+            .map_err(PackError::io("write", &sig_path))?;
+        durable::fsync_dir(&dir).map_err(PackError::io("fsync directory", &dir))?;
         Ok(path)
     }
 
@@ -193,8 +197,13 @@ impl Repo {
         let dir = self.keys_dir();
         let path = dir.join(format!("{}.pub", key.key_id()));
         if fs::symlink_metadata(&path).is_err() {
-            durable::create_dir_all(&dir)?;
-            durable::write_atomic(&path, key.public_key().to_pub_file().as_bytes())?;
+            durable::create_dirs(&dir).map_err(PackError::io("create directory", &dir))?;
+            durable::write_atomic_mode(
+                &path,
+                key.public_key().to_pub_file().as_bytes(),
+                durable::PUBLISHED_MODE,
+            )
+            .map_err(PackError::io("write", &path))?;
         }
         Ok(path)
     }
@@ -243,18 +252,20 @@ impl Repo {
     pub fn import_archive(&self, path: &Path, keys: &TrustedKeys) -> Result<VerifiedArchive> {
         let verified = verify_archive(path, keys)?;
         let dir = self.releases_dir();
-        durable::create_dir_all(&dir)?;
+        durable::create_dirs(&dir).map_err(PackError::io("create directory", &dir))?;
         let sig_src = signature_path_of(path);
         for (src, dst) in [
             (path.to_path_buf(), self.archive_path(&verified.id)),
             (sig_src, self.signature_path(&verified.id)),
         ] {
-            let mut temp = durable::temp_file_in(&dir)?;
+            let mut temp = durable::temp_file_in(&dir)
+                .map_err(PackError::io("create a temporary file in", &dir))?;
             let mut input = open_regular(&src)?;
             std::io::copy(&mut input, temp.as_file_mut()).map_err(PackError::io("copy", &src))?;
-            durable::persist(temp, &dst)?;
+            durable::persist(temp, &dst, durable::PUBLISHED_MODE)
+                .map_err(PackError::io("write", &dst))?;
         }
-        durable::sync_dir(&dir)?;
+        durable::fsync_dir(&dir).map_err(PackError::io("fsync directory", &dir))?;
         Ok(verified)
     }
 }
@@ -276,9 +287,10 @@ impl Repo {
     ) -> Result<ReleaseId> {
         use sha2::Digest;
         let dir = self.releases_dir();
-        durable::create_dir_all(&dir)?;
-        let mut temp = durable::temp_file_in(&dir)?;
-        let mut input = fs::File::open(source).map_err(PackError::io("open", source))?;
+        durable::create_dirs(&dir).map_err(PackError::io("create directory", &dir))?;
+        let mut temp = durable::temp_file_in(&dir)
+            .map_err(PackError::io("create a temporary file in", &dir))?;
+        let mut input = open_regular(source)?;
         let mut sha = sha2::Sha256::new();
         let mut prehash = crate::keys::Prehasher::new();
         let mut buf = vec![0u8; crate::build::BUFFER_SIZE];
@@ -297,12 +309,15 @@ impl Repo {
         let id = ReleaseId::from_digest(sha.finalize().into());
         let comment = TrustedComment::for_release(app, version, channel, &id).to_string();
         let signature = key.sign_prehashed(&prehash.finalize(), &comment)?;
-        let mut sig_temp = durable::temp_file_in(&dir)?;
+        let mut sig_temp = durable::temp_file_in(&dir)
+            .map_err(PackError::io("create a temporary file in", &dir))?;
         std::io::Write::write_all(&mut sig_temp, signature.as_bytes())
             .map_err(PackError::io("write", sig_temp.path()))?;
-        durable::persist(temp, &self.archive_path(&id))?;
-        durable::persist(sig_temp, &self.signature_path(&id))?;
-        durable::sync_dir(&dir)?;
+        durable::persist(temp, &self.archive_path(&id), durable::PUBLISHED_MODE)
+            .map_err(PackError::io("write", &self.archive_path(&id)))?;
+        durable::persist(sig_temp, &self.signature_path(&id), durable::PUBLISHED_MODE)
+            .map_err(PackError::io("write", &self.signature_path(&id)))?;
+        durable::fsync_dir(&dir).map_err(PackError::io("fsync directory", &dir))?;
         Ok(id)
     }
 }

@@ -20,10 +20,10 @@ use slipway_formats::channel::Timestamp;
 use slipway_formats::rotation::{verify_rotation, KeyRotation, MAX_ROTATION_CHAIN};
 use slipway_formats::{KeyId, PublicKey, TrustedKeys, MAX_METADATA_BYTES, MAX_SIGNATURE_BYTES};
 
-use crate::durable;
 use crate::error::{PackError, Result};
 use crate::keys::SigningKey;
 use crate::repo::Repo;
+use slipway_fs::durable;
 use slipway_fs::{read_capped, read_text_capped};
 
 /// What `rotate-key` wrote.
@@ -70,15 +70,22 @@ pub fn rotate_key(
         ))
     })?;
     let dir = repo.keys_dir();
-    durable::create_dir_all(&dir)?;
+    durable::create_dirs(&dir).map_err(PackError::io("create directory", &dir))?;
     let path = dir.join(KeyRotation::file_name(new_key.id()));
     let sig_path = dir.join(KeyRotation::signature_file_name(new_key.id()));
-    durable::write_atomic(&path, &bytes)?;
-    durable::write_atomic(&sig_path, signature.as_bytes())?;
+    durable::write_atomic_mode(&path, &bytes, durable::PUBLISHED_MODE)
+        .map_err(PackError::io("write", &path))?;
+    durable::write_atomic_mode(&sig_path, signature.as_bytes(), durable::PUBLISHED_MODE)
+        .map_err(PackError::io("write", &sig_path))?;
     repo.ensure_public_key(key)?;
     let new_pub = dir.join(format!("{}.pub", new_key.id()));
     if std::fs::symlink_metadata(&new_pub).is_err() {
-        durable::write_atomic(&new_pub, new_key.to_pub_file().as_bytes())?;
+        durable::write_atomic_mode(
+            &new_pub,
+            new_key.to_pub_file().as_bytes(),
+            durable::PUBLISHED_MODE,
+        )
+        .map_err(PackError::io("write", &new_pub))?;
     }
     Ok(RotationWritten {
         statement,

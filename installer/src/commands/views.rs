@@ -22,6 +22,10 @@ use crate::Exit;
 use super::discover::{configured_source, resolve, Resolved};
 use super::dispatch::{load_state, print_failure, print_json, CommandError};
 
+/// The most `status` reads of the banner file: one line of a few hundred
+/// characters, so anything longer is not a banner slipway wrote.
+const MAX_BANNER_BYTES: u64 = 4 * 1024;
+
 /// `enable` / `disable` output: one line, or JSON with `--json`.
 pub(super) fn print_switch_result(json: bool, enabled: bool, message: &str) {
     if json {
@@ -342,7 +346,7 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
             version: j.version,
             started_at: j.started_at,
         }),
-        banner: std::fs::read_to_string(layout.banner_file())
+        banner: slipway_fs::read_text_capped(&layout.banner_file(), MAX_BANNER_BYTES)
             .ok()
             .map(|s| s.trim().to_string()),
     };

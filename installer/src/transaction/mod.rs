@@ -623,20 +623,20 @@ pub fn install(
             );
         }
     };
-    let id = verified.id;
+    let id = verified.release.id;
     t.journal.release_id = Some(id);
-    t.journal.version = Some(verified.manifest.version.clone());
-    t.journal.schema_to = Some(verified.manifest.schema_version);
-    let release_dir = host.layout.release_dir(&verified.manifest, &id);
+    t.journal.version = Some(verified.release.manifest.version.clone());
+    t.journal.schema_to = Some(verified.release.manifest.schema_version);
+    let release_dir = host.layout.release_dir(&verified.release.manifest, &id);
     let name = format!(
         "{} {} ({})",
-        verified.manifest.app,
-        verified.manifest.version,
+        verified.release.manifest.app,
+        verified.release.manifest.version,
         id.short()
     );
     log.debug(format!(
         "verified {name}, signed by key {}",
-        verified.signer
+        verified.release.signer
     ));
 
     if let Some(r) = &t.running {
@@ -663,7 +663,7 @@ pub fn install(
         }
     }
     if let Err(e) = verify::check_upgrade(
-        &verified.manifest,
+        &verified.release.manifest,
         t.running.as_ref().map(|r| &r.manifest),
         t.journal.schema_from,
         opts.allow_downgrade,
@@ -679,7 +679,7 @@ pub fn install(
         );
     }
     // Step 2: Eligibility, now that the sizes are known.
-    if let Err(ineligible) = eligibility(host, &t, &state, &verified.manifest, opts) {
+    if let Err(ineligible) = eligibility(host, &t, &state, &verified.release.manifest, opts) {
         return skipped(t, ineligible);
     }
 
@@ -718,14 +718,14 @@ pub fn install(
     ReleaseRecords::update(&host.layout, &staged, |old| {
         Some(ReleaseRecord {
             id,
-            version: verified.manifest.version.clone(),
+            version: verified.release.manifest.version.clone(),
             staged_at: old.as_ref().map_or(now, |o| o.staged_at),
             installed_at: old.and_then(|o| o.installed_at),
         })
     })?;
     let target = Target {
         dir: staged,
-        manifest: verified.manifest.clone(),
+        manifest: verified.release.manifest.clone(),
         id: Some(id),
     };
     drop(verified);

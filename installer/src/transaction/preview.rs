@@ -102,7 +102,7 @@ pub fn preview(
     let state = HostState::load_at(&host.layout, host.clock.now())
         .map_err(|e| Failure::new("cannot read the host state", e, "see the message above"))?;
     let mut refused = verify::check_upgrade(
-        &verified.manifest,
+        &verified.release.manifest,
         running.as_ref().map(|r| &r.manifest),
         schema,
         opts.allow_downgrade,
@@ -110,14 +110,14 @@ pub fn preview(
     .err()
     .map(|e| e.to_string());
     if !opts.force {
-        if let Some(bad) = state.bad(&verified.id) {
+        if let Some(bad) = state.bad(&verified.release.id) {
             refused.get_or_insert_with(|| {
                 format!("on this host's bad list since {} ({})", bad.at, bad.reason)
             });
         }
     }
     // A dry run sets nothing aside: count what a real run would.
-    let needed = room_needed(&verified.manifest, host.persistence())
+    let needed = room_needed(&verified.release.manifest, host.persistence())
         .saturating_add(crate::reserve::JOURNAL_ROOM)
         .saturating_add(crate::reserve::copy_room(host.persistence()));
     let ineligible = check_eligibility(&EligibilityInput {
@@ -137,8 +137,8 @@ pub fn preview(
     .map(|i| format!("{} ({})", i.reason, i.rule));
     let diff = running
         .as_ref()
-        .map(|r| diff_manifests(&r.manifest, &verified.manifest));
-    let migrates = schema.is_some_and(|s| verified.manifest.schema_version > s);
+        .map(|r| diff_manifests(&r.manifest, &verified.release.manifest));
+    let migrates = schema.is_some_and(|s| verified.release.manifest.schema_version > s);
     let (mut checks_passed, mut checks_error) = (None, None);
     if stage_and_check {
         let tmp = tempfile::Builder::new()
@@ -156,11 +156,17 @@ pub fn preview(
             )
         })?;
         let pycache = tmp.path().join("pycache");
-        let env = hook_env(&dir, &verified.manifest, host.persistence(), None, &pycache);
+        let env = hook_env(
+            &dir,
+            &verified.release.manifest,
+            host.persistence(),
+            None,
+            &pycache,
+        );
         let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
         match hooks::run_checks(
             &dir,
-            verified.manifest.hooks.check.as_deref(),
+            verified.release.manifest.hooks.check.as_deref(),
             &host.config.hooks.check,
             &env,
             timeout,
@@ -179,14 +185,14 @@ pub fn preview(
         }
     }
     Ok(Preview {
-        app: verified.manifest.app.clone(),
-        version: verified.manifest.version.clone(),
-        release_id: verified.id,
-        size: verified.size,
-        signer: verified.signer.to_string(),
+        app: verified.release.manifest.app.clone(),
+        version: verified.release.manifest.version.clone(),
+        release_id: verified.release.id,
+        size: verified.release.size,
+        signer: verified.release.signer.to_string(),
         running_version: running.map(|r| r.manifest.version),
         data_schema: schema,
-        schema_version: verified.manifest.schema_version,
+        schema_version: verified.release.manifest.schema_version,
         migrates,
         diff,
         refused,

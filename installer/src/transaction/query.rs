@@ -32,10 +32,11 @@ pub fn records_file(layout: &Layout) -> PathBuf {
 }
 
 impl ReleaseRecords {
-    /// Loads the records; a missing or unreadable file is an empty record
-    /// set (the ids are then unknown, which only costs detail in reports).
+    /// Loads the records (capped, regular file only); a missing or
+    /// unreadable file is an empty record set (the ids are then unknown,
+    /// which only costs detail in reports).
     pub fn load(layout: &Layout) -> ReleaseRecords {
-        std::fs::read(records_file(layout))
+        slipway_fs::read_capped(&records_file(layout), crate::source::MAX_STATE_BYTES)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()

@@ -271,6 +271,10 @@ pub struct RawEntry {
     /// and link names over 100 bytes get `path` / `linkpath` records
     /// automatically.
     pub pax: Vec<(String, Vec<u8>)>,
+    /// The header's mtime (the manifest's `created` is 0).
+    pub mtime: u64,
+    /// The header's uid and gid.
+    pub owner: (u64, u64),
 }
 
 impl RawEntry {
@@ -283,6 +287,8 @@ impl RawEntry {
             header_size: None,
             link: Vec::new(),
             pax: Vec::new(),
+            mtime: 0,
+            owner: (0, 0),
         }
     }
 
@@ -355,13 +361,11 @@ impl RawEntry {
             pad(out, records.len() as u64)?;
         }
         let size = self.header_size.unwrap_or(self.body.len());
-        out.write_all(&header(
-            &self.path,
-            self.type_flag,
-            self.mode,
-            size,
-            &self.link,
-        ))?;
+        let mut h = header(&self.path, self.type_flag, self.mode, size, &self.link);
+        if self.mtime != 0 || self.owner != (0, 0) {
+            stamp(&mut h, self.mtime, self.owner);
+        }
+        out.write_all(&h)?;
         self.body.write_to(out)?;
         pad(out, self.body.len())
     }
@@ -418,6 +422,16 @@ pub fn header(path: &[u8], type_flag: u8, mode: u32, size: u64, link: &[u8]) -> 
     let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
     put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes(), 8);
     h
+}
+
+/// Rewrites a header's mtime, uid and gid, and its checksum.
+pub fn stamp(h: &mut [u8; 512], mtime: u64, (uid, gid): (u64, u64)) {
+    h[108..116].copy_from_slice(format!("{uid:07o}\0").as_bytes());
+    h[116..124].copy_from_slice(format!("{gid:07o}\0").as_bytes());
+    h[136..148].copy_from_slice(format!("{mtime:011o}\0").as_bytes());
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
 }
 
 // ---------------------------------------------------------------------------
@@ -572,7 +586,15 @@ pub struct BuiltRelease {
 
 impl ArchiveBuilder {
     /// The payload entry at `path` (panics if absent).
+    /// The raw entry at `path`; for [`MANIFEST_PATH`], the manifest's own
+    /// entry (made from the manifest's bytes if not set yet).
     pub fn entry_mut(&mut self, path: &str) -> &mut RawEntry {
+        if path == MANIFEST_PATH {
+            let bytes = self.manifest_bytes();
+            return self
+                .manifest_entry
+                .get_or_insert_with(|| RawEntry::file(MANIFEST_PATH, bytes));
+        }
         self.entries
             .iter_mut()
             .find(|e| e.path == path.as_bytes())

@@ -1,0 +1,264 @@
+//! The second pass over a verified archive: decompress it on a thread of
+//! its own while the entries are checked on this one, and prove that the
+//! bytes read are the ones [`super::verify_release`] verified.
+
+use std::io::{self, BufReader, Read};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use super::entries::{walk_entries, Walked};
+use super::{
+    check_file_digest, decoder, EntryError, EntrySink, Recheck, SinkError, VerifiedRelease,
+    WalkError,
+};
+use crate::FileEntry;
+
+/// The compressed read buffer.
+const BUFFER: usize = 256 * 1024;
+
+/// Decompressed bytes are handed from the decompressing thread to the
+/// walking one in chunks this big: large enough that the two threads meet
+/// (and wake each other) a thousand times per GiB, not four thousand.
+const CHUNK: usize = 1024 * 1024;
+
+/// Decompressed chunks buffered between the two threads.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Reads `archive` (the descriptor [`super::verify_release`] verified,
+/// at offset 0) a second time, checks every tar entry against
+/// `release.manifest` by the entry policy ([`super::entries`]) and hands
+/// each accepted entry to `sink`.
+///
+/// One thread reads the file, hashes it with the verification's keyed
+/// BLAKE3 ([`Recheck`]) and decompresses it with the window limit; this one
+/// walks the entries and calls the sink. They meet in a bounded channel, so
+/// at most four 1 MiB chunks are ever held. Once the walk is complete the
+/// rest of the file is read through the hash too: if the bytes differ from
+/// the verified ones the result is [`EntryError::ArchiveChanged`], even if
+/// every entry looked right.
+///
+/// If the sink asks to stop ([`EntrySink::stopped`]) this returns `Ok` at
+/// once, without the end-of-stream checks: the sink's own failure is what
+/// its caller reports.
+pub fn walk_release<R: Read + Send, S: EntrySink>(
+    archive: R,
+    release: &VerifiedRelease,
+    sink: &mut S,
+) -> Result<(), WalkError<S::Error>> {
+    let recheck = &release.recheck;
+    std::thread::scope(|scope| {
+        let (chunks, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+        let (spare_tx, spares) = mpsc::channel();
+        let producer = scope.spawn(move || decompress(archive, recheck, &chunks, &spares));
+        let reader = ChannelReader {
+            chunks: chunk_rx,
+            chunk: Vec::new(),
+            pos: 0,
+            spares: spare_tx,
+            failed: false,
+        };
+        // The reader is dropped when this returns, which stops the producer
+        // early if the archive was refused half way.
+        let walked = walk_entries(reader, &release.manifest, &release.manifest_bytes, sink);
+        let produced = producer.join();
+        if walked? == Walked::Stopped {
+            return Ok(());
+        }
+        let same = match produced {
+            Ok(Ok(Some(same))) => same,
+            Ok(Ok(None)) => {
+                return Err(EntryError::Corrupt {
+                    reason: "decompression stopped early".into(),
+                }
+                .into())
+            }
+            Ok(Err(source)) => return Err(EntryError::Read(source).into()),
+            Err(_) => {
+                return Err(EntryError::Corrupt {
+                    reason: "the decompression thread panicked".into(),
+                }
+                .into())
+            }
+        };
+        if !same {
+            return Err(EntryError::ArchiveChanged.into());
+        }
+        Ok(())
+    })
+}
+
+/// Checks a verified archive's every entry against its manifest and every
+/// file's content against its SHA-256, writing nothing: `slipway-pack
+/// verify`'s second pass, the same walk `slipway install` stages from.
+pub fn check_release_contents<R: Read + Send>(
+    archive: R,
+    release: &VerifiedRelease,
+) -> Result<(), EntryError> {
+    let mut sink = ContentCheck {
+        buf: vec![0u8; BUFFER],
+    };
+    walk_release(archive, release, &mut sink).map_err(|e| match e {
+        WalkError::Entry(e) | WalkError::Sink(e) => e,
+    })
+}
+
+/// The sink that only hashes.
+struct ContentCheck {
+    buf: Vec<u8>,
+}
+
+impl EntrySink for ContentCheck {
+    type Error = EntryError;
+
+    fn manifest(&mut self, _bytes: &[u8]) -> Result<(), EntryError> {
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        _index: usize,
+        expected: &FileEntry,
+        content: &mut impl Read,
+    ) -> Result<(), SinkError<EntryError>> {
+        let mut sha = Sha256::new();
+        loop {
+            match content.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => sha.update(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SinkError::Read(e)),
+            }
+        }
+        if expected.kind == crate::EntryType::File {
+            check_file_digest(expected, &sha.finalize())?;
+        }
+        Ok(())
+    }
+}
+
+/// The decompressing side: reads the whole file through the keyed hash,
+/// decompresses it and sends the output in chunks. Returns whether the
+/// file's bytes are the verified ones, `None` if the consumer stopped
+/// listening or decoding failed (the error went down the channel), or an
+/// error reading the file after the stream.
+fn decompress(
+    archive: impl Read,
+    recheck: &Recheck,
+    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spares: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<Option<bool>> {
+    let hashing = HashingReader {
+        inner: archive,
+        hasher: recheck.hasher(),
+    };
+    let hasher = decompress_from(hashing, chunks, spares)?;
+    Ok(hasher.map(|h| recheck.matches(&h)))
+}
+
+/// Decompresses everything `hashing` reads and sends it on; then reads the
+/// file to its end (through the hash) and returns the hash of the whole
+/// file. Returns `None` if the consumer stopped listening or decoding
+/// failed (the error went down the channel).
+fn decompress_from<R: Read>(
+    hashing: HashingReader<R>,
+    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spares: &mpsc::Receiver<Vec<u8>>,
+) -> io::Result<Option<blake3::Hasher>> {
+    let mut decoder = match decoder(BufReader::with_capacity(BUFFER, hashing)) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = chunks.send(Err(e));
+            return Ok(None);
+        }
+    };
+    loop {
+        let mut chunk = spares.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match decoder.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = chunks.send(Err(e));
+                    return Ok(None);
+                }
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        chunk.truncate(filled);
+        if chunks.send(Ok(chunk)).is_err() {
+            return Ok(None);
+        }
+    }
+    // Whatever zstd did not need (nothing, for a well-formed file) is hashed too.
+    let mut hashing = decoder.into_inner().into_inner();
+    let mut sink = vec![0u8; 64 * 1024];
+    loop {
+        match hashing.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(hashing.hasher))
+}
+
+/// Hashes every byte read from the archive file with the verification's
+/// keyed BLAKE3 ([`Recheck`]), in line: at several GB/s it costs a fraction
+/// of decompressing.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The consuming side of the channel, as a reader. Emptied chunks go back
+/// to the producer for reuse.
+struct ChannelReader {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    spares: mpsc::Sender<Vec<u8>>,
+    failed: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(io::Error::other("decompression failed earlier"));
+        }
+        while self.pos == self.chunk.len() {
+            let used = std::mem::take(&mut self.chunk);
+            if used.capacity() > 0 {
+                let _ = self.spares.send(used);
+            }
+            self.pos = 0;
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => self.chunk = chunk,
+                Ok(Err(e)) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+                // The producer is done: end of the decompressed stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
