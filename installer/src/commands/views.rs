@@ -248,7 +248,7 @@ fn release_view(layout: &Layout, target: Option<PathBuf>) -> Option<ReleaseView>
 
 /// The next run of the update timer, from systemd, when systemd runs this
 /// host and the timer is loaded; `None` otherwise.
-fn next_timer_run() -> Option<String> {
+fn next_timer_run(now: Timestamp) -> Option<String> {
     if !Path::new("/run/systemd/system").is_dir() {
         return None;
     }
@@ -257,7 +257,7 @@ fn next_timer_run() -> Option<String> {
         "show",
         super::UPDATE_TIMER,
         "-p",
-        "LoadState,NextElapseUSecRealtime",
+        "LoadState,NextElapseUSecRealtime,NextElapseUSecMonotonic",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -269,27 +269,71 @@ fn next_timer_run() -> Option<String> {
         std::time::Duration::from_secs(5),
     )
     .ok()?;
-    next_elapse(&out.stdout_tail)
+    // Seconds since boot, the clock of a monotonic timer (`OnUnitActiveSec=`).
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok());
+    next_elapse(&out.stdout_tail, uptime, now)
 }
 
-/// `NextElapseUSecRealtime` from `systemctl show` output, when the timer is
-/// loaded and has a next run.
-fn next_elapse(show: &str) -> Option<String> {
+/// The timer's next run from `systemctl show` output, when the timer is
+/// loaded and has one: its calendar time (`NextElapseUSecRealtime`), or for
+/// a monotonic timer (slipway's: `OnUnitActiveSec=`), how long from now,
+/// from `NextElapseUSecMonotonic` (a time span since boot) and `uptime`.
+fn next_elapse(show: &str, uptime: Option<f64>, now: Timestamp) -> Option<String> {
     let mut loaded = false;
-    let mut next = None;
+    let mut realtime = None;
+    let mut monotonic = None;
+    let set = |v: &str| {
+        let v = v.trim();
+        (!v.is_empty() && v != "n/a" && v != "0").then(|| v.to_string())
+    };
     for line in show.lines() {
         match line.split_once('=') {
             Some(("LoadState", v)) => loaded = v.trim() == "loaded",
-            Some(("NextElapseUSecRealtime", v)) => {
-                let v = v.trim();
-                if !v.is_empty() && v != "n/a" && v != "0" {
-                    next = Some(v.to_string());
-                }
-            }
+            Some(("NextElapseUSecRealtime", v)) => realtime = set(v),
+            Some(("NextElapseUSecMonotonic", v)) => monotonic = set(v),
             _ => {}
         }
     }
-    next.filter(|_| loaded)
+    if !loaded {
+        return None;
+    }
+    if realtime.is_some() {
+        return realtime;
+    }
+    let since_boot = parse_timespan(&monotonic?)?;
+    let left = (since_boot - uptime?).max(0.0).round() as u64;
+    let at = Timestamp(now.0 + time::Duration::seconds(i64::try_from(left).ok()?));
+    Some(format!(
+        "in {} (at {at})",
+        crate::state::human_duration(left)
+    ))
+}
+
+/// Seconds in a systemd time span as `systemctl show` prints it:
+/// `1h 2min 3.500s`, `250ms`.
+fn parse_timespan(text: &str) -> Option<f64> {
+    let mut total = 0.0;
+    for word in text.split_whitespace() {
+        let split = word.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, unit) = word.split_at(split);
+        let n: f64 = number.parse().ok()?;
+        let scale = match unit {
+            "y" => 31_557_600.0,
+            "month" => 2_629_800.0,
+            "w" => 604_800.0,
+            "d" => 86_400.0,
+            "h" => 3_600.0,
+            "min" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            _ => return None,
+        };
+        total += n * scale;
+    }
+    Some(total)
 }
 
 pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
@@ -328,7 +372,7 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
         channel: config.update.channel.clone(),
         blocked,
         index,
-        next_timer_run: next_timer_run(),
+        next_timer_run: next_timer_run(now),
         current: release_view(layout, links.current),
         previous: release_view(layout, links.previous),
         last_attempt: state.last_attempt.clone(),
@@ -676,17 +720,38 @@ mod tests {
 
     #[test]
     fn the_next_timer_run_is_read_only_from_a_loaded_timer() {
+        let now = Timestamp::parse("2026-03-02T10:00:00Z").expect("time");
         assert_eq!(
-            next_elapse("LoadState=loaded\nNextElapseUSecRealtime=Mon 2026-03-02 10:00:00 UTC\n"),
+            next_elapse(
+                "LoadState=loaded\nNextElapseUSecRealtime=Mon 2026-03-02 10:00:00 UTC\n",
+                None,
+                now
+            ),
             Some("Mon 2026-03-02 10:00:00 UTC".to_string())
         );
+        // A monotonic timer: 1h 2min after boot, booted 1h ago.
         assert_eq!(
-            next_elapse("LoadState=not-found\nNextElapseUSecRealtime=\n"),
+            next_elapse(
+                "LoadState=loaded\nNextElapseUSecRealtime=\nNextElapseUSecMonotonic=1h 2min\n",
+                Some(3600.0),
+                now
+            ),
+            Some("in 2 minutes (at 2026-03-02T10:02:00Z)".to_string())
+        );
+        assert_eq!(
+            next_elapse("LoadState=not-found\nNextElapseUSecRealtime=\n", None, now),
             None
         );
         assert_eq!(
-            next_elapse("LoadState=loaded\nNextElapseUSecRealtime=n/a\n"),
+            next_elapse(
+                "LoadState=loaded\nNextElapseUSecRealtime=n/a\nNextElapseUSecMonotonic=0\n",
+                Some(1.0),
+                now
+            ),
             None
         );
+        assert_eq!(parse_timespan("1h 2min 3.500s"), Some(3723.5));
+        assert_eq!(parse_timespan("250ms"), Some(0.25));
+        assert_eq!(parse_timespan("soon"), None);
     }
 }
