@@ -881,9 +881,16 @@ pub fn metrics_text(
 
 /// journald `PRIORITY` of an attempt: its cause's ([`Cause::priority`]),
 /// raised to 4 (warning) when updates have stalled or the held channel
-/// index expires within `expiry_warning_days`.
+/// index expires within `expiry_warning_days`, and to 2 (critical) when
+/// the old release was left unhealthy (`CRITICAL` in the message).
 pub fn priority(config: &Config, state: &HostState, attempt: &Attempt) -> u8 {
-    let own = attempt.cause().priority();
+    // A recovery or flip back that left the old release unhealthy needs a
+    // human now, whatever its cause.
+    let own = if attempt.message.contains("CRITICAL") {
+        2
+    } else {
+        attempt.cause().priority()
+    };
     let warn =
         stall(config, state, attempt.at).is_some() || expiry(config, state, attempt.at).is_some();
     if warn {
