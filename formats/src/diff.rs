@@ -303,6 +303,7 @@ mod tests {
             schema_version: 2,
             schema_min_compatible: 1,
             hooks: Hooks::default(),
+            runtime_paths: Vec::new(),
             files,
         }
     }

@@ -10,6 +10,7 @@
 //! - [`id`]: release ids (`sha256:<hex>` of the archive file).
 //! - [`version`]: semver parsing and ordering, tags `vX.Y.Z`.
 //! - [`manifest`]: `slipway/manifest.json`, strict.
+//! - [`runtime_paths`]: paths a release's app writes into its own tree.
 //! - [`diff`]: what changes between two releases, from their manifests.
 //! - [`channel`]: `channels/<channel>.json`, the signed channel index.
 //! - [`signature`]: minisign public keys, detached signatures, trusted comments.
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod path;
 pub mod rollout;
 pub mod rotation;
+pub mod runtime_paths;
 pub mod signature;
 pub mod state;
 pub mod version;
@@ -36,6 +38,7 @@ pub mod version;
 pub use channel::{ChannelIndex, ChannelRelease};
 pub use id::ReleaseId;
 pub use manifest::{EntryType, FileEntry, Hooks, Manifest, SourceInfo};
+pub use runtime_paths::RuntimePaths;
 pub use signature::{KeyId, PublicKey, SignatureFile, TrustedKeys};
 pub use version::Version;
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
 use crate::path::{self, PathError};
+use crate::runtime_paths::RuntimePaths;
 use crate::version::Version;
 
 /// The manifest format this crate reads and writes.
@@ -263,6 +264,13 @@ pub struct Manifest {
     pub schema_min_compatible: u32,
     #[serde(default)]
     pub hooks: Hooks,
+    /// Globs of paths the app writes into its own release at run time
+    /// (`**/__pycache__/**`): stray paths the clean-tree rule and `slipway
+    /// verify` do not count as drift (see [`crate::runtime_paths`]).
+    /// Omitted when empty, so a manifest without it is byte-identical to
+    /// one written before the field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_paths: Vec<String>,
     pub files: Vec<FileEntry>,
 }
 
@@ -296,7 +304,7 @@ impl Manifest {
     }
 
     /// Checks every rule a manifest must satisfy on its own: names, schema
-    /// versions, hooks, and the entry list (path rules, sorted and unique,
+    /// versions, hooks, runtime paths, and the entry list (path rules, sorted and unique,
     /// parents present as directories, nothing under a symlink, symlinks
     /// resolving inside the release without passing through another symlink).
     pub fn validate(&self) -> Result<(), ManifestError> {
@@ -330,6 +338,7 @@ impl Manifest {
                 validate_argv(argv).map_err(|reason| ManifestError::Field { field, reason })?;
             }
         }
+        self.runtime_paths()?;
         if self.files.len() > MAX_ENTRIES {
             return Err(ManifestError::TooManyEntries(self.files.len()));
         }
@@ -379,6 +388,14 @@ impl Manifest {
             })?;
         }
         Ok(())
+    }
+
+    /// The compiled `runtime_paths` (empty when none are declared).
+    pub fn runtime_paths(&self) -> Result<RuntimePaths, ManifestError> {
+        RuntimePaths::new(&self.runtime_paths).map_err(|e| ManifestError::Field {
+            field: "runtime_paths",
+            reason: e.to_string(),
+        })
     }
 
     /// The entry at `path`, if listed.
@@ -464,6 +481,7 @@ mod tests {
                 check: Some(vec!["python3".into(), "-m".into(), "compileall".into()]),
                 migrate: None,
             },
+            runtime_paths: vec![],
             files: vec![
                 FileEntry::dir("app"),
                 FileEntry::file("app/main.py", false, 3, "a".repeat(64)),
@@ -482,6 +500,40 @@ mod tests {
         assert_eq!(m.total_size(), 5);
         assert!(m.entry("app/run").is_some());
         assert!(m.entry("app/nope").is_none());
+    }
+
+    #[test]
+    fn runtime_paths_are_omitted_when_empty_and_round_trip_when_set() {
+        let plain = sample().to_bytes();
+        assert!(!String::from_utf8_lossy(&plain).contains("runtime_paths"));
+        // A manifest written before the field existed parses unchanged.
+        let v: serde_json::Value = serde_json::from_slice(&plain).expect("json");
+        assert!(v.get("runtime_paths").is_none());
+        assert_eq!(Manifest::parse(&plain).expect("parse").to_bytes(), plain);
+
+        let mut m = sample();
+        m.runtime_paths = vec!["**/__pycache__/**".into(), "**/*.pyc".into()];
+        let bytes = m.to_bytes();
+        let parsed = Manifest::parse(&bytes).expect("parse");
+        assert_eq!(parsed, m);
+        assert!(parsed
+            .runtime_paths()
+            .expect("compile")
+            .covers("app/__pycache__/x.pyc"));
+    }
+
+    #[test]
+    fn a_bad_runtime_path_is_refused_naming_the_field_and_pattern() {
+        let mut m = sample();
+        m.runtime_paths = vec!["**/__pycache__/**".into(), "*.pyc".into()];
+        let err = Manifest::parse(&m.to_bytes()).expect_err("no slash");
+        let text = err.to_string();
+        assert!(text.contains("runtime_paths"), "{text}");
+        assert!(text.contains("\"*.pyc\""), "{text}");
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_bytes()).expect("json");
+        v["runtime_paths"] = serde_json::json!("**/__pycache__/**");
+        let err = Manifest::parse(v.to_string().as_bytes()).expect_err("not a list");
+        assert!(matches!(err, ManifestError::Schema(_)), "{err}");
     }
 
     #[test]
@@ -559,6 +611,14 @@ mod tests {
             ),
             ("bad app", Box::new(|m| m.app = "../bot".into())),
             ("empty hook", Box::new(|m| m.hooks.migrate = Some(vec![]))),
+            (
+                "runtime path outside the release",
+                Box::new(|m| m.runtime_paths = vec!["../app/**".into()]),
+            ),
+            (
+                "runtime path matching everything",
+                Box::new(|m| m.runtime_paths = vec!["**/*".into()]),
+            ),
         ];
         for (name, mutate) in cases {
             let mut m = sample();

@@ -655,6 +655,7 @@ mod tests {
             schema_version: 1,
             schema_min_compatible: 1,
             hooks: crate::Hooks::default(),
+            runtime_paths: Vec::new(),
             files: Vec::new(),
         };
         check_release_manifest(&comment, &id, &manifest("1.2.0")).expect("matches");

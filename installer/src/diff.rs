@@ -6,6 +6,14 @@
 //! content and symlink target, and nothing else may be there. It reads the
 //! tree without following symlinks and reports every difference as a
 //! [`Drift`].
+//!
+//! The release's `runtime_paths` (globs in its manifest, such as
+//! `**/__pycache__/**`) excuse stray paths the app writes into its own
+//! tree: a path the manifest does not list, inside `app/` or `schema/`,
+//! that matches one is not drift, and an excused directory is not looked
+//! into. Nothing else is excused: a listed file that matches a pattern is
+//! still compared (an app that rewrites a file it ships makes its release
+//! dirty), and so is everything under `slipway/`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -59,6 +67,59 @@ impl Drift {
             | Drift::ModeChanged { path, .. }
             | Drift::TargetChanged { path, .. } => path,
         }
+    }
+}
+
+impl Drift {
+    /// Whether this is a stray path that looks written by the app while it
+    /// runs (Python bytecode, a tool's cache directory), rather than an edit:
+    /// what a release can declare in `runtime_paths`.
+    pub fn looks_runtime_written(&self) -> bool {
+        let Drift::Extra { path } = self else {
+            return false;
+        };
+        path.rsplit('/').enumerate().any(|(i, name)| {
+            name == "__pycache__"
+                || name == ".cache"
+                || (name.starts_with('.') && name.ends_with("_cache"))
+                || (i == 0 && (name.ends_with(".pyc") || name.ends_with(".pyo")))
+        })
+    }
+}
+
+/// How many differences [`describe_drift`] names.
+pub const DRIFTS_SHOWN: usize = 5;
+
+/// The first [`DRIFTS_SHOWN`] differences, `; `-separated, then `and N
+/// more`: the paths a dirty-release message names.
+pub fn describe_drift(drifts: &[Drift]) -> String {
+    let mut listed = drifts
+        .iter()
+        .take(DRIFTS_SHOWN)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if drifts.len() > DRIFTS_SHOWN {
+        listed.push_str(&format!("; and {} more", drifts.len() - DRIFTS_SHOWN));
+    }
+    listed
+}
+
+/// What an operator can do about a release that differs from its manifest.
+/// Neutral about who changed it: the app writing into its own tree is as
+/// likely as a person editing it.
+pub fn drift_hint(drifts: &[Drift]) -> String {
+    let repair =
+        "reinstall a clean copy of the running release with `slipway install --force SOURCE`";
+    if drifts.iter().any(Drift::looks_runtime_written) {
+        format!(
+            "these look like files the app writes while it runs: runtime-written files can be \
+             declared in slipway.toml (runtime_paths, e.g. [\"**/__pycache__/**\"]) in the next \
+             release, or avoided with PYTHONDONTWRITEBYTECODE=1 in the service's environment; \
+             {repair}"
+        )
+    } else {
+        format!("ship the change as a release, or {repair}")
     }
 }
 
@@ -180,8 +241,11 @@ pub fn verify_installed(dir: &Path, manifest: &Manifest) -> io::Result<Vec<Drift
         }
     }
 
-    // Anything on disk the manifest does not list.
+    // Anything on disk the manifest does not list, unless the release
+    // declares it as written at run time. A manifest that parsed has valid
+    // patterns; one that somehow does not excuses nothing.
     let listed: HashSet<&str> = manifest.files.iter().map(|e| e.path.as_str()).collect();
+    let runtime = manifest.runtime_paths().unwrap_or_default();
     let root_dev = fs::symlink_metadata(dir)?.dev();
     let walker = walkdir::WalkDir::new(dir)
         .min_depth(1)
@@ -199,12 +263,16 @@ pub fn verify_installed(dir: &Path, manifest: &Manifest) -> io::Result<Vec<Drift
             .to_str()
             .is_some_and(|r| listed.contains(r) || r == MANIFEST_PATH || r == "slipway");
         if !known {
-            drift.push(Drift::Extra {
-                path: rel_text.into_owned(),
-            });
+            let excused = rel.to_str().is_some_and(|r| runtime.covers(r));
             if item.file_type().is_dir() {
                 walker.skip_current_dir();
             }
+            if excused {
+                continue;
+            }
+            drift.push(Drift::Extra {
+                path: rel_text.into_owned(),
+            });
             continue;
         }
         // Do not wander into another file system mounted inside the tree.
@@ -284,4 +352,52 @@ fn same_content(path: &Path, wanted: Option<&str>, buf: &mut [u8]) -> io::Result
         sha.update(&buf[..n]);
     }
     Ok(Some(hex::encode(sha.finalize()).as_str()) == wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extra(path: &str) -> Drift {
+        Drift::Extra { path: path.into() }
+    }
+
+    #[test]
+    fn bytecode_and_caches_look_runtime_written_and_edits_do_not() {
+        for p in [
+            "app/bot/__pycache__",
+            "app/__pycache__/x.cpython-312.pyc",
+            "app/bot/x.pyc",
+            "app/bot/x.pyo",
+            "app/.pytest_cache",
+            "app/.mypy_cache/3.12",
+            "app/.cache",
+        ] {
+            assert!(extra(p).looks_runtime_written(), "{p}");
+        }
+        for p in [
+            "app/bot/notes.txt",
+            "app/pyc/x.py",
+            "app/x.pyc.txt",
+            "app/cache",
+        ] {
+            assert!(!extra(p).looks_runtime_written(), "{p}");
+        }
+        let modified = Drift::Modified {
+            path: "app/bot/__pycache__/x.pyc".into(),
+        };
+        assert!(!modified.looks_runtime_written());
+        assert!(drift_hint(&[extra("app/bot/__pycache__")]).contains("runtime_paths"));
+        assert!(!drift_hint(&[extra("app/notes.txt"), modified]).contains("runtime_paths"));
+    }
+
+    #[test]
+    fn the_description_names_five_then_counts() {
+        let drifts: Vec<Drift> = (0..7).map(|i| extra(&format!("app/{i}"))).collect();
+        assert_eq!(
+            describe_drift(&drifts),
+            "extra app/0; extra app/1; extra app/2; extra app/3; extra app/4; and 2 more"
+        );
+        assert_eq!(describe_drift(&drifts[..1]), "extra app/0");
+    }
 }

@@ -10,7 +10,7 @@
 //! | `auto_update_disabled` | `--auto` only | `[update] enabled = false` (`BOT_AUTO_UPDATE=0`), or disabled by the operator or by repeated failures |
 //! | `max_attempts` | `--auto` only | attempts today ≥ `max_attempts_per_day` |
 //! | `max_failures` | `--auto` only | failures today ≥ `max_failures_per_day` |
-//! | `dirty_release` | always | a file of the running release no longer matches its manifest (the tarball world's dirty git tree) |
+//! | `dirty_release` | always | the running release no longer matches its manifest (the tarball world's dirty git tree); stray paths matching the release's `runtime_paths` do not count |
 //! | `stale_save` | always, when `max_save_age_minutes > 0` and the persistence directory holds data | the newest file under it (outside `meta/`) is older than `max_save_age_minutes` |
 //! | `disk_space` | always | free space on the root's file system < what the update needs + `min_free_mib` |
 //!
@@ -43,8 +43,6 @@ pub const RULE_STALE_SAVE: &str = "stale_save";
 /// Rule name: not enough free disk for the update.
 pub const RULE_DISK_SPACE: &str = "disk_space";
 
-/// How many drifted files a `dirty_release` reason lists.
-const DRIFTS_SHOWN: usize = 5;
 const MIB: u64 = 1024 * 1024;
 
 /// Why an update is not attempted now. Displays as the reason.
@@ -179,22 +177,14 @@ fn check_clean(dir: &Path, manifest: &Manifest) -> Result<(), Ineligible> {
     if drifts.is_empty() {
         return Ok(());
     }
-    let mut listed = drifts
-        .iter()
-        .take(DRIFTS_SHOWN)
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    if drifts.len() > DRIFTS_SHOWN {
-        listed.push_str(&format!("; and {} more", drifts.len() - DRIFTS_SHOWN));
-    }
     Err(ineligible(
         RULE_DIRTY_RELEASE,
         format!(
-            "the running release {} was changed on the host ({listed}); \
-             someone edited it in place: keep the change in the app's repository and \
-             ship a release, or reinstall the running release with `slipway install`",
-            dir.display()
+            "the running release {} no longer matches its manifest ({}); \
+             updates wait until it does: {}",
+            dir.display(),
+            crate::diff::describe_drift(&drifts),
+            crate::diff::drift_hint(&drifts)
         ),
     ))
 }

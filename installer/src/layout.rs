@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <root>/releases/<version>-<id12>/   unpacked releases, read-only after staging
+//! <root>/releases/<version>-<id12>-rN/ a clean copy of the running release (`install --force`)
 //! <root>/current  -> releases/...      the release the service runs
 //! <root>/previous -> releases/...      the flip-back target
 //! <root>/downloads/                    partial downloads, resumable
@@ -16,6 +17,9 @@
 use std::path::{Path, PathBuf};
 
 use slipway_formats::{Manifest, ReleaseId};
+
+/// The most copies of one release [`Layout::fresh_release_dir`] names.
+pub const MAX_RELEASE_COPIES: usize = 100;
 
 /// The paths under one install root.
 #[derive(Debug, Clone)]
@@ -41,6 +45,15 @@ impl Layout {
     /// The directory a release is staged to: `releases/<version>-<id12>`.
     pub fn release_dir(&self, manifest: &Manifest, id: &ReleaseId) -> PathBuf {
         self.releases_dir().join(manifest.release_dir_name(id))
+    }
+
+    /// A directory name under `releases/` that does not exist yet for a
+    /// clean copy of a release: `<version>-<id12>` when free, else
+    /// `<version>-<id12>-r2`, `-r3`, ... (`install --force` of the running
+    /// release stages one beside the running copy). `None` when every name up
+    /// to [`MAX_RELEASE_COPIES`] is taken (`slipway gc` frees them).
+    pub fn fresh_release_dir(&self, manifest: &Manifest, id: &ReleaseId) -> Option<PathBuf> {
+        fresh_name(&self.releases_dir(), &manifest.release_dir_name(id))
     }
 
     /// The `current` symlink.
@@ -217,4 +230,42 @@ pub struct UnsafeDir {
     pub dir: PathBuf,
     pub problem: String,
     pub fix: String,
+}
+
+/// The first of `dir/base`, `dir/base-r2`, ... up to [`MAX_RELEASE_COPIES`]
+/// that does not exist (a dangling symlink counts as existing).
+fn fresh_name(dir: &Path, base: &str) -> Option<PathBuf> {
+    (1..=MAX_RELEASE_COPIES)
+        .map(|n| match n {
+            1 => dir.join(base),
+            n => dir.join(format!("{base}-r{n}")),
+        })
+        .find(|p| {
+            matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_release_name_skips_every_existing_copy() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let base = "2.0.0-0123456789ab";
+        assert_eq!(fresh_name(dir, base), Some(dir.join(base)));
+        std::fs::create_dir(dir.join(base)).expect("mkdir");
+        assert_eq!(fresh_name(dir, base), Some(dir.join(format!("{base}-r2"))));
+        std::os::unix::fs::symlink("nowhere", dir.join(format!("{base}-r2"))).expect("link");
+        assert_eq!(fresh_name(dir, base), Some(dir.join(format!("{base}-r3"))));
+        // The first copy gone: its name is free again.
+        std::fs::remove_dir(dir.join(base)).expect("rmdir");
+        assert_eq!(fresh_name(dir, base), Some(dir.join(base)));
+        std::fs::create_dir(dir.join(base)).expect("mkdir");
+        for n in 3..=MAX_RELEASE_COPIES {
+            std::fs::create_dir(dir.join(format!("{base}-r{n}"))).expect("mkdir");
+        }
+        assert_eq!(fresh_name(dir, base), None);
+    }
 }

@@ -210,7 +210,25 @@ pub fn stage_release_with(
     releases_dir: &Path,
     options: StageOptions,
 ) -> Result<PathBuf, StageError> {
-    let result = stage_inner(verified, releases_dir, options);
+    let name = verified
+        .release
+        .manifest
+        .release_dir_name(&verified.release.id);
+    stage_release_into(verified, releases_dir, &name, options)
+}
+
+/// [`stage_release_with`] into `releases_dir/<dir_name>` rather than the
+/// release's own `<version>-<id12>`: `install --force` of the running
+/// release stages a clean copy beside the running one
+/// ([`crate::layout::Layout::fresh_release_dir`]). `dir_name` is one path
+/// component.
+pub fn stage_release_into(
+    verified: &mut VerifiedArchive,
+    releases_dir: &Path,
+    dir_name: &str,
+    options: StageOptions,
+) -> Result<PathBuf, StageError> {
+    let result = stage_inner(verified, releases_dir, dir_name, options);
     // Best effort: a later reader of the same descriptor starts from 0.
     let _ = verified.file.seek(SeekFrom::Start(0));
     result
@@ -219,10 +237,21 @@ pub fn stage_release_with(
 fn stage_inner(
     verified: &mut VerifiedArchive,
     releases_dir: &Path,
+    dir_name: &str,
     options: StageOptions,
 ) -> Result<PathBuf, StageError> {
     let id = verified.release.id;
-    let final_dir = releases_dir.join(verified.release.manifest.release_dir_name(&id));
+    let final_dir = releases_dir.join(dir_name);
+    if dir_name.is_empty() || dir_name.starts_with('.') || dir_name.contains('/') {
+        return Err(StageError::Io {
+            action: "stage into",
+            path: final_dir,
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a release directory name is one component, not hidden",
+            ),
+        });
+    }
     let meta =
         fs::metadata(releases_dir).map_err(io_at("use the releases directory", releases_dir))?;
     if !meta.is_dir() {
@@ -970,6 +999,7 @@ mod tests {
             schema_version: 0,
             schema_min_compatible: 0,
             hooks: Hooks::default(),
+            runtime_paths: Vec::new(),
             files,
         }
     }

@@ -113,6 +113,15 @@ pub fn switch_to(layout: &Layout, release_dir: &Path) -> Result<SwitchTiming, Sw
     swap_timed(&layout.current_link(), &target)
 }
 
+/// Swaps `current` to `release_dir` and leaves `previous` alone: for a
+/// clean copy of the running release (`install --force`), where the old
+/// `current` is the same release, so `previous` stays the release before
+/// it, the one `slipway rollback` goes back to.
+pub fn replace_current(layout: &Layout, release_dir: &Path) -> Result<SwitchTiming, SwitchError> {
+    let target = link_target(layout, release_dir)?;
+    swap_timed(&layout.current_link(), &target)
+}
+
 /// Puts both links back as they were before a transaction: `current` first
 /// (the one the service follows), then `previous`. A `None` removes the
 /// link. Idempotent, so `recover` may run it again after a crash.
@@ -253,6 +262,24 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("releases")]);
+    }
+
+    #[test]
+    fn replacing_current_keeps_previous() {
+        let (_d, layout) = layout_with(&["1.0.0-a", "2.0.0-b", "2.0.0-b-r2"]);
+        let r = |n: &str| layout.releases_dir().join(n);
+        switch_to(&layout, &r("1.0.0-a")).expect("first");
+        switch_to(&layout, &r("2.0.0-b")).expect("second");
+        replace_current(&layout, &r("2.0.0-b-r2")).expect("clean copy");
+        assert_eq!(
+            read_links(&layout).expect("links"),
+            Links {
+                current: Some("releases/2.0.0-b-r2".into()),
+                previous: Some("releases/1.0.0-a".into())
+            }
+        );
+        let err = replace_current(&layout, &layout.root().join("x")).expect_err("outside");
+        assert!(matches!(err, SwitchError::Outside { .. }), "{err}");
     }
 
     #[test]

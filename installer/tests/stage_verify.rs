@@ -10,7 +10,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use slipway::diff::{verify_installed, Drift};
-use slipway::stage::{stage_release, stage_release_with, StageError, StageOptions, SyncMode};
+use slipway::stage::{
+    stage_release, stage_release_into, stage_release_with, StageError, StageOptions, SyncMode,
+};
 use slipway::verify::{check_upgrade, verify_archive, Expectations, VerifiedArchive, VerifyError};
 use slipway_formats::signature::SignatureError;
 use slipway_formats::{Manifest, ReleaseId, TrustedKeys, MANIFEST_PATH};
@@ -477,6 +479,43 @@ fn missing_releases_dir_is_an_error_naming_it() {
     assert!(!nowhere.exists());
 }
 
+#[test]
+fn a_clean_copy_is_staged_under_another_name_beside_the_first() {
+    let world = TestWorld::new();
+    let built = world.build(&sample_release("1.4.0"));
+    let mut verified = verify(&world, &built).unwrap();
+    let first = stage_release(&mut verified, &world.releases()).unwrap();
+    let name = format!("1.4.0-{}-r2", built.id.short());
+    let copy = stage_release_into(
+        &mut verified,
+        &world.releases(),
+        &name,
+        StageOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(copy, world.releases().join(&name));
+    assert_ne!(copy, first);
+    assert_eq!(
+        verify_installed(&copy, &verified.release.manifest).unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        verify_installed(&first, &verified.release.manifest).unwrap(),
+        vec![]
+    );
+    for bad in ["", ".hidden", "a/b"] {
+        let err = stage_release_into(
+            &mut verified,
+            &world.releases(),
+            bad,
+            StageOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("one component"), "{bad:?}: {err}");
+    }
+    assert!(world.staging_dirs().is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // verify_installed
 
@@ -595,6 +634,65 @@ fn verify_installed_reports_a_missing_manifest() {
         vec![Drift::Missing {
             path: MANIFEST_PATH.into()
         }]
+    );
+}
+
+#[test]
+fn runtime_paths_excuse_only_unlisted_paths_inside_the_payload_that_match() {
+    let world = TestWorld::new();
+    let (dir, mut manifest) = staged(&world);
+    // What Python and the app write beside the code.
+    fs::create_dir_all(dir.join("app/bot/__pycache__")).unwrap();
+    fs::write(dir.join("app/bot/__pycache__/main.cpython-312.pyc"), b"\0").unwrap();
+    fs::create_dir_all(dir.join("app/__pycache__")).unwrap();
+    fs::create_dir_all(dir.join("app/bot/cache/deep")).unwrap();
+    fs::write(dir.join("app/bot/cache/deep/x"), b"").unwrap();
+    fs::write(dir.join("app/bot/session.tmp"), b"").unwrap();
+
+    // Without runtime_paths every one of them is drift.
+    let paths = |d: Vec<Drift>| d.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        paths(verify_installed(&dir, &manifest).unwrap()),
+        [
+            "extra app/__pycache__",
+            "extra app/bot/__pycache__",
+            "extra app/bot/cache",
+            "extra app/bot/session.tmp"
+        ]
+    );
+
+    manifest.runtime_paths = vec![
+        "**/__pycache__/**".into(),
+        "app/bot/cache/**".into(),
+        "app/bot/*.tmp".into(),
+        "app/bot/*.py".into(),
+    ];
+    manifest.validate().unwrap();
+    assert_eq!(verify_installed(&dir, &manifest).unwrap(), vec![]);
+
+    // A file the release ships is checked whatever the patterns say; a stray
+    // that matches nothing, one under slipway/ and one at the top are drift.
+    fs::set_permissions(
+        dir.join("app/bot/main.py"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    fs::write(dir.join("app/bot/main.py"), b"print('bot 9.9.9')\n").unwrap();
+    fs::write(dir.join("app/bot/new.py"), b"").unwrap(); // unlisted and matching: excused
+    fs::write(dir.join("app/bot/notes.txt"), b"").unwrap();
+    fs::set_permissions(dir.join("slipway"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(dir.join("slipway/__pycache__")).unwrap();
+    fs::create_dir(dir.join("__pycache__")).unwrap();
+    fs::remove_file(dir.join("app/bot/__init__.py")).unwrap(); // listed and matching: missing
+    assert_eq!(
+        paths(verify_installed(&dir, &manifest).unwrap()),
+        [
+            "extra __pycache__",
+            "missing app/bot/__init__.py",
+            "modified app/bot/main.py",
+            "extra app/bot/notes.txt",
+            "extra slipway/__pycache__",
+        ]
     );
 }
 

@@ -92,6 +92,7 @@ fn fake_release(dir: &Path, version: &str) -> Manifest {
         schema_version: 1,
         schema_min_compatible: 1,
         hooks: Hooks::default(),
+        runtime_paths: Vec::new(),
         files: vec![
             FileEntry::dir("app"),
             FileEntry::file("app/main.py", false, main.len() as u64, sha256_hex(main)),
@@ -706,6 +707,58 @@ fn a_modified_running_release_is_dirty_even_for_manual_runs() {
         );
         assert!(err.reason.contains(&dir.display().to_string()), "{err}");
     }
+}
+
+#[test]
+fn declared_runtime_paths_keep_a_release_clean_and_the_dirty_reason_names_paths_neutrally() {
+    let h = host();
+    let now = ts("2026-03-01T12:00:00Z");
+    let state = HostState::default();
+    let dir = h.layout.root().join("releases/1.1.0-x");
+    let mut manifest = fake_release(&dir, "1.1.0");
+    let with_running = |manifest: &Manifest| {
+        check_eligibility(&EligibilityInput {
+            running: Some((dir.as_path(), manifest)),
+            ..input(&h, &state, true, now)
+        })
+    };
+
+    // Python wrote bytecode beside the code; the release does not declare it.
+    fs::create_dir_all(dir.join("app/__pycache__")).expect("mkdir");
+    fs::write(dir.join("app/__pycache__/main.cpython-312.pyc"), b"\0").expect("pyc");
+    let err = with_running(&manifest).expect_err("undeclared bytecode is drift");
+    assert_eq!(err.rule, "dirty_release");
+    assert!(err.reason.contains("extra app/__pycache__"), "{err}");
+    assert!(
+        err.reason
+            .contains("runtime-written files can be declared in slipway.toml (runtime_paths"),
+        "{err}"
+    );
+    assert!(err.reason.contains("PYTHONDONTWRITEBYTECODE=1"), "{err}");
+    assert!(err.reason.contains("slipway install --force"), "{err}");
+    assert!(!err.reason.contains("edited"), "{err}");
+
+    // Declared: clean.
+    manifest.runtime_paths = vec!["**/__pycache__/**".into()];
+    with_running(&manifest).expect("declared bytecode is not drift");
+
+    // Anything else still is, named, the first five and a count; no
+    // runtime_paths hint when nothing looks like a cache.
+    for i in 0..7 {
+        fs::write(dir.join(format!("app/note{i}.txt")), b"x").expect("stray");
+    }
+    let err = with_running(&manifest).expect_err("strays are drift");
+    assert_eq!(err.rule, "dirty_release");
+    assert!(
+        err.reason.contains(
+            "extra app/note0.txt; extra app/note1.txt; extra app/note2.txt; \
+             extra app/note3.txt; extra app/note4.txt; and 2 more"
+        ),
+        "{err}"
+    );
+    assert!(!err.reason.contains("note5"), "{err}");
+    assert!(!err.reason.contains("runtime_paths"), "{err}");
+    assert!(!err.reason.contains("edited"), "{err}");
 }
 
 #[test]

@@ -50,7 +50,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slipway_formats::manifest::{validate_argv, validate_name, MANIFEST_FORMAT, MODE_FILE};
 use slipway_formats::signature::TrustedComment;
-use slipway_formats::{FileEntry, Hooks, Manifest, ReleaseId, SourceInfo, Version, MANIFEST_PATH};
+use slipway_formats::{
+    FileEntry, Hooks, Manifest, ReleaseId, RuntimePaths, SourceInfo, Version, MANIFEST_PATH,
+};
 
 use crate::error::{PackError, Result};
 use crate::keys::{Prehasher, SigningKey};
@@ -320,6 +322,10 @@ pub fn plan_release(opts: &BuildOptions) -> Result<ReleasePlan> {
             })?;
         }
     }
+    RuntimePaths::new(&config.runtime_paths).map_err(|e| PackError::Config {
+        path: config_path.clone(),
+        message: format!("runtime_paths: {e}"),
+    })?;
     let source = (opts.commit.is_some() || opts.tag.is_some()).then(|| SourceInfo {
         commit: opts.commit.clone(),
         tag: opts.tag.clone(),
@@ -365,6 +371,7 @@ pub fn plan_release(opts: &BuildOptions) -> Result<ReleasePlan> {
             check: config.hooks.check.clone(),
             migrate: config.hooks.migrate.clone(),
         },
+        runtime_paths: config.runtime_paths.clone(),
         files,
     };
     manifest.validate().map_err(|e| PackError::Refused {

@@ -691,6 +691,9 @@ fn print_inspection(info: &slipway_pack::inspect::Inspection) {
     let hook = |h: &Option<Vec<String>>| h.as_ref().map_or("-".to_string(), |a| a.join(" "));
     slipway_fs::outln!("hooks:     check: {}", hook(&m.hooks.check));
     slipway_fs::outln!("           migrate: {}", hook(&m.hooks.migrate));
+    if !m.runtime_paths.is_empty() {
+        slipway_fs::outln!("runtime:   {}", m.runtime_paths.join(" "));
+    }
     slipway_fs::outln!(
         "entries:   {} files, {} directories, {} symlinks",
         files,

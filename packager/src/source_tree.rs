@@ -60,6 +60,10 @@ pub struct SourceConfig {
     pub app: Option<String>,
     /// The default channel; `--channel` overrides it.
     pub channel: Option<String>,
+    /// Globs of paths the app writes into its own release at run time
+    /// (`**/__pycache__/**`), carried into the manifest's `runtime_paths`.
+    #[serde(default)]
+    pub runtime_paths: Vec<String>,
     #[serde(default)]
     pub schema: SchemaConfig,
     #[serde(default)]

@@ -328,3 +328,72 @@ fn bad_hooks_and_schema_in_slipway_toml_name_the_file() {
         );
     }
 }
+
+#[test]
+fn runtime_paths_from_slipway_toml_reach_the_manifest_and_bad_ones_name_the_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (key, _) = keygen(tmp.path(), "k");
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let toml = src.join("slipway.toml");
+    fs::write(
+        &toml,
+        "app = \"bot\"\nruntime_paths = [\"**/__pycache__/**\", \"app/cache/**\"]\n",
+    )
+    .expect("toml");
+    let repo = tmp.path().join("repo");
+    let id = build(&src, &repo, &key, "1.0.0", &[]);
+    let out = pack()
+        .arg("inspect")
+        .arg(archive(&repo, &id))
+        .arg("--json")
+        .output()
+        .expect("inspect");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        m["runtime_paths"],
+        serde_json::json!(["**/__pycache__/**", "app/cache/**"])
+    );
+    let out = pack()
+        .arg("inspect")
+        .arg(archive(&repo, &id))
+        .output()
+        .expect("inspect");
+    assert!(
+        text(&out)
+            .0
+            .contains("runtime:   **/__pycache__/** app/cache/**"),
+        "{:?}",
+        text(&out)
+    );
+
+    for (pattern, words) in [
+        ("*.pyc", "no '/'"),
+        ("bot/x/**", "outside the payload"),
+        ("**/*", "matches any path"),
+    ] {
+        fs::write(
+            &toml,
+            format!("app = \"bot\"\nruntime_paths = [{pattern:?}]\n"),
+        )
+        .expect("toml");
+        let out = pack()
+            .arg("build")
+            .arg(&src)
+            .args(["--version", "1.0.1", "--key"])
+            .arg(&key)
+            .arg("--out")
+            .arg(tmp.path().join("repo2"))
+            .output()
+            .expect("build");
+        assert_eq!(out.status.code(), Some(2), "{pattern}: {:?}", text(&out));
+        let err = text(&out).1;
+        assert!(
+            err.contains("runtime_paths")
+                && err.contains(words)
+                && err.contains(&toml.display().to_string()),
+            "{pattern}: {err}"
+        );
+    }
+}

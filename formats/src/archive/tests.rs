@@ -25,6 +25,7 @@ fn manifest() -> Manifest {
         schema_version: 0,
         schema_min_compatible: 0,
         hooks: Hooks::default(),
+        runtime_paths: Vec::new(),
         files: vec![
             FileEntry::dir("app"),
             FileEntry::file(

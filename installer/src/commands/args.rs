@@ -51,7 +51,8 @@ pub enum Command {
         /// Accept a version older than (or equal to) the running one.
         #[arg(long)]
         allow_downgrade: bool,
-        /// Ignore the bad list and the clean-tree rule.
+        /// Ignore the bad list and the clean-tree rule; with the running
+        /// release, reinstall a clean copy of it.
         #[arg(long)]
         force: bool,
         /// Accept an expired channel index (repositories and bundles).

@@ -651,9 +651,12 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
     } else {
         if !json {
             print_failure(&Failure::new(
-                "the running release was modified on the host",
-                format!("{} listed above", plural(drift.len() as u64, "difference", "differences")),
-                "ship the change as a release, or reinstall the running one with `slipway install --force`",
+                "the running release no longer matches its manifest",
+                format!(
+                    "{} listed above",
+                    plural(drift.len() as u64, "difference", "differences")
+                ),
+                crate::diff::drift_hint(&drift),
             ));
         }
         Ok(Exit::Failed)

@@ -263,6 +263,9 @@ struct Target {
     dir: PathBuf,
     manifest: Manifest,
     id: Option<ReleaseId>,
+    /// A clean copy of the running release (`install --force`): the switch
+    /// replaces `current` and leaves `previous` on the release before.
+    reinstall: bool,
 }
 
 /// A transaction in flight: the journal and what it has learned so far.
@@ -627,7 +630,7 @@ pub fn install(
     t.journal.release_id = Some(id);
     t.journal.version = Some(verified.release.manifest.version.clone());
     t.journal.schema_to = Some(verified.release.manifest.schema_version);
-    let release_dir = host.layout.release_dir(&verified.release.manifest, &id);
+    let mut release_dir = host.layout.release_dir(&verified.release.manifest, &id);
     let name = format!(
         "{} {} ({})",
         verified.release.manifest.app,
@@ -639,11 +642,43 @@ pub fn install(
         verified.release.signer
     ));
 
-    if let Some(r) = &t.running {
-        if r.dir == release_dir {
-            let msg = format!("{name} is already running; nothing to do");
+    let reinstall = t
+        .running
+        .as_ref()
+        .is_some_and(|r| r.dir == release_dir || r.id == Some(id));
+    if reinstall {
+        if !opts.force {
+            let msg = format!(
+                "{name} is already running; nothing to do (`--force` reinstalls a clean copy of it)"
+            );
             return t.conclude(Cause::UpToDate, msg, None);
         }
+        // The running copy may have been changed; a fresh directory beside
+        // it gets a clean one, switched to like any release.
+        match host
+            .layout
+            .fresh_release_dir(&verified.release.manifest, &id)
+        {
+            Some(dir) => release_dir = dir,
+            None => {
+                return t.fail(
+                    Cause::HostBeforeService,
+                    Failure::new(
+                        format!("cannot reinstall {name}"),
+                        format!(
+                            "{} copies of it are already in {}",
+                            crate::layout::MAX_RELEASE_COPIES,
+                            host.layout.releases_dir().display()
+                        ),
+                        "run `slipway gc` to remove the ones nothing points at, then try again",
+                    ),
+                )
+            }
+        }
+        log.info(format!(
+            "{name} is running; reinstalling a clean copy of it into {}",
+            release_dir.display()
+        ));
     }
     let state = HostState::load_at(&host.layout, host.clock.now())?;
     if !opts.force {
@@ -662,11 +697,13 @@ pub fn install(
             return Ok(o);
         }
     }
+    // A reinstall of the running release is neither an upgrade nor a
+    // downgrade: only the app and data schema rules apply.
     if let Err(e) = verify::check_upgrade(
         &verified.release.manifest,
         t.running.as_ref().map(|r| &r.manifest),
         t.journal.schema_from,
-        opts.allow_downgrade,
+        opts.allow_downgrade || reinstall,
     ) {
         let cause = failure_model::of_verify_error(&e);
         let hint = match cause {
@@ -698,7 +735,16 @@ pub fn install(
             ),
         );
     }
-    let staged = match stage::stage_release(&mut verified, &host.layout.releases_dir()) {
+    let dir_name = release_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staged = match stage::stage_release_into(
+        &mut verified,
+        &host.layout.releases_dir(),
+        &dir_name,
+        stage::StageOptions::default(),
+    ) {
         Ok(dir) => dir,
         Err(e) => {
             t.discard_staged();
@@ -727,6 +773,7 @@ pub fn install(
         dir: staged,
         manifest: verified.release.manifest.clone(),
         id: Some(id),
+        reinstall,
     };
     drop(verified);
     // The staged tree is the durable result: the download is not needed.
@@ -916,13 +963,12 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     match verify_installed(&pending.dir, &installed.manifest) {
         Ok(drift) if drift.is_empty() => {}
         Ok(drift) => {
-            let list: Vec<String> = drift.iter().take(5).map(|d| d.to_string()).collect();
             let f = Failure::new(
                 format!(
                     "the staged release {} changed since it was checked",
                     pending.dir.display()
                 ),
-                list.join("; "),
+                crate::diff::describe_drift(&drift),
                 "run `slipway update` (or `slipway install`) again to stage it afresh",
             );
             return clear_pending_and_fail(t, Cause::HostBeforeService, f);
@@ -961,10 +1007,15 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     if let Err(ineligible) = eligibility(host, &t, &state, &installed.manifest, &opts) {
         return skipped(t, ineligible);
     }
+    let reinstall = t
+        .running
+        .as_ref()
+        .is_some_and(|r| r.id == Some(pending.release_id) && r.dir != pending.dir);
     let target = Target {
         dir: pending.dir,
         manifest: installed.manifest,
         id: Some(pending.release_id),
+        reinstall,
     };
     from_save(t, &target)
 }
@@ -1011,15 +1062,14 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
     match verify_installed(&dir, &installed.manifest) {
         Ok(drift) if drift.is_empty() => {}
         Ok(drift) => {
-            let list: Vec<String> = drift.iter().take(5).map(|d| d.to_string()).collect();
             return t.fail(
                 Cause::HostBeforeService,
                 Failure::new(
                     format!(
-                        "the previous release {} was modified on the host",
+                        "the previous release {} no longer matches its manifest",
                         dir.display()
                     ),
-                    list.join("; "),
+                    crate::diff::describe_drift(&drift),
                     "reinstall it with `slipway install --allow-downgrade --force SOURCE`",
                 ),
             );
@@ -1054,6 +1104,7 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
         dir,
         manifest: installed.manifest,
         id: installed.id,
+        reinstall: false,
     };
     from_save(t, &target)
 }
@@ -1225,7 +1276,12 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
 
     // Step 10: Switch.
     t.enter(Step::Switch)?;
-    match switch::switch_to(&host.layout, &target.dir) {
+    let switched = if target.reinstall {
+        switch::replace_current(&host.layout, &target.dir)
+    } else {
+        switch::switch_to(&host.layout, &target.dir)
+    };
+    match switched {
         Ok(timing) => {
             t.switch_latency = Some(timing.current_swap);
             log.info(format!(
@@ -1337,17 +1393,28 @@ fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
 fn commit(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     let host = t.host;
     let now = host.clock.now();
-    let message = format!(
-        "updated {} {} → {} ({} ms; switch {} µs)",
-        target.manifest.app,
-        t.journal
-            .from_version
-            .as_ref()
-            .map_or_else(|| "(none)".to_string(), |v| v.to_string()),
-        target.manifest.version,
-        ms(t.started.elapsed()),
-        t.switch_latency.map_or(0, us)
-    );
+    let message = if target.reinstall {
+        format!(
+            "reinstalled {} {} from its archive into {} ({} ms; switch {} µs)",
+            target.manifest.app,
+            target.manifest.version,
+            target.dir.display(),
+            ms(t.started.elapsed()),
+            t.switch_latency.map_or(0, us)
+        )
+    } else {
+        format!(
+            "updated {} {} → {} ({} ms; switch {} µs)",
+            target.manifest.app,
+            t.journal
+                .from_version
+                .as_ref()
+                .map_or_else(|| "(none)".to_string(), |v| v.to_string()),
+            target.manifest.version,
+            ms(t.started.elapsed()),
+            t.switch_latency.map_or(0, us)
+        )
+    };
     t.journal.decision = Some(Decision {
         result: AttemptResult::Updated,
         message: message.clone(),

@@ -101,11 +101,20 @@ pub fn preview(
     let schema = data_schema(host.persistence(), running.as_ref().map(|r| &r.manifest))?;
     let state = HostState::load_at(&host.layout, host.clock.now())
         .map_err(|e| Failure::new("cannot read the host state", e, "see the message above"))?;
+    // `--force` with the running release reinstalls a clean copy of it.
+    let reinstall = opts.force
+        && running.as_ref().is_some_and(|r| {
+            r.id == Some(verified.release.id)
+                || r.dir
+                    == host
+                        .layout
+                        .release_dir(&verified.release.manifest, &verified.release.id)
+        });
     let mut refused = verify::check_upgrade(
         &verified.release.manifest,
         running.as_ref().map(|r| &r.manifest),
         schema,
-        opts.allow_downgrade,
+        opts.allow_downgrade || reinstall,
     )
     .err()
     .map(|e| e.to_string());

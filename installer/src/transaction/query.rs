@@ -102,7 +102,7 @@ pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure>
         Failure::new(
             format!("the manifest {} is not valid", path.display()),
             e,
-            "the release was modified on the host; reinstall it with `slipway install --force`",
+            "the manifest changed after the release was installed; reinstall a clean copy with `slipway install --force SOURCE`",
         )
     })?;
     let records = ReleaseRecords::load(layout);

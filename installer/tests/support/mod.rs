@@ -533,6 +533,7 @@ pub fn valid_release(app: &str, version: &str, items: &[(&str, Item)]) -> Archiv
         schema_version: 1,
         schema_min_compatible: 1,
         hooks: Hooks::default(),
+        runtime_paths: Vec::new(),
         files,
     };
     manifest.validate().unwrap();
