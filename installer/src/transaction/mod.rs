@@ -1034,9 +1034,11 @@ fn clear_pending_and_fail(t: Txn, cause: Cause, f: Failure) -> Result<Outcome, T
 pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
     let links = switch::read_links(&host.layout)?;
     let Some(prev) = links.previous.clone() else {
-        let mut o = Outcome::of_cause(
+        // Nothing was tried: not recorded, no cause.
+        let mut o = Outcome::new(
             "rollback",
-            Cause::SourceUnusable,
+            AttemptResult::Failed,
+            Exit::Failed,
             "there is no previous release to roll back to",
         );
         o.failure = Some(Failure::new(
