@@ -20,4 +20,7 @@ pub mod durable;
 pub mod read;
 pub mod stdout;
 
-pub use read::{open_regular, read_capped, read_capped_optional, read_text_capped, ReadError};
+pub use read::{
+    open_regular, open_regular_at, read_capped, read_capped_at, read_capped_optional,
+    read_text_capped, ReadError,
+};

@@ -13,12 +13,13 @@
 //! [`read_capped`] reads at most `max + 1` bytes, so a file that grows while
 //! it is read, or lies about its size, still costs at most the cap.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::OFlags;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 use thiserror::Error;
 
 /// Why a file could not be read. Every variant names the path.
@@ -58,42 +59,44 @@ impl ReadError {
 /// the last component, no blocking open, a regular file only. The returned
 /// descriptor is in blocking mode.
 pub fn open_regular(path: &Path) -> Result<File, ReadError> {
+    open_regular_at(CWD, path, path)
+}
+
+/// [`open_regular`] of `name` relative to the open directory `dir`, so that
+/// nothing above `dir` is resolved again. `name` should be one component:
+/// only its last component is opened without following a symlink. Errors
+/// name the file as `shown`.
+pub fn open_regular_at(dir: impl AsFd, name: &Path, shown: &Path) -> Result<File, ReadError> {
+    let dir = dir.as_fd();
     let io_err = |source: io::Error| ReadError::Io {
-        path: path.to_path_buf(),
+        path: shown.to_path_buf(),
         source,
     };
-    let flags = OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(rustix::io::Errno::NOENT) => {
             return Err(ReadError::NotFound {
-                path: path.to_path_buf(),
+                path: shown.to_path_buf(),
             })
         }
         // ELOOP: the last component is a symlink; ENXIO: a socket or a
         // device without a driver. Say what it is rather than the errno.
-        Err(e)
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
-                || e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) =>
-        {
-            return match std::fs::symlink_metadata(path) {
-                Ok(meta) => Err(ReadError::NotRegular {
-                    path: path.to_path_buf(),
-                    kind: describe(&meta.file_type()),
+        Err(e) if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NXIO => {
+            return match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => Err(ReadError::NotRegular {
+                    path: shown.to_path_buf(),
+                    kind: describe_raw(FileType::from_raw_mode(stat.st_mode)),
                 }),
-                Err(_) => Err(io_err(e)),
+                Err(_) => Err(io_err(e.into())),
             };
         }
-        Err(e) => return Err(io_err(e)),
+        Err(e) => return Err(io_err(e.into())),
     };
     let kind = file.metadata().map_err(io_err)?.file_type();
     if !kind.is_file() {
         return Err(ReadError::NotRegular {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             kind: describe(&kind),
         });
     }
@@ -107,17 +110,28 @@ pub fn open_regular(path: &Path) -> Result<File, ReadError> {
 
 /// Reads all of a regular file of at most `max` bytes (see [`open_regular`]).
 pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
-    let file = open_regular(path)?;
+    read_capped_at(CWD, path, path, max)
+}
+
+/// [`read_capped`] of `name` relative to the open directory `dir` (see
+/// [`open_regular_at`]).
+pub fn read_capped_at(
+    dir: impl AsFd,
+    name: &Path,
+    shown: &Path,
+    max: u64,
+) -> Result<Vec<u8>, ReadError> {
+    let file = open_regular_at(dir, name, shown)?;
     let mut bytes = Vec::new();
     file.take(max.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|source| ReadError::Io {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             source,
         })?;
     if bytes.len() as u64 > max {
         return Err(ReadError::TooLarge {
-            path: path.to_path_buf(),
+            path: shown.to_path_buf(),
             max,
         });
     }
@@ -138,6 +152,20 @@ pub fn read_text_capped(path: &Path, max: u64) -> Result<String, ReadError> {
     String::from_utf8(read_capped(path, max)?).map_err(|_| ReadError::NotText {
         path: path.to_path_buf(),
     })
+}
+
+/// A file type from a raw `st_mode`, in words.
+fn describe_raw(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "FIFO",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        _ => "special file",
+    }
 }
 
 /// A file type in words, for messages.

@@ -7,9 +7,11 @@
 //!
 //! - **A token in the child's environment.** Every command except the
 //!   service's restart command is started with
-//!   `SLIPWAY_CHILD=<pid>:<start ticks>:<n>`, naming the slipway process
-//!   that started it (its pid and its start time in clock ticks since boot,
-//!   which together never name another process) and inherited by everything
+//!   `SLIPWAY_CHILD=<pid ns>:<pid>:<start ticks>:<n>`, naming the slipway
+//!   process that started it (its pid namespace, its pid and its start time
+//!   in clock ticks since boot, which together never name another process;
+//!   a token from another pid namespace — a slipway in a container — is
+//!   never judged) and inherited by everything
 //!   the command forks, `setsid` or not. A process carrying a token whose
 //!   owner is no longer alive is an orphan of a killed run. The mark exists
 //!   from the child's first instruction: there is no window in which a child
@@ -99,7 +101,7 @@ impl Tracked {
         let (pid, ticks) = own_identity();
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         Tracked {
-            token: format!("{pid}:{ticks}:{n}"),
+            token: format!("{}:{pid}:{ticks}:{n}", own_pid_namespace()),
             record: None,
             service,
         }
@@ -268,17 +270,35 @@ fn own_identity() -> (i32, u64) {
     (pid, proc_stat(pid).map_or(0, |s| s.start_ticks))
 }
 
-/// Whether the slipway process a token names is still alive.
+/// This process's pid namespace (the inode of `/proc/self/ns/pid`): pids
+/// in a token mean something only in the namespace that wrote them.
+fn own_pid_namespace() -> u64 {
+    pid_namespace_of("self").unwrap_or(0)
+}
+
+fn pid_namespace_of(who: &str) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{who}/ns/pid")).ok()?;
+    let text = link.to_string_lossy();
+    text.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Whether the slipway process a token names is still alive, or cannot be
+/// judged from here. A token written in another pid namespace (a slipway in
+/// a container, whose children the host sees) is never judged: its pid
+/// names some other process here.
 fn owner_alive(token: &str) -> bool {
     let mut parts = token.split(':');
-    let (Some(pid), Some(ticks)) = (
+    let (Some(ns), Some(pid), Some(ticks)) = (
+        parts.next().and_then(|p| p.parse::<u64>().ok()),
         parts.next().and_then(|p| p.parse::<i32>().ok()),
         parts.next().and_then(|t| t.parse::<u64>().ok()),
     ) else {
-        // Not a token slipway wrote: treat its owner as dead only if it is
-        // plainly ours in shape; an unparsable token is left alone.
+        // Not a token this slipway wrote: left alone.
         return true;
     };
+    if ns != own_pid_namespace() {
+        return true;
+    }
     proc_stat(pid).is_some_and(|s| s.start_ticks == ticks && !s.zombie)
 }
 
@@ -370,7 +390,12 @@ mod tests {
         let token = t.env_token().expect("marked").to_string();
         assert!(owner_alive(&token));
         let (pid, ticks) = own_identity();
-        assert!(!owner_alive(&format!("{pid}:{}:0", ticks + 1)));
+        let ns = own_pid_namespace();
+        assert!(!owner_alive(&format!("{ns}:{pid}:{}:0", ticks + 1)));
+        // Another pid namespace's token is never judged from here.
+        assert!(owner_alive(&format!("{}:99999999:1:0", ns + 1)));
+        // Nor is a token of another shape.
+        assert!(owner_alive("99999999:1:0"));
         assert!(Tracked::new(true).env_token().is_none());
     }
 
@@ -381,7 +406,7 @@ mod tests {
         // 2^22, so this pid never does.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
-            .env(CHILD_ENV, "99999999:1:0")
+            .env(CHILD_ENV, format!("{}:99999999:1:0", own_pid_namespace()))
             .spawn()
             .expect("spawn sleep");
         let pid = i32::try_from(child.id()).expect("pid");

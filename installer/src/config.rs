@@ -90,6 +90,21 @@ pub struct UpdateConfig {
     pub stalled_after_hours: u32,
     /// Days before the held channel index expires that hosts warn about it.
     pub expiry_warning_days: u32,
+    /// Who the update units run as (`slipway units`): root, or the
+    /// service's user.
+    pub run_as: UpdaterUser,
+}
+
+/// `[update] run_as`: the user `slipway units` runs the updater as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdaterUser {
+    /// root (the default): hooks still run as the service's user.
+    Root,
+    /// The service's user (`[service] user`, else the unit's `User=`): the
+    /// install root must then belong to that user, and a polkit rule
+    /// (`slipway units --polkit`) lets it restart the one unit.
+    Service,
 }
 
 impl Default for UpdateConfig {
@@ -117,6 +132,7 @@ impl Default for UpdateConfig {
             lock_wait_seconds: 0,
             stalled_after_hours: 24,
             expiry_warning_days: 7,
+            run_as: UpdaterUser::Root,
         }
     }
 }
@@ -183,8 +199,13 @@ pub struct ServiceConfig {
     pub save: Vec<String>,
     pub save_url: Option<String>,
     pub save_timeout_seconds: u64,
-    /// Unix user the update units run as (`slipway units`).
+    /// The user the service runs as: the app's hooks run as it, and the
+    /// directories slipway creates for the app belong to it. Unset: the
+    /// systemd unit's `User=` (root for the other managers).
     pub user: Option<String>,
+    /// The service's group (default: the unit's `Group=`, else the user's
+    /// primary group).
+    pub group: Option<String>,
 }
 
 impl Default for ServiceConfig {
@@ -211,6 +232,7 @@ impl Default for ServiceConfig {
             save_url: None,
             save_timeout_seconds: 60,
             user: None,
+            group: None,
         }
     }
 }
@@ -365,6 +387,16 @@ impl Config {
         }
         if self.service.healthy_polls == 0 {
             return Err("service.healthy_polls must be at least 1".into());
+        }
+        let named = |v: &Option<String>| v.as_deref().is_some_and(|u| !u.trim().is_empty());
+        if self.update.run_as == UpdaterUser::Service
+            && !named(&self.service.user)
+            && self.service.manager != ManagerKind::Systemd
+        {
+            return Err("update.run_as = \"service\" needs service.user (the user to run as), or service.manager = \"systemd\" to take the unit's User=".into());
+        }
+        if named(&self.service.group) && !named(&self.service.user) {
+            return Err("service.group needs service.user: the group goes with a user".into());
         }
         if self.update.interval_seconds == Some(0) {
             return Err("update.interval_seconds must be at least 1".into());
@@ -744,6 +776,23 @@ check = [["python3", "-m", "compileall", "-q", "."]]
         let err = parse("", &[("SLIPWAY_UPDATE_NO_SUCH_KEY", "1")]).expect_err("unknown env key");
         assert!(err.to_string().contains("no_such_key"), "{err}");
         assert!(parse("", &[("BOT_AUTO_UPDATE", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn running_as_the_service_user_needs_a_user_to_run_as() {
+        let err = parse(
+            "[update]\nrun_as = \"service\"\n[service]\nmanager = \"none\"\n",
+            &[],
+        )
+        .expect_err("no user");
+        assert!(err.to_string().contains("update.run_as"), "{err}");
+        parse(
+            "[update]\nrun_as = \"service\"\n[service]\nmanager = \"none\"\nuser = \"bot\"\n",
+            &[],
+        )
+        .expect("a named user");
+        parse("[update]\nrun_as = \"service\"\n", &[]).expect("the unit's User=");
+        assert!(parse("[service]\ngroup = \"bot\"\n", &[]).is_err());
     }
 
     #[test]

@@ -7,6 +7,23 @@
 //! the whole group is killed with SIGKILL, so a hook that forked a
 //! background child (`sleep 60 & wait`) leaves nothing behind. A command is
 //! never run through a shell; an argv is an argv.
+//!
+//! Whose command it is decides how it runs ([`Runner`]):
+//!
+//! - **The app's hooks** (the release's `check` and `migrate`, the host's
+//!   `[hooks] check`, which run the release's code) run as the service's
+//!   user and group ([`crate::app_user`]), with supplementary groups
+//!   dropped, and a clean environment: exactly `PATH` (slipway's, else
+//!   [`DEFAULT_PATH`]), `LANG` (slipway's, else `C.UTF-8`), `HOME` (the
+//!   user's), [`CHILD_ENV`](crate::children::CHILD_ENV) and the variables
+//!   the transaction passes ([`HOOK_ENV_VARS`], `PYTHONDONTWRITEBYTECODE`,
+//!   `PYTHONPYCACHEPREFIX`). Nothing else of slipway's environment (proxy
+//!   settings, tokens, `SLIPWAY_*` configuration) reaches the app.
+//! - **slipway's and the operator's commands** (`systemctl`, the restart and
+//!   status commands, `save`, `quiesce`, `resume`) run as slipway runs, with
+//!   its environment minus the hook variables: they are the host's, written
+//!   by whoever wrote the configuration (wrap one in `setpriv` or `runuser`
+//!   to drop privileges).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -18,6 +35,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+
+use crate::app_user::AppUser;
 
 /// How much of each output stream is kept: the last 16 KiB.
 pub const TAIL_BYTES: usize = 16 * 1024;
@@ -31,6 +50,19 @@ pub const HOOK_ENV_VARS: [&str; 5] = [
     "SLIPWAY_SCHEMA_FROM",
     "SLIPWAY_SCHEMA_TO",
 ];
+
+/// `PATH` of an app hook when slipway has none (systemd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whose command is run, which decides its user and environment (see the
+/// module docs).
+#[derive(Debug, Clone, Copy)]
+pub enum Runner<'a> {
+    /// slipway's or the operator's command: as slipway runs.
+    Updater,
+    /// One of the app's hooks: as the service's user, clean environment.
+    App(&'a AppUser),
+}
 
 /// After the command exits, how long its output pipes may stay open (held by
 /// a background child that escaped the group) before the tails are taken as
@@ -280,20 +312,30 @@ pub fn run_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, false, None)?)
+    succeeded(
+        argv,
+        run_process(argv, cwd, env, timeout, false, Runner::Updater, None)?,
+    )
 }
 
-/// Like [`run_command`], for a hook (`check`, `migrate`): its whole output
-/// (stdout and stderr interleaved as they came, up to [`LOG_BYTES`]) is also
-/// written to `log`, which a failure's message names.
+/// Runs one of the app's hooks (`check`, `migrate`) like [`run_command`],
+/// but as `user` (its uid, its group, no supplementary groups; unchanged
+/// when slipway does not run as root) with the clean environment of the
+/// module docs plus `env`. Its whole output (stdout and stderr interleaved
+/// as they came, up to [`LOG_BYTES`]) is also written to `log`, which a
+/// failure's message names.
 pub fn run_hook(
     argv: &[String],
     cwd: &Path,
     env: &[(String, String)],
     timeout: Duration,
+    user: &AppUser,
     log: Option<&Path>,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, false, log)?)
+    succeeded(
+        argv,
+        run_process(argv, cwd, env, timeout, false, Runner::App(user), log)?,
+    )
 }
 
 /// A command's output if it exited 0; else [`HookError::Failed`] with the
@@ -321,7 +363,7 @@ pub fn run_command_status(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    run_process(argv, cwd, env, timeout, false, None)
+    run_process(argv, cwd, env, timeout, false, Runner::Updater, None)
 }
 
 /// Like [`run_command`], but processes the command started in the
@@ -333,7 +375,10 @@ pub fn run_service_command(
     env: &[(String, String)],
     timeout: Duration,
 ) -> Result<CommandOutput, HookError> {
-    succeeded(argv, run_process(argv, cwd, env, timeout, true, None)?)
+    succeeded(
+        argv,
+        run_process(argv, cwd, env, timeout, true, Runner::Updater, None)?,
+    )
 }
 
 fn run_process(
@@ -342,6 +387,7 @@ fn run_process(
     env: &[(String, String)],
     timeout: Duration,
     leave_children: bool,
+    runner: Runner<'_>,
     log_path: Option<&Path>,
 ) -> Result<CommandOutput, HookError> {
     let (program, args) = argv.split_first().ok_or(HookError::EmptyArgv)?;
@@ -354,8 +400,21 @@ fn run_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    for name in HOOK_ENV_VARS {
-        command.env_remove(name);
+    match runner {
+        Runner::Updater => {
+            for name in HOOK_ENV_VARS {
+                command.env_remove(name);
+            }
+        }
+        Runner::App(user) => {
+            command.env_clear().envs(app_env(user));
+            if rustix::process::geteuid().is_root() && !user.is_root() {
+                // std drops the supplementary groups (setgroups(0)) before
+                // setuid when it changes the uid: the hook has exactly the
+                // user's uid and the service's gid.
+                command.gid(user.gid).uid(user.uid);
+            }
+        }
     }
     // Containment (crate::children): every child but a service start
     // command carries this run's token, and every child's group is recorded
@@ -476,6 +535,20 @@ fn run_process(
     Ok(output)
 }
 
+/// The environment an app hook starts from (see the module docs).
+fn app_env(user: &AppUser) -> Vec<(OsString, OsString)> {
+    let inherited = |name: &str, default: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| OsString::from(default))
+    };
+    vec![
+        ("PATH".into(), inherited("PATH", DEFAULT_PATH)),
+        ("LANG".into(), inherited("LANG", "C.UTF-8")),
+        ("HOME".into(), user.home.clone().into_os_string()),
+    ]
+}
+
 fn status_code(status: ExitStatus) -> Option<i32> {
     if status.signal().is_some() {
         None
@@ -511,8 +584,9 @@ fn wait_until(child: &Child, deadline: Instant) -> std::io::Result<bool> {
 }
 
 /// Runs the release's `check` hook, then each of the host's checks, all in
-/// `release_dir`, each with `timeout`; stops at the first failure. With
-/// `log_dir`, each check's whole output is kept in `log_dir/check-<n>.log`.
+/// `release_dir` as the app's hooks ([`run_hook`] as `user`), each with
+/// `timeout`; stops at the first failure. With `log_dir`, each check's whole
+/// output is kept in `log_dir/check-<n>.log`.
 ///
 /// Returns the outputs of all checks when every one passed. A failure here
 /// happens before anything is switched: the running release is untouched.
@@ -522,6 +596,7 @@ pub fn run_checks(
     host_checks: &[Vec<String>],
     env: &[(String, String)],
     timeout: Duration,
+    user: &AppUser,
     log_dir: Option<&Path>,
 ) -> Result<Vec<CommandOutput>, HookError> {
     let mut outputs = Vec::with_capacity(host_checks.len() + 1);
@@ -531,9 +606,29 @@ pub fn run_checks(
         .enumerate()
     {
         let log = log_dir.map(|d| d.join(format!("check-{}.log", i + 1)));
-        outputs.push(run_hook(argv, release_dir, env, timeout, log.as_deref())?);
+        outputs.push(run_hook(
+            argv,
+            release_dir,
+            env,
+            timeout,
+            user,
+            log.as_deref(),
+        )?);
     }
     Ok(outputs)
+}
+
+/// A scratch directory for the app's hooks (Python's bytecode cache,
+/// `PYTHONPYCACHEPREFIX`), outside the install root and writable by `user`.
+pub fn hook_scratch_dir(user: &AppUser) -> Option<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("slipway-pycache-")
+        .tempdir()
+        .ok()?;
+    if rustix::process::geteuid().is_root() && !user.is_root() {
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).ok()?;
+    }
+    Some(dir)
 }
 
 #[cfg(test)]
@@ -575,6 +670,35 @@ mod tests {
     }
 
     #[test]
+    fn an_app_hook_gets_a_clean_environment() {
+        let out = run_hook(
+            &argv(&["sh", "-c", "env | sort"]),
+            Path::new("/"),
+            &[("SLIPWAY_VERSION".into(), "2.0.0".into())],
+            Duration::from_secs(10),
+            &AppUser::root(),
+            None,
+        )
+        .expect("runs");
+        let names: Vec<&str> = out
+            .stdout_tail
+            .lines()
+            .filter_map(|l| l.split('=').next())
+            // The shell's own.
+            .filter(|n| !["PWD", "SHLVL", "_", "OLDPWD"].contains(n))
+            .collect();
+        assert_eq!(
+            names,
+            ["HOME", "LANG", "PATH", "SLIPWAY_CHILD", "SLIPWAY_VERSION"]
+        );
+        assert!(
+            out.stdout_tail.contains("HOME=/root\n"),
+            "{}",
+            out.stdout_tail
+        );
+    }
+
+    #[test]
     fn a_failed_hook_shows_its_last_lines_of_stdout_and_stderr_in_order_and_keeps_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("out/check-1.log");
@@ -586,6 +710,7 @@ mod tests {
             Path::new("/"),
             &[],
             Duration::from_secs(10),
+            &AppUser::root(),
             Some(&log),
         )
         .expect_err("fails");

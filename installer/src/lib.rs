@@ -3,6 +3,8 @@
 //! and [`transaction`] runs them in order, journaling each step before it
 //! starts so that `recover` knows exactly what to finish or undo.
 
+pub mod app_dir;
+pub mod app_user;
 pub mod bundle;
 pub mod children;
 pub mod commands;

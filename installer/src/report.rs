@@ -30,6 +30,12 @@
 //! appended with one `write` and an fsync, so a crash can at worst lose or
 //! tear the last line, and readers skip a torn line. Each output is tried
 //! even when an earlier one failed; the first error is returned.
+//!
+//! The two files in `meta/` are written into a directory the app owns:
+//! through directory descriptors, never following a symlink at any level
+//! ([`crate::app_dir`]). A `meta` that is a symlink is refused, not written
+//! through. When slipway creates the persistence directory or `meta/`, they
+//! belong to the service's user.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Write};
@@ -43,6 +49,8 @@ use slipway_formats::state::{AttemptResult, UpdateStateFile, VersionFile};
 use slipway_formats::{Manifest, ReleaseId, Version};
 use thiserror::Error;
 
+use crate::app_dir::{self, AppDirError};
+use crate::app_user::AppUser;
 use crate::config::Config;
 use crate::durable;
 use crate::failure_model::Cause;
@@ -109,6 +117,12 @@ pub enum ReportError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("cannot write the {what} {path}: {source}")]
+    AppDir {
+        what: &'static str,
+        path: PathBuf,
+        source: AppDirError,
+    },
     #[error("cannot send the journald entry to {socket}: {source}; set `[report] journald = false` to stop sending")]
     Journald { socket: PathBuf, source: io::Error },
 }
@@ -130,13 +144,16 @@ pub struct Current<'a> {
 /// `state` is the host state *after* [`HostState::record`] of `attempt`, so
 /// that the counters and the disabled flag include it. `current` is the
 /// release running now (the new one after an update, the old one after a
-/// failure or rollback), `None` when nothing is installed yet.
+/// failure or rollback), `None` when nothing is installed yet. `owner` is
+/// the service's user, who gets the persistence directory and `meta/` when
+/// slipway creates them (`None`: the user slipway runs as).
 pub fn report_attempt(
     layout: &Layout,
     config: &Config,
     state: &HostState,
     attempt: &Attempt,
     current: Option<Current<'_>>,
+    owner: Option<&AppUser>,
 ) -> Result<(), ReportError> {
     report_attempt_to(
         layout,
@@ -144,6 +161,7 @@ pub fn report_attempt(
         state,
         attempt,
         current,
+        owner,
         Path::new(JOURNALD_SOCKET),
     )
 }
@@ -155,6 +173,7 @@ pub fn report_attempt_to(
     state: &HostState,
     attempt: &Attempt,
     current: Option<Current<'_>>,
+    owner: Option<&AppUser>,
     journald_socket: &Path,
 ) -> Result<(), ReportError> {
     let current = current.as_ref();
@@ -167,16 +186,20 @@ pub fn report_attempt_to(
 
     keep(append_history(layout, attempt));
 
-    let meta = meta_dir(config);
+    let mut meta_files = Vec::with_capacity(2);
     if let Some(cur) = current {
-        keep(write_version_file(&meta, cur));
+        meta_files.push((
+            "version file",
+            "version.json",
+            json_bytes(&version_file(cur)),
+        ));
     }
-    keep(write_json(
+    meta_files.push((
         "update state",
-        &meta.join("update_state.json"),
-        &update_state_file(config, state, attempt, current),
-        Some(&meta),
+        "update_state.json",
+        json_bytes(&update_state_file(config, state, attempt, current)),
     ));
+    keep(write_meta_files(config, owner, &meta_files));
 
     let mut banner = banner_line(config, state, attempt, current);
     banner.push('\n');
@@ -318,27 +341,57 @@ fn write_file(what: &'static str, path: &Path, bytes: &[u8]) -> Result<(), Repor
     })
 }
 
-fn write_json<T: serde::Serialize>(
-    what: &'static str,
-    path: &Path,
-    value: &T,
-    create: Option<&Path>,
-) -> Result<(), ReportError> {
-    let write = || {
-        if let Some(dir) = create {
-            durable::create_dirs(dir)?;
-        }
-        durable::write_json_atomic(path, value)
-    };
-    write().map_err(|source| ReportError::Write {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
+/// Pretty JSON with a trailing newline, as every state file is written.
+fn json_bytes<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, io::Error> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
-fn write_version_file(meta: &Path, cur: &Current<'_>) -> Result<(), ReportError> {
-    let file = VersionFile {
+/// Writes `(what, name, bytes)` files into `<persistence>/meta/`, creating
+/// the persistence directory and `meta/` for `owner` when missing, each
+/// file replaced atomically; reached through directory descriptors only.
+/// Each file is tried; the first error is returned.
+#[allow(clippy::type_complexity)]
+fn write_meta_files(
+    config: &Config,
+    owner: Option<&AppUser>,
+    files: &[(&'static str, &str, Result<Vec<u8>, io::Error>)],
+) -> Result<(), ReportError> {
+    let meta_path = meta_dir(config);
+    let Some((first_what, first_name, _)) = files.first() else {
+        return Ok(());
+    };
+    let meta = app_dir::ensure_persistence(&config.paths.persistence, owner)
+        .and_then(|p| p.ensure_dir(std::ffi::OsStr::new(app_dir::META_DIR), 0o755, owner))
+        .map_err(|source| ReportError::AppDir {
+            what: first_what,
+            path: meta_path.join(first_name),
+            source,
+        })?;
+    let mut first = None;
+    for (what, name, bytes) in files {
+        let path = meta_path.join(name);
+        let result = match bytes {
+            Ok(bytes) => meta
+                .write_file_atomic(std::ffi::OsStr::new(name), bytes, 0o644)
+                .map_err(|source| ReportError::AppDir { what, path, source }),
+            Err(e) => Err(ReportError::Write {
+                what,
+                path,
+                source: io::Error::other(e.to_string()),
+            }),
+        };
+        if let Err(e) = result {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// `version.json`: what runs now.
+fn version_file(cur: &Current<'_>) -> VersionFile {
+    VersionFile {
         app: cur.manifest.app.clone(),
         version: cur.manifest.version.clone(),
         release_id: cur.id,
@@ -346,13 +399,7 @@ fn write_version_file(meta: &Path, cur: &Current<'_>) -> Result<(), ReportError>
         schema_version: cur.manifest.schema_version,
         installed_at: cur.installed_at,
         previous_version: cur.previous_version.clone(),
-    };
-    write_json(
-        "version file",
-        &meta.join("version.json"),
-        &file,
-        Some(meta),
-    )
+    }
 }
 
 /// The setting that turns auto-update off in the configuration, named

@@ -57,29 +57,33 @@ impl std::fmt::Display for ReserveError {
     }
 }
 
-/// The room a copy of the tree `dir` takes on its file system: each
-/// regular file's length rounded up to whole blocks, and a block for each
-/// directory and symlink. A copy allocates blocks, not bytes: a thousand
-/// 100-byte files take a thousand blocks. A missing `dir` takes nothing.
+/// The room a copy of the persistence tree `dir` takes on its file system:
+/// each regular file's length rounded up to whole blocks, and a block for
+/// each directory and symlink. A copy allocates blocks, not bytes: a
+/// thousand 100-byte files take a thousand blocks. A missing `dir` (or one
+/// that cannot be opened) takes nothing. The tree is the app's: it is
+/// walked through directory descriptors, never following a link
+/// ([`crate::app_dir`]).
 pub fn copy_room(dir: &Path) -> u64 {
-    let block = rustix::fs::statvfs(dir)
+    let Ok(Some(top)) = crate::app_dir::open_persistence(dir) else {
+        return 0;
+    };
+    let block = rustix::fs::fstatvfs(&top)
         .map(|s| s.f_frsize)
         .ok()
         .filter(|b| *b > 0)
         .unwrap_or(4096);
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| {
-            if m.is_file() {
-                m.len().div_ceil(block).saturating_mul(block)
-            } else {
-                block
-            }
-        })
-        .fold(0u64, u64::saturating_add)
+    let mut total = block;
+    let _ = crate::app_dir::walk(&top, &[], &mut |e, visit| {
+        let room = match visit {
+            crate::app_dir::Visit::File => e.meta.len().div_ceil(block).saturating_mul(block),
+            crate::app_dir::Visit::Leave(_) => 0,
+            _ => block,
+        };
+        total = total.saturating_add(room);
+        Ok::<(), crate::app_dir::AppDirError>(())
+    });
+    total
 }
 
 /// Sets aside [`JOURNAL_ROOM`] and `restore_bytes` under `state/`.

@@ -205,6 +205,23 @@ impl Service {
         }
     }
 
+    /// The user and group the service runs as, as its manager says: a
+    /// systemd unit's `User=` and `Group=` (`None` when unset: root); the
+    /// other backends do not say.
+    pub fn run_as(&self) -> Result<(Option<String>, Option<String>), ServiceError> {
+        let Service::Systemd { unit } = self else {
+            return Ok((None, None));
+        };
+        let out = hooks::run_command(
+            &systemctl_argv(&["show", unit, "-p", "User,Group"]),
+            Path::new("/"),
+            &[],
+            STATUS_TIMEOUT,
+        )
+        .map_err(|source| self.command_error("read the user of", source))?;
+        Ok(parse_run_as(&out.stdout_tail))
+    }
+
     fn systemctl(&self, action: &'static str, unit: &str) -> Result<(), ServiceError> {
         hooks::run_command(
             &systemctl_argv(&[action, unit]),
@@ -232,6 +249,24 @@ fn systemctl_argv(args: &[&str]) -> Vec<String> {
         .chain(args)
         .map(|s| s.to_string())
         .collect()
+}
+
+/// `User=` and `Group=` from `systemctl show UNIT -p User,Group`; an empty
+/// value is unset.
+fn parse_run_as(text: &str) -> (Option<String>, Option<String>) {
+    let (mut user, mut group) = (None, None);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = Some(value.trim().to_string()).filter(|v| !v.is_empty());
+        match key.trim() {
+            "User" => user = value,
+            "Group" => group = value,
+            _ => {}
+        }
+    }
+    (user, group)
 }
 
 /// Parses the `Key=Value` lines of `systemctl show UNIT -p ...`. Unknown keys
@@ -309,6 +344,15 @@ mod tests {
         let s = parse_systemctl_show("x.service", "ActiveState=failed\nSubState=failed\n")
             .expect("parses");
         assert_eq!(s.restarts, 0);
+    }
+
+    #[test]
+    fn the_units_user_and_group_are_read_and_empty_means_root() {
+        assert_eq!(
+            parse_run_as("User=bot\nGroup=bots\n"),
+            (Some("bot".into()), Some("bots".into()))
+        );
+        assert_eq!(parse_run_as("User=\nGroup=\n"), (None, None));
     }
 
     #[test]

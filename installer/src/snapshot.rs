@@ -20,11 +20,19 @@
 //! a `backups/<stamp>/` directory is always complete. Sockets, FIFOs and
 //! devices are runtime objects, not data: they are skipped (and listed in
 //! `snapshot.json`), and ignored by [`tree_digest`].
+//!
+//! The app is untrusted and may swap anything in its persistence directory
+//! for a symlink while slipway works on it: every walk, copy, rename and
+//! removal there goes through directory descriptors and never resolves a
+//! symlink ([`crate::app_dir`]). A link is copied as a link; a directory
+//! swapped for a link mid-walk is either seen as the link or, once opened,
+//! read as the directory it was.
 
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::app_dir::{self, AppDirError, Dir, Visit};
 use crate::config::ServiceConfig;
 use crate::durable::{fsync_dir, remove_tree, write_json_atomic};
 use crate::health::{control_agent, control_post};
@@ -42,7 +51,7 @@ pub const DATA_DIR: &str = "data";
 /// The record inside a snapshot.
 pub const RECORD_FILE: &str = "snapshot.json";
 /// The persistence's top-level directory that belongs to slipway.
-pub const META_DIR: &str = "meta";
+pub const META_DIR: &str = app_dir::META_DIR;
 /// Suffix of a snapshot being written.
 const PARTIAL_SUFFIX: &str = ".partial";
 /// Sibling of the persistence directory holding the copy being restored.
@@ -81,6 +90,10 @@ pub enum SnapshotError {
         expected: String,
         actual: String,
     },
+    #[error("the restore copy {} was replaced while slipway wrote it (by the app?); nothing was switched; stop the app and restore again", path.display())]
+    CopySwapped { path: PathBuf },
+    #[error(transparent)]
+    AppDir(#[from] AppDirError),
     #[error("restored {} but it digests to {actual}, not the snapshot's {expected}; run the restore again, or copy {} by hand", persistence.display(), snapshot.display())]
     RestoreMismatch {
         persistence: PathBuf,
@@ -204,27 +217,22 @@ pub fn take_snapshot(
         .mode(0o700)
         .create(&partial)
         .map_err(io_error("create", &partial))?;
-    let data = partial.join(DATA_DIR);
     // A snapshot that cannot be completed (the disk filled up, the app
     // removed a directory under it) takes its partial copy with it at once:
     // nothing else is written before the room is given back.
     let result = (|| {
-        let (stats, source_missing) = match fs::metadata(persistence) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&data)
-                    .map_err(io_error("create", &data))?;
-                fsync_dir(&data).map_err(io_error("fsync", &data))?;
+        let partial_dir = Dir::open_trusted(&partial)?;
+        let (stats, source_missing) = match app_dir::open_persistence(persistence)? {
+            None => {
+                let data = partial_dir.ensure_dir(OsStr::new(DATA_DIR), 0o755, None)?;
+                data.sync()?;
                 (TreeStats::empty(), true)
             }
-            Err(e) => return Err(io_error("read", persistence)(e)),
-            Ok(m) if !m.is_dir() => {
-                return Err(SnapshotError::NotADirectory {
-                    path: persistence.to_path_buf(),
-                })
+            Some(source) => {
+                let top = source.metadata()?;
+                let (stats, _) = copy_tree(&source, &partial_dir, OsStr::new(DATA_DIR), &top)?;
+                (stats, false)
             }
-            Ok(m) => (copy_tree(persistence, &data, &m)?, false),
         };
 
         let record = SnapshotRecord {
@@ -318,38 +326,35 @@ pub fn list_snapshots(backups_dir: &Path) -> Vec<Snapshot> {
 /// SHA-256 over the sorted entries of `dir` (path, type, mode, size, and the
 /// content's SHA-256 or the link target), without the top-level `meta/`.
 /// Equal digests mean equal data; a missing `dir` digests as an empty tree.
+/// `dir` is the persistence directory, opened as [`app_dir::open_persistence`]
+/// does: nothing under it is followed.
 pub fn tree_digest(dir: &Path) -> Result<String, SnapshotError> {
-    match fs::metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TreeHasher::new().finish()),
-        Err(e) => return Err(io_error("read", dir)(e)),
-        Ok(m) if !m.is_dir() => {
-            return Err(SnapshotError::NotADirectory {
-                path: dir.to_path_buf(),
-            })
-        }
-        Ok(_) => {}
+    match app_dir::open_persistence(dir)? {
+        None => Ok(TreeHasher::new().finish()),
+        Some(top) => digest_dir(&top),
     }
+}
+
+/// [`tree_digest`] of an open directory.
+fn digest_dir(top: &Dir) -> Result<String, SnapshotError> {
     let mut hasher = TreeHasher::new();
     let mut buf = vec![0u8; BUF_SIZE];
-    walk(dir, |path, rel, meta| {
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            hasher.entry(rel, b'd', meta.mode(), 0, &[]);
-        } else if ft.is_symlink() {
-            match fs::read_link(path) {
-                Ok(target) => hasher.entry(rel, b'l', 0, 0, target.as_os_str().as_bytes()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error("read the symlink", path)(e)),
+    app_dir::walk(top, &[META_DIR], &mut |e, visit| {
+        match visit {
+            Visit::Enter(_) => hasher.entry(e.rel, b'd', e.meta.mode(), 0, &[]),
+            Visit::Symlink(target) => hasher.entry(e.rel, b'l', 0, 0, target.as_bytes()),
+            Visit::File => {
+                let Some(mut file) = e.parent.open_file(e.name)? else {
+                    return Ok(());
+                };
+                let meta = file.metadata().map_err(io_error("read", e.rel))?;
+                let (hash, size) = hash_stream(&mut file, None, &mut buf)
+                    .map_err(io_error("read", &e.parent.path().join(e.name)))?;
+                hasher.entry(e.rel, b'f', meta.mode(), size, &hash);
             }
-        } else if ft.is_file() {
-            let Some(mut file) = open_nofollow(path)? else {
-                return Ok(());
-            };
-            let (hash, size) =
-                hash_stream(&mut file, None, &mut buf).map_err(io_error("read", path))?;
-            hasher.entry(rel, b'f', meta.mode(), size, &hash);
+            Visit::Leave(_) | Visit::Special => {}
         }
-        Ok(())
+        Ok::<(), SnapshotError>(())
     })?;
     Ok(hasher.finish())
 }
@@ -359,20 +364,17 @@ pub fn tree_digest(dir: &Path) -> Result<String, SnapshotError> {
 /// there is no such file or no persistence directory. A modification time in
 /// the future counts as now.
 pub fn newest_save_age(persistence: &Path) -> Result<Option<Duration>, SnapshotError> {
-    if let Err(e) = fs::metadata(persistence) {
-        if e.kind() == io::ErrorKind::NotFound {
-            return Ok(None);
-        }
-        return Err(io_error("read", persistence)(e));
-    }
+    let Some(top) = app_dir::open_persistence(persistence)? else {
+        return Ok(None);
+    };
     let mut newest: Option<SystemTime> = None;
-    walk(persistence, |_, _, meta| {
-        if meta.file_type().is_file() {
-            if let Ok(m) = meta.modified() {
+    app_dir::walk(&top, &[META_DIR], &mut |e, visit| {
+        if let Visit::File = visit {
+            if let Ok(m) = e.meta.modified() {
                 newest = Some(newest.map_or(m, |n| n.max(m)));
             }
         }
-        Ok(())
+        Ok::<(), SnapshotError>(())
     })?;
     Ok(newest.map(|m| {
         SystemTime::now()
@@ -407,90 +409,119 @@ pub fn newest_save_age(persistence: &Path) -> Result<Option<Duration>, SnapshotE
 ///
 /// The service must not be writing to P meanwhile: stop it first (or keep it
 /// quiesced), and start it afterwards.
+///
+/// P's parent may be the app's to write: everything is done by name in the
+/// parent's descriptor, R is written only through descriptors of the
+/// directories created here, and before step 2 and after step 3 the name
+/// must still be the copy just written, else [`SnapshotError::CopySwapped`]
+/// (before step 2: nothing switched). A P that the app replaced with a
+/// symlink is refused ([`AppDirError::UntrustedLink`]).
 pub fn restore_snapshot(snapshot: &Snapshot, persistence: &Path) -> Result<(), SnapshotError> {
-    let source = snapshot.dir.join(DATA_DIR);
-    let source_meta = fs::metadata(&source).map_err(|e| SnapshotError::Corrupt {
+    let source_path = snapshot.dir.join(DATA_DIR);
+    let corrupt = |e: &dyn std::fmt::Display| SnapshotError::Corrupt {
         dir: snapshot.dir.clone(),
-        message: format!("cannot read {}: {e}", source.display()),
-    })?;
-    let p = resolve_symlinks(persistence)?;
-    let parent = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+        message: format!("cannot read {}: {e}", source_path.display()),
     };
-    let Some(name) = p.file_name().map(|n| n.to_os_string()) else {
-        return Err(SnapshotError::NotADirectory { path: p });
+    let source = Dir::open_trusted(&source_path).map_err(|e| corrupt(&e))?;
+    let source_meta = source.metadata().map_err(|e| corrupt(&e))?;
+    // The parent, reached without an untrusted link (an operator's link to
+    // a data volume is followed, so the link stays a link); everything
+    // below works by name in it, so P, R and O stay where they were.
+    let Some(loc) = app_dir::locate(persistence, true)? else {
+        return Err(SnapshotError::NotADirectory {
+            path: persistence.to_path_buf(),
+        });
     };
+    let parent = &loc.parent;
+    let p = loc.name.clone();
     let sibling = |suffix: &str| {
-        let mut n = name.clone();
+        let mut n = p.clone();
         n.push(suffix);
-        parent.join(n)
+        n
     };
-    let r = sibling(RESTORE_SUFFIX);
-    let o = sibling(OLD_SUFFIX);
-    let fsync_parent = || fsync_dir(&parent).map_err(io_error("fsync", &parent));
+    let (r, o) = (sibling(RESTORE_SUFFIX), sibling(OLD_SUFFIX));
+    let exists = |name: &OsStr| -> Result<bool, SnapshotError> {
+        Ok(parent.entry_metadata(name)?.is_some())
+    };
 
     // Step 0: finish an interrupted run.
     if exists(&p)? && exists(&o)? {
-        carry_meta(&o, &p)?;
-        remove_tree(&o).map_err(io_error("remove", &o))?;
-        fsync_parent()?;
-        if tree_digest(&p)? == snapshot.digest {
-            remove_tree(&r).map_err(io_error("remove", &r))?;
-            return fsync_parent();
+        carry_meta(parent, &o, &p)?;
+        parent.remove_tree(&o)?;
+        parent.sync()?;
+        if digest_dir(&open_dir(parent, &p)?)? == snapshot.digest {
+            parent.remove_tree(&r)?;
+            return Ok(parent.sync()?);
         }
     }
 
     // Step 1: the restore copy, with the current directory's mode and owner.
-    let top = if exists(&p)? {
-        fs::metadata(&p).map_err(io_error("read", &p))?
-    } else if exists(&o)? {
-        fs::metadata(&o).map_err(io_error("read", &o))?
-    } else {
-        source_meta.clone()
+    let top = match (parent.entry_metadata(&p)?, parent.entry_metadata(&o)?) {
+        (Some(m), _) | (None, Some(m)) if m.is_dir() => m,
+        (None, None) => source_meta.clone(),
+        _ => return Err(SnapshotError::NotADirectory { path: loc.path() }),
     };
-    remove_tree(&r).map_err(io_error("remove the leftover", &r))?;
-    let stats = match copy_tree(&source, &r, &top) {
-        Ok(stats) => stats,
+    parent.remove_tree(&r)?;
+    let (stats, copy) = match copy_tree(&source, parent, &r, &top) {
+        Ok(done) => done,
         Err(e) => {
             // A copy that cannot be completed (the disk is full) gives its
             // room back at once; the next run copies again from the start.
-            let _ = remove_tree(&r);
-            let _ = fsync_dir(&parent);
+            let _ = parent.remove_tree(&r);
+            let _ = parent.sync();
             return Err(e);
         }
     };
     if stats.digest != snapshot.digest {
-        remove_tree(&r).map_err(io_error("remove", &r))?;
+        parent.remove_tree(&r)?;
         return Err(SnapshotError::Damaged {
             dir: snapshot.dir.clone(),
             expected: snapshot.digest.clone(),
             actual: stats.digest,
         });
     }
-    fsync_parent()?;
+    parent.sync()?;
+    // The parent may be the app's to write: R must still be the copy just
+    // written, not something swapped in under its name.
+    let copy_meta = copy.metadata()?;
+    let is_copy = |name: &OsStr| -> Result<bool, SnapshotError> {
+        Ok(parent
+            .entry_metadata(name)?
+            .is_some_and(|m| app_dir::same_inode(&m, &copy_meta)))
+    };
+    if !is_copy(&r)? {
+        parent.remove_tree(&r)?;
+        return Err(SnapshotError::CopySwapped {
+            path: parent.path().join(&r),
+        });
+    }
 
     // Step 2: move the live tree aside.
     if exists(&p)? {
-        fs::rename(&p, &o).map_err(io_error("move aside", &p))?;
-        fsync_parent()?;
+        parent.rename(&p, parent, &o)?;
+        parent.sync()?;
     }
 
     // Step 3: the switch.
-    fs::rename(&r, &p).map_err(io_error("rename into place", &r))?;
-    fsync_parent()?;
+    parent.rename(&r, parent, &p)?;
+    parent.sync()?;
+    if !is_copy(&p)? {
+        return Err(SnapshotError::CopySwapped {
+            path: parent.path().join(&r),
+        });
+    }
 
     // Step 4: slipway's outputs stay current.
-    carry_meta(&o, &p)?;
+    carry_meta(parent, &o, &p)?;
 
     // Step 5.
-    remove_tree(&o).map_err(io_error("remove", &o))?;
-    fsync_parent()?;
+    parent.remove_tree(&o)?;
+    parent.sync()?;
 
-    let actual = tree_digest(&p)?;
+    let actual = digest_dir(&open_dir(parent, &p)?)?;
     if actual != snapshot.digest {
         return Err(SnapshotError::RestoreMismatch {
-            persistence: p,
+            persistence: loc.path(),
             snapshot: snapshot.dir.clone(),
             expected: snapshot.digest.clone(),
             actual,
@@ -499,13 +530,26 @@ pub fn restore_snapshot(snapshot: &Snapshot, persistence: &Path) -> Result<(), S
     Ok(())
 }
 
-/// Moves `old/meta` to `new/meta` unless `new` already has one; fsyncs `new`.
-fn carry_meta(old: &Path, new: &Path) -> Result<(), SnapshotError> {
-    let from = old.join(META_DIR);
-    let to = new.join(META_DIR);
-    if exists(&from)? && !exists(&to)? {
-        fs::rename(&from, &to).map_err(io_error("move", &from))?;
-        fsync_dir(new).map_err(io_error("fsync", new))?;
+/// The directory `name` in `parent`, which must exist.
+fn open_dir(parent: &Dir, name: &OsStr) -> Result<Dir, SnapshotError> {
+    parent
+        .open_dir(name)?
+        .ok_or_else(|| SnapshotError::NotADirectory {
+            path: parent.path().join(name),
+        })
+}
+
+/// Moves `old/meta` to `new/meta` (both in `parent`) unless `new` already
+/// has one; fsyncs `new`. The entry is moved whatever it is, never followed.
+fn carry_meta(parent: &Dir, old: &OsStr, new: &OsStr) -> Result<(), SnapshotError> {
+    let Some(old) = parent.open_dir(old)? else {
+        return Ok(());
+    };
+    let new = open_dir(parent, new)?;
+    let meta = OsStr::new(META_DIR);
+    if old.entry_metadata(meta)?.is_some() && new.entry_metadata(meta)?.is_none() {
+        old.rename(meta, &new, meta)?;
+        new.sync()?;
     }
     Ok(())
 }
@@ -516,29 +560,6 @@ fn exists(path: &Path) -> Result<bool, SnapshotError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_error("read", path)(e)),
     }
-}
-
-/// When the persistence path is a symlink (to a data volume), the restore
-/// works on the directory it points to, so the link stays a link.
-fn resolve_symlinks(path: &Path) -> Result<PathBuf, SnapshotError> {
-    let mut p = path.to_path_buf();
-    for _ in 0..16 {
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(&p).map_err(io_error("read the symlink", &p))?;
-                p = match p.parent() {
-                    Some(dir) => dir.join(target),
-                    None => target,
-                };
-            }
-            _ => return Ok(p),
-        }
-    }
-    Err(SnapshotError::Io {
-        action: "resolve",
-        path: path.to_path_buf(),
-        source: io::Error::other("too many levels of symbolic links"),
-    })
 }
 
 /// What a walk over a tree found.
@@ -589,64 +610,6 @@ impl TreeHasher {
 
     fn finish(self) -> String {
         format!("sha256:{}", hex::encode(self.0.finalize()))
-    }
-}
-
-/// Visits every entry under `root` (not `root` itself) in sorted order,
-/// depth first, directories before their contents, without following
-/// symlinks and without the top-level `meta/`. Entries that vanish during
-/// the walk are skipped.
-fn walk(
-    root: &Path,
-    mut visit: impl FnMut(&Path, &Path, &Metadata) -> Result<(), SnapshotError>,
-) -> Result<(), SnapshotError> {
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .follow_root_links(true)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == META_DIR));
-    for entry in walker {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                let path = e.path().unwrap_or(root).to_path_buf();
-                match e.into_io_error() {
-                    Some(io) if io.kind() == io::ErrorKind::NotFound => continue,
-                    Some(io) => return Err(io_error("read", &path)(io)),
-                    None => {
-                        return Err(io_error("walk", &path)(io::Error::other(
-                            "file system loop",
-                        )))
-                    }
-                }
-            }
-        };
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) => match e.into_io_error() {
-                Some(io) if io.kind() == io::ErrorKind::NotFound => continue,
-                Some(io) => return Err(io_error("read", entry.path())(io)),
-                None => continue,
-            },
-        };
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        visit(entry.path(), rel, &meta)?;
-    }
-    Ok(())
-}
-
-/// Opens a regular file without following a symlink; `None` if it vanished.
-fn open_nofollow(path: &Path) -> Result<Option<File>, SnapshotError> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-    {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_error("open", path)(e)),
     }
 }
 
@@ -712,85 +675,96 @@ fn finish_inode(
 }
 
 /// Copies the tree under `src` (without its top-level `meta/`) to the new
-/// directory `dst`, which gets `top`'s owner and mode; returns the counts and
-/// the digest of what was written (equal to `tree_digest(dst)`).
-fn copy_tree(src: &Path, dst: &Path, top: &Metadata) -> Result<TreeStats, SnapshotError> {
+/// directory `name` in `dest`, which gets `top`'s owner and mode; returns the
+/// counts and the digest of what was written (equal to its [`tree_digest`])
+/// and the new directory, open.
+///
+/// Both sides are reached only through directory descriptors: a link in
+/// `src` is copied as a link, and the copy is written into the directory
+/// created here whatever its name comes to point at.
+fn copy_tree(
+    src: &Dir,
+    dest: &Dir,
+    name: &OsStr,
+    top: &Metadata,
+) -> Result<(TreeStats, Dir), SnapshotError> {
     let as_root = running_as_root();
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dst)
-        .map_err(io_error("create", dst))?;
+    match rustix::fs::mkdirat(dest, name, rustix::fs::Mode::from_raw_mode(0o700)) {
+        Ok(()) => {}
+        Err(e) => return Err(io_error("create", &dest.path().join(name))(e.into())),
+    }
+    let root = open_dir(dest, name)?;
     let mut hasher = TreeHasher::new();
     let mut stats = TreeStats::empty();
     let mut buf = vec![0u8; BUF_SIZE];
-    // Directories get their final mode, owner and times once their contents
-    // are written (a read-only source directory must stay writable until
-    // then), deepest first.
-    let mut dirs: Vec<(PathBuf, Metadata)> = vec![(dst.to_path_buf(), top.clone())];
+    // The directories being written, innermost last. Each gets its final
+    // mode, owner and times once its contents are written (a read-only
+    // source directory must stay writable until then).
+    let mut open: Vec<(Dir, Metadata)> = Vec::new();
 
-    walk(src, |path, rel, meta| {
-        let target = dst.join(rel);
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&target)
-                .map_err(io_error("create", &target))?;
-            hasher.entry(rel, b'd', meta.mode(), 0, &[]);
-            stats.dirs += 1;
-            dirs.push((target, meta.clone()));
-        } else if ft.is_symlink() {
-            let link = match fs::read_link(path) {
-                Ok(l) => l,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(io_error("read the symlink", path)(e)),
-            };
-            std::os::unix::fs::symlink(&link, &target)
-                .map_err(io_error("create the symlink", &target))?;
-            if as_root {
-                std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()))
-                    .map_err(io_error("chown", &target))?;
+    app_dir::walk(src, &[META_DIR], &mut |e, visit| {
+        let into = open.last().map_or(&root, |(d, _)| d);
+        let target = into.path().join(e.name);
+        match visit {
+            Visit::Enter(_) => {
+                rustix::fs::mkdirat(into, e.name, rustix::fs::Mode::from_raw_mode(0o700))
+                    .map_err(|err| io_error("create", &target)(err.into()))?;
+                let dir = open_dir(into, e.name)?;
+                hasher.entry(e.rel, b'd', e.meta.mode(), 0, &[]);
+                stats.dirs += 1;
+                open.push((dir, e.meta.clone()));
             }
-            rustix::fs::utimensat(
-                rustix::fs::CWD,
-                &target,
-                &timestamps(meta),
-                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| io_error("set the times of", &target)(e.into()))?;
-            hasher.entry(rel, b'l', 0, 0, link.as_os_str().as_bytes());
-            stats.symlinks += 1;
-        } else if ft.is_file() {
-            let Some(mut input) = open_nofollow(path)? else {
-                return Ok(());
-            };
-            // The mode and times of the file actually opened.
-            let meta = input.metadata().map_err(io_error("read", path))?;
-            let mut output = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&target)
-                .map_err(io_error("create", &target))?;
-            let (hash, size) = hash_stream(&mut input, Some(&mut output), &mut buf)
-                .map_err(io_error("copy", path))?;
-            finish_inode(&output, &target, &meta, as_root)?;
-            hasher.entry(rel, b'f', meta.mode(), size, &hash);
-            stats.files += 1;
-            stats.bytes += size;
-        } else {
-            stats.skipped.push(rel.to_string_lossy().into_owned());
+            Visit::Leave(_) => {
+                if let Some((dir, meta)) = open.pop() {
+                    finish_inode(dir.file(), dir.path(), &meta, as_root)?;
+                }
+            }
+            Visit::Symlink(link) => {
+                rustix::fs::symlinkat(link, into, e.name)
+                    .map_err(|err| io_error("create the symlink", &target)(err.into()))?;
+                if as_root {
+                    rustix::fs::chownat(
+                        into,
+                        e.name,
+                        Some(rustix::fs::Uid::from_raw(e.meta.uid())),
+                        Some(rustix::fs::Gid::from_raw(e.meta.gid())),
+                        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|err| io_error("chown", &target)(err.into()))?;
+                }
+                rustix::fs::utimensat(
+                    into,
+                    e.name,
+                    &timestamps(e.meta),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|err| io_error("set the times of", &target)(err.into()))?;
+                hasher.entry(e.rel, b'l', 0, 0, link.as_bytes());
+                stats.symlinks += 1;
+            }
+            Visit::File => {
+                let Some(mut input) = e.parent.open_file(e.name)? else {
+                    return Ok(());
+                };
+                // The mode and times of the file actually opened.
+                let source = e.parent.path().join(e.name);
+                let meta = input.metadata().map_err(io_error("read", &source))?;
+                let mut output = into.create_file(e.name, 0o600)?;
+                let (hash, size) = hash_stream(&mut input, Some(&mut output), &mut buf)
+                    .map_err(io_error("copy", &source))?;
+                finish_inode(&output, &target, &meta, as_root)?;
+                hasher.entry(e.rel, b'f', meta.mode(), size, &hash);
+                stats.files += 1;
+                stats.bytes += size;
+            }
+            Visit::Special => stats.skipped.push(e.rel.to_string_lossy().into_owned()),
         }
-        Ok(())
+        Ok::<(), SnapshotError>(())
     })?;
 
-    for (dir, meta) in dirs.iter().rev() {
-        let handle = File::open(dir).map_err(io_error("open", dir))?;
-        finish_inode(&handle, dir, meta, as_root)?;
-    }
+    finish_inode(root.file(), root.path(), top, as_root)?;
     stats.digest = hasher.finish();
-    Ok(stats)
+    Ok((stats, root))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use slipway::app_user::AppUser;
 use slipway::config::ServiceConfig;
 use slipway::health::{control_agent, control_get, health_gate, HealthError, HealthPolicy};
 use slipway::hooks::{run_checks, run_command, HookError};
@@ -229,6 +230,7 @@ fn run_checks_runs_in_the_release_and_stops_at_the_first_failure() {
         &host_checks,
         &env,
         Duration::from_secs(10),
+        &AppUser::root(),
         None,
     )
     .expect_err("second host check fails");
@@ -249,6 +251,7 @@ fn run_checks_runs_in_the_release_and_stops_at_the_first_failure() {
         &host_checks[..1],
         &env,
         Duration::from_secs(10),
+        &AppUser::root(),
         None,
     )
     .expect("passes");

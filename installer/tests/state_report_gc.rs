@@ -344,7 +344,7 @@ fn report_writes_version_update_state_and_banner_into_a_new_meta_dir() {
         previous_version: Some(v("1.0.0")),
     };
     assert!(!h.config.paths.persistence.exists());
-    report::report_attempt(&h.layout, &h.config, &state, &a, Some(current)).expect("report");
+    report::report_attempt(&h.layout, &h.config, &state, &a, Some(current), None).expect("report");
 
     let meta = h.config.paths.persistence.join("meta");
     let version: VersionFile = parse_json(&meta.join("version.json"));
@@ -410,7 +410,7 @@ fn report_writes_version_update_state_and_banner_into_a_new_meta_dir() {
         installed_at: a.at,
         previous_version: Some(v("1.0.0")),
     };
-    report::report_attempt(&h.layout, &h.config, &state, &b, Some(current)).expect("report");
+    report::report_attempt(&h.layout, &h.config, &state, &b, Some(current), None).expect("report");
     let us: UpdateStateFile = parse_json(&meta.join("update_state.json"));
     assert_eq!(us.last_result, AttemptResult::RolledBack);
     assert_eq!(us.failures_today, 2);
@@ -481,7 +481,7 @@ fn metrics_file_parses_as_prometheus_text_with_one_hot_result() {
         installed_at: a.at,
         previous_version: None,
     };
-    report::report_attempt(&h.layout, &h.config, &state, &a, Some(current)).expect("report");
+    report::report_attempt(&h.layout, &h.config, &state, &a, Some(current), None).expect("report");
 
     let text = fs::read_to_string(h.layout.metrics_file()).expect("metrics");
     assert_eq!(fs::read_to_string(&extra).expect("extra metrics"), text);
@@ -597,8 +597,16 @@ fn journald_rollback_entry_is_critical_with_its_message_id_and_binary_safe() {
         installed_at: a.at,
         previous_version: None,
     };
-    report::report_attempt_to(&h.layout, &h.config, &state, &a, Some(current), &sock_path)
-        .expect("report");
+    report::report_attempt_to(
+        &h.layout,
+        &h.config,
+        &state,
+        &a,
+        Some(current),
+        None,
+        &sock_path,
+    )
+    .expect("report");
 
     let mut buf = vec![0u8; 65536];
     let n = journal.recv(&mut buf).expect("a datagram");
@@ -629,10 +637,11 @@ fn journald_rollback_entry_is_critical_with_its_message_id_and_binary_safe() {
 
     // No journal listening is not an error, and journald = false sends nothing.
     let absent = h.layout.root().join("no-such.sock");
-    report::report_attempt_to(&h.layout, &h.config, &state, &a, None, &absent)
+    report::report_attempt_to(&h.layout, &h.config, &state, &a, None, None, &absent)
         .expect("absent socket is skipped");
     h.config.report.journald = false;
-    report::report_attempt_to(&h.layout, &h.config, &state, &a, None, &sock_path).expect("report");
+    report::report_attempt_to(&h.layout, &h.config, &state, &a, None, None, &sock_path)
+        .expect("report");
     journal.set_nonblocking(true).expect("nonblocking");
     assert!(
         journal.recv(&mut buf).is_err(),

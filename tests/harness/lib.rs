@@ -6,6 +6,9 @@
 //! - [`nginx`]: a real nginx serving a release repository (ETag, Range,
 //!   optional rate limit), on the host or inside a container.
 //! - [`minisign`]: the stock `minisign` CLI, to keep our signatures honest.
+//! - [`campaign`]: a randomized kill campaign against `slipway` (SIGKILL at
+//!   random instants and inside every journal step, then `recover`, then
+//!   every invariant of a crash-exact update), for any service backend.
 //! - [`bins`]: where the workspace's built `slipway` and `slipway-pack` are.
 //! - [`run`]: running commands with a deadline and captured output.
 //!
@@ -29,6 +32,7 @@
 
 pub mod bins;
 pub mod bot;
+pub mod campaign;
 pub mod container;
 pub mod minisign;
 pub mod nginx;

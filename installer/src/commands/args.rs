@@ -169,8 +169,17 @@ pub enum Command {
     Units {
         /// Write slipway-update.service, slipway-update.timer and
         /// slipway-recover.service into DIR.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["polkit", "polkit_user"])]
         write: Option<PathBuf>,
+        /// Print only the polkit rule that lets the user the units run as
+        /// (`[update] run_as = "service"`) start, stop and restart the
+        /// service's unit, and nothing else
+        /// (for /etc/polkit-1/rules.d/50-slipway.rules).
+        #[arg(long)]
+        polkit: bool,
+        /// Print the polkit rule for USER instead.
+        #[arg(long, value_name = "USER")]
+        polkit_user: Option<String>,
     },
     /// Print the compile-time features of this binary (for tests).
     #[command(hide = true, name = "debug-features")]

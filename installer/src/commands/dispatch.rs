@@ -94,8 +94,15 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
             );
             return Ok(Exit::Done);
         }
-        Command::Units { write } => {
+        Command::Units {
+            write,
+            polkit,
+            polkit_user,
+        } => {
             let config = load_config(cli)?;
+            if *polkit || polkit_user.is_some() {
+                return super::units::print_polkit_rule(&config, polkit_user.as_deref());
+            }
             return units(&config, write.as_deref());
         }
         Command::Completions { shell } => {

@@ -7,6 +7,12 @@
 //! | `slipway-update.service` | one `update --auto` run; `OnFailure=` the recover unit |
 //! | `slipway-recover.service` | `recover`, when a journal is left: after a run that died, and at boot |
 //!
+//! The units run as root unless `[update] run_as = "service"`: then as the
+//! service's user and group (the seed's "run the updater as the bot's
+//! user"), and `slipway units --polkit` prints the one polkit rule that
+//! user needs, [`polkit_rule`]: start, stop and restart of the service's
+//! unit, nothing else.
+//!
 //! Recovery is immediate under systemd: a run killed, crashed or timed out
 //! fails its unit, systemd kills every process left in the unit's cgroup
 //! (hooks, restart and quiesce commands: `KillMode=control-group`), and
@@ -17,8 +23,10 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ManagerKind};
+use crate::app_user::AppUser;
+use crate::config::{Config, ManagerKind, UpdaterUser};
 use crate::layout::Layout;
+use crate::service::Service;
 use crate::Exit;
 
 use super::dispatch::CommandError;
@@ -29,6 +37,8 @@ pub const UPDATE_SERVICE: &str = "slipway-update.service";
 pub const UPDATE_TIMER: &str = "slipway-update.timer";
 /// The recover service's file name.
 pub const RECOVER_SERVICE: &str = "slipway-recover.service";
+/// Where the polkit rule goes.
+pub const POLKIT_RULE_FILE: &str = "/etc/polkit-1/rules.d/50-slipway.rules";
 
 /// The text of the units `slipway units` prints and writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,15 +94,28 @@ pub fn unit_files(config: &Config, binary: &Path) -> Units {
     let delay_secs = (period / 4).clamp(1, 15 * 60);
     // systemd's default accuracy (1 min) would swamp a short test period.
     let accuracy = span((period / 10).clamp(1, 60));
-    let user = config
-        .service
-        .user
-        .as_deref()
-        .map(|u| format!("User={u}\n"))
-        .unwrap_or_default();
-    let manager_note = match config.service.manager {
-        ManagerKind::Systemd => format!(
-            "# Restarts {} through systemctl: the user needs the right to do so\n# (root, or a polkit rule for that unit).\n",
+    // `[update] run_as = "service"`: the service's user and group, named
+    // in `[service]` (`units` fills them in from the unit when unset).
+    let run_as_service = config.update.run_as == UpdaterUser::Service;
+    let user = match (run_as_service, config.service.user.as_deref()) {
+        (true, Some(u)) => {
+            let group = config
+                .service
+                .group
+                .as_deref()
+                .map(|g| format!("Group={g}\n"))
+                .unwrap_or_default();
+            format!("User={u}\n{group}")
+        }
+        _ => String::new(),
+    };
+    let manager_note = match (config.service.manager, run_as_service) {
+        (ManagerKind::Systemd, true) => format!(
+            "# Runs as the service's user, which may start, stop and restart {}\n# only through the polkit rule `slipway units --polkit` prints.\n",
+            config.service.unit
+        ),
+        (ManagerKind::Systemd, false) => format!(
+            "# Restarts {} through systemctl, as root; the app's hooks run as\n# the service's user.\n",
             config.service.unit
         ),
         _ => String::new(),
@@ -196,6 +219,90 @@ fn unit_path(path: &Path) -> String {
     path.display().to_string().replace('%', "%%")
 }
 
+/// The narrowest polkit rule that lets `user` drive the service's unit:
+/// `org.freedesktop.systemd1.manage-units` for exactly `unit`, with the
+/// verbs slipway uses (`start`, `stop`, `restart`), for exactly that user.
+/// Anything else (another unit, `enable`, `kill`, another user) is left to
+/// polkit's other rules, which by default refuse an unprivileged user.
+pub fn polkit_rule(user: &str, unit: &str) -> String {
+    // JSON strings are valid JavaScript string literals: names are quoted
+    // whatever they hold.
+    let quote = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    format!(
+        "// {POLKIT_RULE_FILE}, printed by `slipway units --polkit`.\n\
+         // Lets {user}, who runs slipway's update units, start, stop and restart\n\
+         // {unit} and nothing else.\n\
+         polkit.addRule(function(action, subject) {{\n\
+         \x20   if (action.id == \"org.freedesktop.systemd1.manage-units\" &&\n\
+         \x20       subject.user == {user_q} &&\n\
+         \x20       action.lookup(\"unit\") == {unit_q}) {{\n\
+         \x20       var verb = action.lookup(\"verb\");\n\
+         \x20       if (verb == \"start\" || verb == \"stop\" || verb == \"restart\") {{\n\
+         \x20           return polkit.Result.YES;\n\
+         \x20       }}\n\
+         \x20   }}\n\
+         }});\n",
+        user_q = quote(user),
+        unit_q = quote(unit),
+    )
+}
+
+/// The service's user, by name: `[service] user`, else the unit's `User=`.
+fn service_user_name(config: &Config) -> Result<String, CommandError> {
+    if let Some(u) = config
+        .service
+        .user
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        return Ok(u.trim().to_string());
+    }
+    let user = AppUser::of_service(&config.service, &Service::from_config(&config.service))
+        .map_err(|e| {
+            CommandError::new(
+                Exit::Failed,
+                "cannot tell which user the service runs as",
+                e,
+                "set [service] user in the configuration",
+            )
+        })?;
+    Ok(user.name)
+}
+
+/// `slipway units --polkit [--polkit-user USER]`: prints [`polkit_rule`].
+pub(super) fn print_polkit_rule(config: &Config, user: Option<&str>) -> Result<Exit, CommandError> {
+    if config.service.manager != ManagerKind::Systemd {
+        return Err(CommandError::new(
+            Exit::Usage,
+            "no polkit rule is needed",
+            "service.manager is not \"systemd\"",
+            "the rule is for a systemd unit restarted by an unprivileged updater",
+        ));
+    }
+    let user = match user {
+        Some(u) => u.to_string(),
+        None if config.update.run_as == UpdaterUser::Service => service_user_name(config)?,
+        None => {
+            return Err(CommandError::new(
+                Exit::Usage,
+                "no polkit rule is needed",
+                "the update units run as root ([update] run_as = \"root\")",
+                "set [update] run_as = \"service\" to run them as the service's user, or pass --polkit-user USER",
+            ))
+        }
+    };
+    if user == "root" || user == "0" {
+        return Err(CommandError::new(
+            Exit::Usage,
+            "no polkit rule is needed",
+            "root may manage every unit",
+            "pass the unprivileged user the updater runs as",
+        ));
+    }
+    slipway_fs::out!("{}", polkit_rule(&user, &config.service.unit));
+    Ok(Exit::Done)
+}
+
 pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, CommandError> {
     let binary = std::env::current_exe().map_err(|e| {
         CommandError::new(
@@ -205,6 +312,12 @@ pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, Comma
             "run slipway by its full path",
         )
     })?;
+    let mut config = config.clone();
+    let run_as_service = config.update.run_as == UpdaterUser::Service;
+    if run_as_service && config.service.user.is_none() {
+        config.service.user = Some(service_user_name(&config)?);
+    }
+    let config = &config;
     let units = unit_files(config, &binary);
     match write {
         None => {
@@ -227,6 +340,13 @@ pub(super) fn units(config: &Config, write: Option<&Path>) -> Result<Exit, Comma
                     )
                 })?;
                 slipway_fs::outln!("wrote {}", path.display());
+            }
+            if run_as_service && config.service.manager == ManagerKind::Systemd {
+                slipway_fs::outln!(
+                    "then: slipway units --polkit > {POLKIT_RULE_FILE} (the units run as {}, who needs it to restart {})",
+                    config.service.user.as_deref().unwrap_or_default(),
+                    config.service.unit
+                );
             }
             slipway_fs::outln!(
                 "then: systemctl daemon-reload && systemctl enable --now {RECOVER_SERVICE} {UPDATE_TIMER}"
@@ -262,6 +382,7 @@ mod tests {
     fn timer_spreads_polls_and_service_runs_update_auto() {
         let mut config = config();
         config.service.user = Some("bot".into());
+        config.update.run_as = UpdaterUser::Service;
         config.update.interval_minutes = 60;
         let units = unit_files(&config, Path::new("/usr/local/bin/slipway"));
         let (service, timer) = (&units.update_service, &units.update_timer);
@@ -291,6 +412,7 @@ mod tests {
         let mut config = config();
         config.paths.root = PathBuf::from("/opt/bot");
         config.service.user = Some("bot".into());
+        config.update.run_as = UpdaterUser::Service;
         let units = unit_files(&config, Path::new("/usr/bin/slipway"));
 
         // The update service: a failure (a killed run among them) starts
@@ -357,5 +479,60 @@ mod tests {
             "{unit:?}"
         );
         assert!(!unit.iter().any(|l| l.starts_with("After=")), "{unit:?}");
+    }
+
+    #[test]
+    fn the_units_run_as_root_unless_told_to_run_as_the_service_user() {
+        let mut config = config();
+        config.service.user = Some("bot".into());
+        config.service.group = Some("bots".into());
+        let units = unit_files(&config, Path::new("/x"));
+        assert!(
+            !units.update_service.contains("User="),
+            "{}",
+            units.update_service
+        );
+        assert!(!units.recover_service.contains("User="));
+        config.update.run_as = UpdaterUser::Service;
+        let units = unit_files(&config, Path::new("/x"));
+        for unit in [&units.update_service, &units.recover_service] {
+            let service = section(unit, "Service");
+            assert!(service.contains(&"User=bot"), "{service:?}");
+            assert!(service.contains(&"Group=bots"), "{service:?}");
+        }
+        assert!(units.update_service.contains("slipway units --polkit"));
+    }
+
+    #[test]
+    fn the_polkit_rule_allows_that_user_to_start_stop_and_restart_that_unit_only() {
+        let rule = polkit_rule("bot", "aibot.service");
+        let code: Vec<&str> = rule
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//") && !l.is_empty())
+            .collect();
+        assert_eq!(
+            code,
+            [
+                "polkit.addRule(function(action, subject) {",
+                "if (action.id == \"org.freedesktop.systemd1.manage-units\" &&",
+                "subject.user == \"bot\" &&",
+                "action.lookup(\"unit\") == \"aibot.service\") {",
+                "var verb = action.lookup(\"verb\");",
+                "if (verb == \"start\" || verb == \"stop\" || verb == \"restart\") {",
+                "return polkit.Result.YES;",
+                "}",
+                "}",
+                "});",
+            ],
+            "{rule}"
+        );
+        // One grant, no fallback that could widen it.
+        assert_eq!(rule.matches("polkit.Result").count(), 1);
+        assert!(!rule.contains("manage-unit-files"));
+        // Names cannot break out of their string literals.
+        let odd = polkit_rule("b\"ot", "x\\\");y.service");
+        assert!(odd.contains(r#"subject.user == "b\"ot""#), "{odd}");
+        assert!(odd.contains(r#"== "x\\\");y.service")"#), "{odd}");
     }
 }

@@ -42,6 +42,7 @@ use slipway_formats::state::AttemptResult;
 use slipway_formats::{Manifest, ReleaseId, Version, MANIFEST_PATH, MAX_MANIFEST_BYTES};
 use thiserror::Error;
 
+use crate::app_user::AppUser;
 use crate::config::Config;
 use crate::diff::verify_installed;
 use crate::durable;
@@ -132,6 +133,8 @@ pub struct Host<'a> {
     pub service: Service,
     pub clock: &'a dyn Clock,
     pub log: Log,
+    /// The service's user, found on first use ([`Host::app_user`]).
+    app_user: std::cell::OnceCell<Result<AppUser, String>>,
 }
 
 impl<'a> Host<'a> {
@@ -143,11 +146,29 @@ impl<'a> Host<'a> {
             service: Service::from_config(&config.service),
             clock,
             log,
+            app_user: std::cell::OnceCell::new(),
         }
     }
 
     fn persistence(&self) -> &Path {
         &self.config.paths.persistence
+    }
+
+    /// The user the app's hooks run as and its directories belong to
+    /// ([`AppUser::of_service`]), looked up once per run.
+    pub fn app_user(&self) -> Result<&AppUser, Failure> {
+        self.app_user
+            .get_or_init(|| {
+                AppUser::of_service(&self.config.service, &self.service).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|why| {
+                Failure::new(
+                    "cannot tell which user the app's hooks run as",
+                    why,
+                    "set [service] user and group in the configuration",
+                )
+            })
     }
 }
 
@@ -212,6 +233,34 @@ fn hook_env(
     env
 }
 
+/// The persistence directory exists before a new release first starts,
+/// created (when missing) for the service's user: a service that runs as
+/// its own user cannot create it under a root-owned parent.
+fn ensure_app_dirs(host: &Host) -> Result<(), Failure> {
+    let path = host.persistence();
+    let cannot = |e: crate::app_dir::AppDirError| {
+        Failure::new(
+            format!("cannot create the persistence directory {}", path.display()),
+            e,
+            "check paths.persistence and the permissions of its parent",
+        )
+    };
+    if crate::app_dir::open_persistence(path)
+        .map_err(cannot)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let user = host.app_user()?;
+    crate::app_dir::ensure_persistence(path, Some(user)).map_err(cannot)?;
+    host.log.info(format!(
+        "created {} for the service's user {}",
+        path.display(),
+        user.name
+    ));
+    Ok(())
+}
+
 /// How many transactions' hook output is kept under `state/hook-output/`.
 pub const KEEP_HOOK_OUTPUT: usize = 10;
 
@@ -235,14 +284,6 @@ fn hook_log_dir(host: &Host, txn: &str) -> PathBuf {
         }
     }
     base.join(txn)
-}
-
-/// A throwaway directory for hook bytecode, outside the install root.
-fn pycache_dir() -> Option<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix("slipway-pycache-")
-        .tempdir()
-        .ok()
 }
 
 fn ms(d: Duration) -> u64 {
@@ -524,7 +565,10 @@ fn report_with_current(host: &Host, state: &HostState, attempt: &Attempt) {
             previous_version: previous_version.clone(),
         })
     });
-    if let Err(e) = report::report_attempt(&host.layout, host.config, state, attempt, current) {
+    let owner = host.app_user().ok();
+    if let Err(e) =
+        report::report_attempt(&host.layout, host.config, state, attempt, current, owner)
+    {
         host.log.warn(format!("reporting the attempt: {e}"));
     }
 }
@@ -855,9 +899,19 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<(Cause, Failure)>, TxnE
     if release_check.is_none() && host.config.hooks.check.is_empty() {
         return Ok(None);
     }
-    host.log
-        .info(format!("running checks in {}", target.dir.display()));
-    let pycache = pycache_dir();
+    let user = match host.app_user() {
+        Ok(user) => user,
+        Err(failure) => {
+            t.discard_staged();
+            return Ok(Some((Cause::HostBeforeService, failure)));
+        }
+    };
+    host.log.info(format!(
+        "running checks in {} as {}",
+        target.dir.display(),
+        user.name
+    ));
+    let pycache = hooks::hook_scratch_dir(user);
     let env = hook_env(
         &target.dir,
         &target.manifest,
@@ -875,6 +929,7 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<(Cause, Failure)>, TxnE
         &host.config.hooks.check,
         &env,
         timeout,
+        user,
         Some(&logs),
     ) {
         Ok(outputs) => {
@@ -1229,11 +1284,20 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     };
     t.journal.data_changed = migrate.is_some();
     t.enter(Step::Migrate)?;
+    // The host's, not the release's: the app is paused by now.
+    if let Err(failure) = ensure_app_dirs(host) {
+        return t.abort(Cause::HostServicePaused, failure);
+    }
     if let Some((from, argv)) = migrate {
+        let user = match host.app_user() {
+            Ok(user) => user,
+            Err(failure) => return t.abort(Cause::HostServicePaused, failure),
+        };
         log.info(format!(
-            "migrating the data from schema {from} to {schema_to}"
+            "migrating the data from schema {from} to {schema_to} as {}",
+            user.name
         ));
-        let pycache = pycache_dir();
+        let pycache = hooks::hook_scratch_dir(user);
         let env = hook_env(
             &target.dir,
             &target.manifest,
@@ -1245,7 +1309,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         );
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
         let log = hook_log_dir(host, &t.journal.txn).join("migrate.log");
-        if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, Some(&log)) {
+        if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, user, Some(&log)) {
             let cause =
                 failure_model::of_hook_error(&e, Cause::MigrateFailed, Cause::HostServicePaused);
             // Bad-listed before the undo: if the restore fails, the journal

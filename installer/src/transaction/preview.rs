@@ -164,14 +164,23 @@ pub fn preview(
                 "the archive is damaged or hostile",
             )
         })?;
-        let pycache = tmp.path().join("pycache");
+        let user = host.app_user()?;
+        let pycache = hooks::hook_scratch_dir(user);
         let env = hook_env(
             &dir,
             &verified.release.manifest,
             host.persistence(),
             None,
-            &pycache,
+            pycache
+                .as_ref()
+                .map_or(Path::new("/nonexistent"), |d| d.path()),
         );
+        if !user.is_root() {
+            // The service's user must reach the staged release (only
+            // through: the directory stays unlistable).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711));
+        }
         let timeout = Duration::from_secs(host.config.hooks.timeout_seconds);
         match hooks::run_checks(
             &dir,
@@ -179,6 +188,7 @@ pub fn preview(
             &host.config.hooks.check,
             &env,
             timeout,
+            user,
             // A dry run writes nothing under the root: no kept output.
             None,
         ) {

@@ -138,26 +138,41 @@ pub fn running_release(layout: &Layout) -> Result<Option<Installed>, Failure> {
     }
 }
 
+/// The largest `schema_version` file read (it holds one small integer).
+const MAX_SCHEMA_FILE_BYTES: u64 = 4096;
+
 /// The data's schema version: `<persistence>/schema_version` (decimal text,
 /// written by the app and the migrate hook), else the running release's
 /// `schema_version`, else unknown (a fresh host: nothing to migrate).
+///
+/// The file is the app's: it is read relative to the persistence directory's
+/// descriptor, never through a symlink, only if it is a regular file, and up
+/// to a small cap; its content is never quoted in an error.
 pub fn data_schema(persistence: &Path, running: Option<&Manifest>) -> Result<Option<u32>, Failure> {
     let path = persistence.join("schema_version");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse::<u32>().map(Some).map_err(|_| {
-            Failure::new(
-                format!("cannot read the data schema {}", path.display()),
-                format!("{:?} is not an integer", text.trim()),
-                "the file holds the schema version of the persisted data (e.g. 1); fix or restore it",
-            )
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Ok(running.map(|m| m.schema_version))
-        }
-        Err(e) => Err(Failure::new(
+    let cannot_read = |why: String| {
+        Failure::new(
             format!("cannot read the data schema {}", path.display()),
-            e,
-            "check the permissions of the persistence directory",
-        )),
-    }
+            why,
+            "the file holds the schema version of the persisted data (e.g. 1) as a regular file; fix or restore it",
+        )
+    };
+    let bytes = match crate::app_dir::open_persistence(persistence) {
+        Ok(Some(dir)) => dir
+            .read_capped(
+                std::ffi::OsStr::new("schema_version"),
+                MAX_SCHEMA_FILE_BYTES,
+            )
+            .map_err(|e| cannot_read(e.to_string()))?,
+        Ok(None) => None,
+        Err(e) => return Err(cannot_read(e.to_string())),
+    };
+    let Some(bytes) = bytes else {
+        return Ok(running.map(|m| m.schema_version));
+    };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .map(Some)
+        .ok_or_else(|| cannot_read("it does not hold a decimal integer".into()))
 }

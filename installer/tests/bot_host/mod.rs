@@ -96,8 +96,14 @@ pub struct Flavor {
     /// The migrate hook sleeps for this many seconds, then migrates (so an
     /// orphaned hook of a killed run would write late).
     pub late_migrate: Option<u32>,
+    /// A shell script run by the migrate hook before it migrates.
+    pub before_migrate: Option<String>,
     /// `[schema] min_compatible` (default 1).
     pub min_compatible: Option<u32>,
+    /// The release's migrate hook, as a TOML array replacing the default
+    /// one (the kill campaign's slow hooks); not together with
+    /// `slow_migrate` or `late_migrate`.
+    pub migrate_hook: Option<String>,
 }
 
 /// A built release.
@@ -307,6 +313,22 @@ impl TestHost {
                 ),
             );
             assert!(toml.contains("sleep"), "slipway.toml changed shape");
+        }
+        if let Some(script) = &flavor.before_migrate {
+            let script = format!("{script}; exec python3 app/bot/migrate.py");
+            toml = toml.replace(
+                "migrate = [\"python3\", \"app/bot/migrate.py\"]",
+                &format!(
+                    "migrate = [\"sh\", \"-c\", {}]",
+                    toml::Value::String(script)
+                ),
+            );
+            assert!(toml.contains("exec python3"), "slipway.toml changed shape");
+        }
+        if let Some(hook) = &flavor.migrate_hook {
+            let default = "migrate = [\"python3\", \"app/bot/migrate.py\"]";
+            assert!(toml.contains(default), "slipway.toml changed shape");
+            toml = toml.replace(default, &format!("migrate = {hook}"));
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
         fs::write(

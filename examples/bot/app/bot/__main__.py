@@ -303,8 +303,10 @@ class Bot:
         with self._lock:
             if not self._paused:
                 return
-            self.marker.unlink(missing_ok=True)
+            # Unpaused first: once the marker (the resume's acknowledgement)
+            # is gone, /health must already say so.
             self._paused = False
+            self.marker.unlink(missing_ok=True)
         log("resumed", source=source)
 
     def stop(self):
