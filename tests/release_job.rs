@@ -4,7 +4,9 @@
 //! the example bot with a local bare repository as `origin`, for two tags in
 //! a row, exactly as `ci/github/release.yml` runs the steps. Then the
 //! published tree, as GitHub Pages would serve it, is installed with the
-//! real `slipway`. And the workflows pass actionlint.
+//! real `slipway`; then the scheduled refresh (`ci/github/refresh.yml`) runs
+//! its steps and the host takes the refreshed index. And the workflows pass
+//! actionlint.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,11 @@ impl Job {
     /// Runs `release-steps.sh STEP` in the app's checkout with the
     /// workflow's inputs; returns its output (whatever the exit status).
     fn step(&self, step: &str, tag: &str) -> Result<Output> {
+        self.step_env(step, tag, &[])
+    }
+
+    /// [`Job::step`] with more environment, as a step's `env:` gives it.
+    fn step_env(&self, step: &str, tag: &str, env: &[(&str, &str)]) -> Result<Output> {
         let mut cmd = Command::new("bash");
         cmd.current_dir(self.app())
             .arg(workspace_root().join("ci/github/release-steps.sh"))
@@ -112,6 +119,9 @@ impl Job {
             .env("RUNNER_TEMP", self.dir.path().join("runner-temp"))
             .env("GITHUB_OUTPUT", self.dir.path().join("github-output"))
             .env("GITHUB_STEP_SUMMARY", self.dir.path().join("summary.md"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         run(cmd, TIMEOUT)
     }
 
@@ -295,6 +305,87 @@ fn release_job_builds_signs_publishes_and_the_result_installs() -> Result<()> {
     let status: serde_json::Value =
         serde_json::from_slice(&run(status, TIMEOUT)?.checked("status")?.stdout)?;
     assert_eq!(status["current"]["version"], "1.1.0", "{status}");
+    let expires_before = index["expires"].as_str().context("expires")?.to_string();
+
+    // The scheduled refresh (ci/github/refresh.yml: fetch-repo, refresh,
+    // push-repo) on a fresh runner: every channel re-signed with a later
+    // expiry and stored on the branch.
+    git(
+        &job.app(),
+        &["worktree", "remove", "--force", "slipway-repo"],
+    )?;
+    job.step_ok("fetch-repo", "")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = job.step_ok("refresh", "")?;
+    let printed = out.stdout_text();
+    assert!(printed.contains("refreshing channel stable"), "{printed}");
+    assert!(printed.contains("verifying the repository"), "{printed}");
+    job.assert_no_key_file_left()?;
+    let out = job.step_env(
+        "push-repo",
+        "",
+        &[("COMMIT_MESSAGE", "slipway: refresh the channel indexes")],
+    )?;
+    job.assert_no_secret(&out, "push-repo");
+    out.checked("release-steps.sh push-repo (refresh)")?;
+    git(&site, &["pull", "-q", "--ff-only"])?;
+    let refreshed: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(site.join("channels/stable.json"))?)?;
+    assert_eq!(refreshed["version"], 3, "{refreshed}");
+    assert_eq!(refreshed["releases"], index["releases"], "same releases");
+    let parse = |v: &str| {
+        slipway_formats::channel::Timestamp::parse(v).map_err(|e| anyhow::anyhow!("{v}: {e}"))
+    };
+    let (before, after) = (
+        parse(&expires_before)?,
+        parse(refreshed["expires"].as_str().context("expires")?)?,
+    );
+    assert!(after > before, "expiry moved from {before} to {after}");
+    let log = git(&site, &["log", "-1", "--format=%s"])?.stdout_text();
+    assert_eq!(log.trim(), "slipway: refresh the channel indexes");
+
+    // The host takes the refreshed index: nothing new, and it now holds
+    // the later expiry.
+    let mut update = Command::new(slipway()?);
+    update
+        .arg("--config")
+        .arg(&config)
+        .args(["update", "--json"]);
+    let o: serde_json::Value =
+        serde_json::from_slice(&run(update, TIMEOUT)?.checked("update")?.stdout)?;
+    assert_eq!(o["result"], "up_to_date", "{o}");
+    let mut status = Command::new(slipway()?);
+    status
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "--json"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(status, TIMEOUT)?.checked("status")?.stdout)?;
+    assert_eq!(status["index"]["version"], 3, "{status}");
+    assert_eq!(status["index"]["expires"], refreshed["expires"], "{status}");
+    Ok(())
+}
+
+#[test]
+fn the_refresh_workflow_runs_weekly_and_refreshes_every_channel() -> Result<()> {
+    let text = fs::read_to_string(workspace_root().join("ci/github/refresh.yml"))?;
+    assert!(
+        text.contains("schedule:") && text.contains("cron:"),
+        "{text}"
+    );
+    assert!(text.contains("workflow_dispatch:"));
+    for step in ["fetch-repo", "refresh", "push-repo"] {
+        assert!(
+            text.contains(&format!("bash \"$STEPS\" {step}")),
+            "refresh.yml runs {step}"
+        );
+    }
+    // Never racing a release: the same concurrency group.
+    let release = fs::read_to_string(workspace_root().join("ci/github/release.yml"))?;
+    assert!(text.contains("group: slipway-release") && release.contains("group: slipway-release"));
+    // Well before expiry: weekly, and the lifetime it signs is 30 days.
+    assert!(text.contains("\"17 5 * * 1\""), "weekly");
+    assert!(text.contains("EXPIRES_IN: 30d"));
     Ok(())
 }
 

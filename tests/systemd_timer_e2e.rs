@@ -246,6 +246,20 @@ fn the_timer_from_slipway_units_fires_and_installs_the_new_release() -> Result<(
         .cloned()
         .context("no history entry for the update to 2.0.0")?;
     assert_eq!(auto_update["op"], "update", "{auto_update}");
+    assert_eq!(auto_update["auto"], true, "{auto_update}");
+    // One result line per run: the structured journald entry, not that and
+    // stdout and stderr again (they go to the same journal).
+    let journal = c.journal("slipway-update.service")?;
+    assert_eq!(
+        journal.matches("updated bot 1.0.0 → 2.0.0").count(),
+        1,
+        "{journal}"
+    );
+    // status shows the timer's next run, under systemd with the timer on.
+    let out = slipway(&c, &["status"])?;
+    let text = out.stdout_text();
+    assert!(text.contains("next check:"), "{text}");
+    assert!(text.contains("channel:     stable; index v"), "{text}");
     // Later polls are idle: 304s only.
     slipway_e2e::wait_until(Duration::from_secs(30), "an idle poll", || {
         Ok(nginx

@@ -8,6 +8,7 @@
 #
 #   release-steps.sh fetch-repo   check out the release repository branch into $REPO_DIR
 #   release-steps.sh release      build, sign, publish and verify one release
+#   release-steps.sh refresh      re-sign every channel index of $REPO_DIR with a new expiry
 #   release-steps.sh push-repo    commit $REPO_DIR and push it to its branch
 #   release-steps.sh check        build and verify with a throwaway key (pull requests)
 #
@@ -26,9 +27,12 @@
 #   SLIPWAY              the slipway binary, for `check`'s dry run (optional)
 #   COMMIT               the commit recorded in the manifest (default: git HEAD of SOURCE_DIR)
 #   SOURCE_DATE_EPOCH    the archive's timestamps (default: the commit's committer time)
-#   EXPIRES_IN           lifetime of the signed channel index (default 30d)
+#   EXPIRES_IN           lifetime of the signed channel index (default 30d); hosts refuse
+#                        an expired index and warn 7 days before, so `refresh` must run
+#                        well within it (ci/github/refresh.yml: weekly)
 #   ROLLOUT              percent of hosts that take the release (default 100)
 #   NOTES                release notes (default "release $TAG")
+#   COMMIT_MESSAGE       push-repo's commit message (default "slipway: publish $TAG to $CHANNEL")
 #
 # The secret key never reaches the log or the command line: it is written
 # with umask 077 to a mktemp file that is removed on exit, xtrace is off,
@@ -153,6 +157,19 @@ cmd_release() {
     "$SLIPWAY_PACK" publish --repo "$REPO_DIR" --channel "$CHANNEL" --key "$key" \
         --expires-in "$EXPIRES_IN" --rollout "$ROLLOUT" --notes "${NOTES:-release $TAG}" "$id"
 
+    verify_repo
+
+    output release_id "$id"
+    output version "$version"
+    output archive "$archive"
+    summary "### slipway: published ${APP:-release} $version to $CHANNEL" \
+        "" "- release id: \`$id\`" "- commit: \`${commit:-unknown}\`" \
+        "- SOURCE_DATE_EPOCH: $epoch"
+    note "done: $version ($id) is in channel $CHANNEL of $REPO_DIR"
+}
+
+# Verifies $REPO_DIR as a host would, with the key hosts trust.
+verify_repo() {
     local pubkeys=()
     if [[ -n "${SLIPWAY_PUBLIC_KEY:-}" ]]; then
         pubkeys=(--pubkey "$SLIPWAY_PUBLIC_KEY")
@@ -165,14 +182,29 @@ cmd_release() {
     fi
     note "verifying the repository as a host would"
     "$SLIPWAY_PACK" verify --repo "$REPO_DIR" "${pubkeys[@]}"
+}
 
-    output release_id "$id"
-    output version "$version"
-    output archive "$archive"
-    summary "### slipway: published ${APP:-release} $version to $CHANNEL" \
-        "" "- release id: \`$id\`" "- commit: \`${commit:-unknown}\`" \
-        "- SOURCE_DATE_EPOCH: $epoch"
-    note "done: $version ($id) is in channel $CHANNEL of $REPO_DIR"
+# Re-signs every channel index in $REPO_DIR with a fresh expiry, so that
+# hosts never see one expire (they refuse an expired index). Run on a
+# schedule well within EXPIRES_IN.
+cmd_refresh() {
+    [[ -d "$REPO_DIR/channels" ]] ||
+        die "$REPO_DIR/channels does not exist: run fetch-repo first (and publish a release before the first refresh)"
+    local indexes=("$REPO_DIR"/channels/*.json)
+    [[ -e "${indexes[0]}" ]] || die "no channel index in $REPO_DIR/channels: nothing to refresh"
+    secret_key_file
+    local key="$KEY_FILE" index channel refreshed=()
+    for index in "${indexes[@]}"; do
+        channel="$(basename "$index" .json)"
+        note "refreshing channel $channel (expires in $EXPIRES_IN)"
+        "$SLIPWAY_PACK" refresh --repo "$REPO_DIR" --channel "$channel" --key "$key" \
+            --expires-in "$EXPIRES_IN"
+        refreshed+=("$channel")
+    done
+    verify_repo
+    output channels "${refreshed[*]}"
+    summary "### slipway: refreshed ${refreshed[*]} (expires in $EXPIRES_IN)"
+    note "done: refreshed ${refreshed[*]}"
 }
 
 cmd_check() {
@@ -244,7 +276,7 @@ cmd_push_repo() {
     fi
     git -C "$REPO_DIR" -c user.name="${GIT_AUTHOR_NAME:-slipway release}" \
         -c user.email="${GIT_AUTHOR_EMAIL:-slipway-release@users.noreply.github.com}" \
-        commit -q -m "slipway: publish ${TAG:-release} to $CHANNEL"
+        commit -q -m "${COMMIT_MESSAGE:-slipway: publish ${TAG:-release} to $CHANNEL}"
     git -C "$REPO_DIR" push origin "HEAD:refs/heads/$REPO_BRANCH"
     note "pushed $REPO_DIR to branch $REPO_BRANCH"
 }
@@ -254,5 +286,6 @@ case "${1:-release}" in
     check) cmd_check ;;
     fetch-repo) cmd_fetch_repo ;;
     push-repo) cmd_push_repo ;;
-    *) die "unknown step ${1@Q}: use release, check, fetch-repo or push-repo" ;;
+    refresh) cmd_refresh ;;
+    *) die "unknown step ${1@Q}: use release, refresh, check, fetch-repo or push-repo" ;;
 esac

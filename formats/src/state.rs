@@ -227,17 +227,25 @@ pub enum AttemptResult {
     RolledBack,
     /// Staged and checked, waiting for `slipway apply` (auto_restart = false).
     Ready,
+    /// What the source offered was refused (an expired or replayed channel
+    /// index, a corrupt copy, a downgrade); nothing was touched.
+    Refused,
+    /// `slipway recover` finished or undid a run that was killed; the
+    /// message says what it did.
+    Recovered,
 }
 
 impl AttemptResult {
     /// Every result, in a fixed order (for one-hot metrics and docs).
-    pub const ALL: [AttemptResult; 6] = [
+    pub const ALL: [AttemptResult; 8] = [
         AttemptResult::Updated,
         AttemptResult::UpToDate,
         AttemptResult::Skipped,
         AttemptResult::Failed,
         AttemptResult::RolledBack,
         AttemptResult::Ready,
+        AttemptResult::Refused,
+        AttemptResult::Recovered,
     ];
 
     /// The name used in every file, metric label and journal field:
@@ -250,24 +258,9 @@ impl AttemptResult {
             AttemptResult::Failed => "failed",
             AttemptResult::RolledBack => "rolled_back",
             AttemptResult::Ready => "ready",
+            AttemptResult::Refused => "refused",
+            AttemptResult::Recovered => "recovered",
         }
-    }
-
-    /// True for the results that went past eligibility and tried to change
-    /// something: they count against `max_attempts_per_day`.
-    pub fn is_attempt(self) -> bool {
-        matches!(
-            self,
-            AttemptResult::Updated
-                | AttemptResult::Failed
-                | AttemptResult::RolledBack
-                | AttemptResult::Ready
-        )
-    }
-
-    /// True for the results that count against `max_failures_per_day`.
-    pub fn is_failure(self) -> bool {
-        matches!(self, AttemptResult::Failed | AttemptResult::RolledBack)
     }
 }
 
@@ -332,6 +325,17 @@ pub struct UpdateStateFile {
     /// Releases this host will never retry automatically.
     #[serde(default)]
     pub bad_releases: Vec<ReleaseId>,
+    /// Why the last attempt ended so (the installer's failure table, e.g.
+    /// `index_expired`, `unhealthy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cause: Option<String>,
+    /// Since when automatic updates have not installed the newest release
+    /// offered, when that has lasted longer than `stalled_after_hours`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<Timestamp>,
+    /// When the channel index this host holds expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_expires: Option<Timestamp>,
 }
 
 #[cfg(test)]
@@ -491,8 +495,6 @@ mod tests {
             let json = serde_json::to_string(&r).expect("serialize");
             assert_eq!(json, format!("\"{}\"", r.as_str()));
         }
-        assert!(AttemptResult::Ready.is_attempt() && !AttemptResult::Skipped.is_attempt());
-        assert!(AttemptResult::RolledBack.is_failure() && !AttemptResult::Updated.is_failure());
     }
 
     #[test]
@@ -513,6 +515,9 @@ mod tests {
             update_ready: None,
             current_version: Some(Version::new(1, 1, 0)),
             bad_releases: vec![ReleaseId::of_bytes(b"x")],
+            last_cause: Some("unhealthy".into()),
+            stalled_since: None,
+            index_expires: None,
         };
         let mut value = serde_json::to_value(&file).expect("serialize");
         assert_eq!(value["last_result"], "rolled_back");

@@ -87,6 +87,12 @@ pub struct UpdateConfig {
     pub interval_seconds: Option<u32>,
     /// Seconds a second run waits for the lock before exiting 5.
     pub lock_wait_seconds: u64,
+    /// Hours automatic updates may fail to install an offered newer release
+    /// (for any reason) before status, the banner, journald and the metrics
+    /// say updates have stalled.
+    pub stalled_after_hours: u32,
+    /// Days before the held channel index expires that hosts warn about it.
+    pub expiry_warning_days: u32,
     /// Who the update units run as (`slipway units`): root, or the
     /// service's user.
     pub run_as: UpdaterUser,
@@ -128,6 +134,8 @@ impl Default for UpdateConfig {
             run_deadline_seconds: 1800,
             interval_seconds: None,
             lock_wait_seconds: 0,
+            stalled_after_hours: 24,
+            expiry_warning_days: 7,
             run_as: UpdaterUser::Root,
         }
     }

@@ -26,8 +26,9 @@ use slipway_formats::channel::Timestamp;
 use slipway_formats::Manifest;
 
 use crate::config::Config;
+use crate::failure_model::Cause;
 use crate::layout::Layout;
-use crate::state::{today, HostState};
+use crate::state::{plural, today, HostState};
 
 /// Rule name: auto-update is off (configuration, operator or failures).
 pub const RULE_AUTO_UPDATE_DISABLED: &str = "auto_update_disabled";
@@ -50,6 +51,17 @@ pub struct Ineligible {
     /// One of the `RULE_*` names.
     pub rule: &'static str,
     pub reason: String,
+}
+
+impl Ineligible {
+    /// The row of the failure table: auto-update off, or another rule.
+    pub fn cause(&self) -> Cause {
+        if self.rule == RULE_AUTO_UPDATE_DISABLED {
+            Cause::Disabled
+        } else {
+            Cause::Ineligible
+        }
+    }
 }
 
 impl fmt::Display for Ineligible {
@@ -93,13 +105,12 @@ fn ineligible(rule: &'static str, reason: String) -> Ineligible {
 
 fn check_auto_rules(input: &EligibilityInput) -> Result<(), Ineligible> {
     let update = &input.config.update;
-    if !update.enabled {
+    if let Some(setting) = crate::report::disabling_setting(input.config) {
         return Err(ineligible(
             RULE_AUTO_UPDATE_DISABLED,
             format!(
-                "auto-update is off in the configuration ([update] enabled = false in {}, or BOT_AUTO_UPDATE=0); \
-                 turn it on there, or update by hand with `slipway update`",
-                input.config.file.display()
+                "auto-update is off: {setting}; change it there (`slipway enable` cannot), \
+                 or update by hand with `slipway update`"
             ),
         ));
     }
@@ -124,8 +135,13 @@ fn check_auto_rules(input: &EligibilityInput) -> Result<(), Ineligible> {
         return Err(ineligible(
             RULE_MAX_ATTEMPTS,
             format!(
-                "{attempts} update attempts today already (max_attempts_per_day = {}); \
+                "{} today already (max_attempts_per_day = {}); \
                  the next automatic try is after midnight UTC, or run `slipway update` by hand",
+                plural(
+                    attempts,
+                    "automatic update attempt",
+                    "automatic update attempts"
+                ),
                 update.max_attempts_per_day
             ),
         ));
@@ -134,8 +150,9 @@ fn check_auto_rules(input: &EligibilityInput) -> Result<(), Ineligible> {
         return Err(ineligible(
             RULE_MAX_FAILURES,
             format!(
-                "{failures} failed updates today (max_failures_per_day = {}); \
+                "{} today (max_failures_per_day = {}); \
                  run `slipway enable` after fixing the cause",
+                plural(failures, "failed update", "failed updates"),
                 update.max_failures_per_day
             ),
         ));
@@ -205,11 +222,11 @@ fn check_save_age(input: &EligibilityInput) -> Result<(), Ineligible> {
         return Err(ineligible(
             RULE_STALE_SAVE,
             format!(
-                "the newest save under {} is {} minutes old (max_save_age_minutes = {max_minutes}); \
+                "the newest save under {} is {} old (max_save_age_minutes = {max_minutes}); \
                  the app's persistence scheduler may be stuck: check the app, \
                  or set [paths] max_save_age_minutes = 0 to skip this check",
                 persistence.display(),
-                age_secs / 60
+                plural(age_secs.unsigned_abs() / 60, "minute", "minutes")
             ),
         ));
     }

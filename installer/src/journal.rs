@@ -25,6 +25,7 @@ use slipway_formats::{ReleaseId, Version};
 use thiserror::Error;
 
 use crate::durable;
+use crate::failure_model::Cause;
 use crate::layout::Layout;
 use crate::snapshot::Snapshot;
 
@@ -234,6 +235,10 @@ pub struct Decision {
     /// When the attempt is recorded in host state, at this instant (used to
     /// recognise it when a killed run already recorded it).
     pub at: Timestamp,
+    /// Why (the row of the failure table); absent in journals written
+    /// before causes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 /// `<root>/state/journal.json`: one transaction in flight.
@@ -274,6 +279,10 @@ pub struct Journal {
     pub quiesced: bool,
     /// Why the health gate (or the restart) failed, once it did.
     pub failure: Option<String>,
+    /// Whose fault that was (the row of the failure table), so that a
+    /// recovery of the flip back records it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_cause: Option<Cause>,
     /// What `Commit` or `FlipBack` decided.
     pub decision: Option<Decision>,
 }
@@ -301,6 +310,7 @@ impl Journal {
             data_changed: false,
             quiesced: false,
             failure: None,
+            failure_cause: None,
             decision: None,
         }
     }

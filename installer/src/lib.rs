@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod diff;
 pub mod eligibility;
+pub mod failure_model;
 pub mod fault;
 pub mod fetch;
 pub mod gc;

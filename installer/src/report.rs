@@ -8,12 +8,23 @@
 //! 3. `<persistence>/meta/update_state.json` (the seed's "last run, result,
 //!    failure count");
 //! 4. the dashboard banner, `<root>/state/banner.txt` and `[report]
-//!    banner_file`: one plain line starting with `OK`, `SKIPPED`, `FAILED`,
-//!    `ROLLED BACK`, `READY` or `DISABLED`;
+//!    banner_file`: one plain line of at most [`BANNER_MAX_CHARS`]
+//!    characters that leads with the state (`OK`, `READY`, `SKIPPED`,
+//!    `DISABLED`, `REFUSED`, `FAILED`, `ROLLED BACK`, `CRITICAL`,
+//!    `RECOVERED`, `STALLED`), e.g. `ROLLED BACK 3.0.0 → running 2.0.0:
+//!    unhealthy (see slipway status)`;
 //! 5. Prometheus textfile metrics, `<root>/state/slipway.prom` and `[report]
 //!    metrics_file`;
 //! 6. a structured journald entry (native protocol), when `[report] journald`
-//!    is on and the journal socket exists.
+//!    is on and the journal socket exists. Its priority is the cause's
+//!    ([`Cause::priority`]), raised to a warning when updates have stalled
+//!    or the held channel index expires soon.
+//!
+//! Two conditions are reported on top of the attempt itself, in status, the
+//! banner, journald and the metrics: **stalled updates** ([`stall`]: no
+//! offered newer release installed for `[update] stalled_after_hours`,
+//! whatever the reason) and **an index about to expire** ([`expiry`]:
+//! within `[update] expiry_warning_days`).
 //!
 //! Every file but the history is replaced atomically; the history is
 //! appended with one `write` and an fsync, so a crash can at worst lose or
@@ -31,6 +42,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use slipway_formats::channel::Timestamp;
 use slipway_formats::state::{AttemptResult, UpdateStateFile, VersionFile};
@@ -41,8 +53,9 @@ use crate::app_dir::{self, AppDirError};
 use crate::app_user::AppUser;
 use crate::config::Config;
 use crate::durable;
+use crate::failure_model::Cause;
 use crate::layout::Layout;
-use crate::state::{Attempt, HostState};
+use crate::state::{human_duration, Attempt, HostState};
 
 /// Where journald listens for native-protocol datagrams.
 pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
@@ -61,9 +74,23 @@ pub const MESSAGE_ID_FAILED: &str = "ede89dacbe014b0f93afe5da23720f95";
 pub const MESSAGE_ID_ROLLED_BACK: &str = "ff274235bb0c4b4792a510d7fafd4b6e";
 /// journald `MESSAGE_ID` of an update staged and waiting for `slipway apply`.
 pub const MESSAGE_ID_READY: &str = "684fcbfdf6e34fbdabb7101a702083b6";
+/// journald `MESSAGE_ID` of a refusal of what the source offered.
+pub const MESSAGE_ID_REFUSED: &str = "d004bf7a8a2e4524bf51f7183838ded0";
+/// journald `MESSAGE_ID` of a run killed and finished or undone by `recover`.
+pub const MESSAGE_ID_RECOVERED: &str = "9d12e4f8c73b48ccb2a638ce2dd4dba7";
 
-/// The longest message kept in the one-line banner, in characters.
-const BANNER_MESSAGE_CHARS: usize = 300;
+/// The longest banner, in characters.
+pub const BANNER_MAX_CHARS: usize = 160;
+
+/// Set once this process has sent an attempt's result to journald.
+static RESULT_SENT_TO_JOURNALD: AtomicBool = AtomicBool::new(false);
+
+/// Whether printing the result on `stream` would log it a second time: the
+/// result went to journald as a structured entry already, and `stream` is
+/// the journal too (a systemd service). The caller then prints nothing.
+pub fn result_in_journal(stream: crate::term::Stream) -> bool {
+    RESULT_SENT_TO_JOURNALD.load(Ordering::Relaxed) && crate::term::is_journal(stream)
+}
 /// The message length a journald entry falls back to when the datagram is
 /// too large for the socket.
 const JOURNALD_FALLBACK_MESSAGE_BYTES: usize = 4096;
@@ -186,10 +213,14 @@ pub fn report_attempt_to(
     }
 
     if config.report.journald {
-        let fields = journald_fields(attempt, current);
+        let fields = journald_fields_for(config, state, attempt, current);
         keep(
             send_journald(journald_socket, &fields)
-                .map(|_| ())
+                .map(|sent| {
+                    if sent {
+                        RESULT_SENT_TO_JOURNALD.store(true, Ordering::Relaxed);
+                    }
+                })
                 .map_err(|source| ReportError::Journald {
                     socket: journald_socket.to_path_buf(),
                     source,
@@ -371,18 +402,124 @@ fn version_file(cur: &Current<'_>) -> VersionFile {
     }
 }
 
-/// Why auto-update is off, if it is: the configuration, or the host state.
-fn disabled_reason(config: &Config, state: &HostState) -> Option<String> {
-    if let Some(d) = &state.disabled {
-        return Some(format!("{} (by {} at {})", d.reason, d.by, d.at));
+/// The setting that turns auto-update off in the configuration, named
+/// exactly (`BOT_AUTO_UPDATE=0 in slipway's environment`, `[update] enabled
+/// = false in /etc/slipway/update.toml`); `None` when it is on. The
+/// environment overrides the file, so it is looked at first.
+pub fn disabling_setting(config: &Config) -> Option<String> {
+    if config.update.enabled {
+        return None;
     }
-    if !config.update.enabled {
-        return Some(format!(
-            "auto-update is off in the configuration ([update] enabled = false or BOT_AUTO_UPDATE=0; {})",
-            config.file.display()
-        ));
+    for var in ["SLIPWAY_UPDATE_ENABLED", "BOT_AUTO_UPDATE"] {
+        if let Some(value) = std::env::var_os(var) {
+            return Some(format!(
+                "{var}={} in slipway's environment (the unit's Environment= or EnvironmentFile=, or the shell)",
+                value.to_string_lossy()
+            ));
+        }
     }
-    None
+    Some(format!(
+        "[update] enabled = false in {}",
+        config.file.display()
+    ))
+}
+
+/// Why auto-update is off, if it is: the host state (failures, the
+/// operator), then the configuration.
+pub fn disabled_reason(config: &Config, state: &HostState) -> Option<String> {
+    let by_state = state.disabled.as_ref().map(|d| {
+        format!(
+            "disabled by {} at {}: {}; `slipway enable` turns it back on",
+            d.by, d.at, d.reason
+        )
+    });
+    let setting =
+        disabling_setting(config).map(|s| format!("{s}, which `slipway enable` cannot change"));
+    match (by_state, setting) {
+        (Some(s), Some(c)) => Some(format!("{s}; and {c}")),
+        (Some(s), None) => Some(s),
+        (None, Some(c)) => Some(c),
+        (None, None) => None,
+    }
+}
+
+/// Updates have not reached what the source offers for longer than
+/// `[update] stalled_after_hours`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    pub since: Timestamp,
+    pub seconds: u64,
+    /// The latest reason.
+    pub cause: Cause,
+    pub reason: String,
+}
+
+/// How long updates have been blocked at `now` (0 when they are not).
+pub fn blocked_seconds(state: &HostState, now: Timestamp) -> u64 {
+    state.blocked.as_ref().map_or(0, |b| {
+        u64::try_from(now.unix().saturating_sub(b.since.unix())).unwrap_or(0)
+    })
+}
+
+/// The stall, when updates have been blocked longer than
+/// `stalled_after_hours`.
+pub fn stall(config: &Config, state: &HostState, now: Timestamp) -> Option<Stall> {
+    let b = state.blocked.as_ref()?;
+    let seconds = blocked_seconds(state, now);
+    (seconds >= u64::from(config.update.stalled_after_hours) * 3600).then(|| Stall {
+        since: b.since,
+        seconds,
+        cause: b.cause,
+        reason: b.reason.clone(),
+    })
+}
+
+/// The held channel index expires soon (or has expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub channel: String,
+    pub expires: Timestamp,
+    /// Negative once it has expired.
+    pub in_seconds: i64,
+}
+
+impl Expiry {
+    /// `expires in 3 days (at …)`, or `expired 2 hours ago (at …)`.
+    pub fn describe(&self) -> String {
+        if self.in_seconds > 0 {
+            format!(
+                "expires in {} (at {})",
+                human_duration(self.in_seconds.unsigned_abs()),
+                self.expires
+            )
+        } else {
+            format!(
+                "expired {} ago (at {})",
+                human_duration(self.in_seconds.unsigned_abs()),
+                self.expires
+            )
+        }
+    }
+}
+
+/// Seconds until the held channel index expires, when one is held.
+pub fn index_expires_in(state: &HostState, now: Timestamp) -> Option<i64> {
+    state
+        .index
+        .as_ref()
+        .map(|i| i.expires.unix().saturating_sub(now.unix()))
+}
+
+/// The expiry warning, when the held index expires within
+/// `expiry_warning_days` (or already has).
+pub fn expiry(config: &Config, state: &HostState, now: Timestamp) -> Option<Expiry> {
+    let index = state.index.as_ref()?;
+    let in_seconds = index_expires_in(state, now)?;
+    (in_seconds <= i64::from(config.update.expiry_warning_days) * 86_400).then(|| Expiry {
+        channel: index.channel.clone(),
+        expires: index.expires,
+        in_seconds,
+    })
 }
 
 /// The contents of `update_state.json` after `attempt`.
@@ -409,6 +546,9 @@ pub fn update_state_file(
         update_ready: state.pending.as_ref().map(|p| p.version.clone()),
         current_version: running_version(attempt, current),
         bad_releases: state.bad_releases.iter().map(|b| b.id).collect(),
+        last_cause: Some(attempt.cause().as_str().to_string()),
+        stalled_since: stall(config, state, attempt.at).map(|s| s.since),
+        index_expires: state.index.as_ref().map(|i| i.expires),
     }
 }
 
@@ -421,39 +561,101 @@ fn running_version(attempt: &Attempt, current: Option<&Current<'_>>) -> Option<V
     }
 }
 
-/// One line, whitespace collapsed, at most [`BANNER_MESSAGE_CHARS`] characters.
+/// One line, whitespace collapsed.
 fn one_line(message: &str) -> String {
-    let joined = message.split_whitespace().collect::<Vec<_>>().join(" ");
-    if joined.chars().count() <= BANNER_MESSAGE_CHARS {
-        return joined;
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `text` cut to at most `max` characters, at a word boundary when one is
+/// near, with `…` where it was cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
     }
-    let mut cut: String = joined.chars().take(BANNER_MESSAGE_CHARS).collect();
-    cut.push_str("...");
-    cut
+    if max == 0 {
+        return String::new();
+    }
+    let cut: String = text.chars().take(max - 1).collect();
+    let at_word_end = text.chars().nth(max - 1).is_some_and(char::is_whitespace);
+    let cut = match cut.rfind(' ') {
+        _ if at_word_end => cut,
+        Some(i) if i * 2 >= cut.len() => cut[..i].to_string(),
+        _ => cut,
+    };
+    format!("{}…", cut.trim_end_matches([',', ';', ':', ' ']))
 }
 
-fn or_unknown(v: Option<&Version>) -> String {
-    v.map_or_else(|| "unknown version".to_string(), Version::to_string)
+/// A banner in parts: the state and subject, the reason, and notes that are
+/// dropped (last first) when the line would be too long.
+struct BannerLine {
+    head: String,
+    detail: String,
+    notes: Vec<String>,
+    see_status: bool,
 }
 
-/// The dashboard banner: one plain-text line starting with the state in
-/// capitals (`OK`, `SKIPPED`, `FAILED`, `ROLLED BACK`, `READY`, `DISABLED`).
+impl BannerLine {
+    fn render(mut self) -> String {
+        let tail = if self.see_status {
+            " (see slipway status)"
+        } else {
+            ""
+        };
+        loop {
+            let notes: String = self.notes.iter().map(|n| format!("; {n}")).collect();
+            let fixed =
+                self.head.chars().count() + 2 + notes.chars().count() + tail.chars().count();
+            // Keep at least a few words of the reason before dropping notes.
+            if fixed + 12 <= BANNER_MAX_CHARS || self.notes.is_empty() {
+                let room = BANNER_MAX_CHARS.saturating_sub(fixed);
+                let line = if self.detail.is_empty() {
+                    format!("{}{notes}{tail}", self.head)
+                } else {
+                    format!(
+                        "{}: {}{notes}{tail}",
+                        self.head,
+                        shorten(&self.detail, room)
+                    )
+                };
+                return shorten(&line, BANNER_MAX_CHARS);
+            }
+            self.notes.pop();
+        }
+    }
+}
+
+/// The rule a skip names in its message (`skipped (stale_save): …`).
+fn skipped_rule(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("skipped (")
+        .and_then(|rest| rest.split_once(')'))
+        .map(|(rule, _)| rule)
+}
+
+/// The dashboard banner: one plain-text line of at most
+/// [`BANNER_MAX_CHARS`] characters that leads with the state in capitals,
+/// says what runs, and gives the short reason (the whole story is in
+/// `slipway status`).
 pub fn banner_line(
     config: &Config,
     state: &HostState,
     attempt: &Attempt,
     current: Option<&Current<'_>>,
 ) -> String {
-    let app = current.map_or("the app", |c| c.manifest.app.as_str());
     let running = running_version(attempt, current);
-    let running_text = match &running {
-        Some(v) => format!("{app} {v} running"),
-        None => "nothing installed yet".to_string(),
-    };
+    let running_text = running.as_ref().map_or_else(
+        || "nothing installed".to_string(),
+        |v| format!("running {v}"),
+    );
     let at = attempt.at;
-    let message = one_line(&attempt.message);
-    let target = or_unknown(attempt.version.as_ref());
-    let disabled = disabled_reason(config, state);
+    let cause = attempt.cause();
+    let target = attempt
+        .version
+        .as_ref()
+        .map_or_else(|| "update".to_string(), Version::to_string);
+    let critical = attempt.message.contains("CRITICAL");
+    let stalled = stall(config, state, at);
+    let mut notes = Vec::new();
     let mut line = match attempt.result {
         AttemptResult::Updated => {
             let how = match (&attempt.from_version, attempt.op.as_str()) {
@@ -461,40 +663,125 @@ pub fn banner_line(
                 (Some(from), _) => format!("updated from {from}"),
                 (None, _) => "installed".to_string(),
             };
-            format!("OK: {running_text} ({how} at {at})")
-        }
-        AttemptResult::UpToDate => format!("OK: {running_text}, up to date (checked at {at})"),
-        AttemptResult::Skipped => match (&state.disabled, &disabled) {
-            (Some(_), Some(reason)) => {
-                format!("DISABLED: auto-update disabled: {reason}; {running_text}")
+            BannerLine {
+                head: format!("OK {running_text}"),
+                detail: format!("{how} at {at}"),
+                notes: Vec::new(),
+                see_status: false,
             }
-            _ => format!("SKIPPED: update not attempted at {at}: {message}; {running_text}"),
-        },
-        AttemptResult::Failed => format!(
-            "FAILED: update to {target} failed at {at}: {message}; {running_text} unchanged"
-        ),
-        AttemptResult::RolledBack => format!(
-            "ROLLED BACK: update to {target} failed: {message}; rolled back to {} at {at}",
-            or_unknown(running.as_ref())
-        ),
-        AttemptResult::Ready => format!(
-            "READY: update {target} ready: run `slipway apply` (staged at {at}); {running_text}"
-        ),
-    };
-    if attempt.result != AttemptResult::Skipped {
-        if let (Some(_), Some(reason)) = (&state.disabled, &disabled) {
-            line.push_str(&format!("; auto-update DISABLED: {reason}"));
         }
+        AttemptResult::UpToDate if cause == Cause::NewerOnBadList => BannerLine {
+            head: format!("OK {running_text}"),
+            detail: "the newer release offered is on the bad list".to_string(),
+            notes: Vec::new(),
+            see_status: true,
+        },
+        AttemptResult::UpToDate => BannerLine {
+            head: format!("OK {running_text}"),
+            detail: format!("up to date (checked at {at})"),
+            notes: Vec::new(),
+            see_status: false,
+        },
+        AttemptResult::Ready => BannerLine {
+            head: format!("READY {target} staged → {running_text}"),
+            detail: "run `slipway apply`".to_string(),
+            notes: Vec::new(),
+            see_status: false,
+        },
+        AttemptResult::Skipped if cause == Cause::Disabled => BannerLine {
+            head: format!("DISABLED auto-update → {running_text}"),
+            detail: disabled_reason(config, state).unwrap_or_else(|| one_line(&attempt.message)),
+            notes: Vec::new(),
+            see_status: true,
+        },
+        AttemptResult::Skipped => BannerLine {
+            head: format!("SKIPPED {target} → {running_text}"),
+            detail: skipped_rule(&attempt.message)
+                .map(|r| r.replace('_', " "))
+                .unwrap_or_else(|| cause.label().to_string()),
+            notes: Vec::new(),
+            see_status: true,
+        },
+        AttemptResult::Refused => BannerLine {
+            head: format!("REFUSED {target} → {running_text}"),
+            detail: cause.label().to_string(),
+            notes: Vec::new(),
+            see_status: true,
+        },
+        AttemptResult::Failed => BannerLine {
+            head: format!("FAILED {target} → {running_text}"),
+            detail: cause.label().to_string(),
+            notes: Vec::new(),
+            see_status: true,
+        },
+        AttemptResult::RolledBack => BannerLine {
+            head: format!(
+                "{} {target} → {running_text}",
+                if critical { "CRITICAL" } else { "ROLLED BACK" }
+            ),
+            detail: if critical {
+                format!("{}; the old release is not healthy either", cause.label())
+            } else {
+                cause.label().to_string()
+            },
+            notes: Vec::new(),
+            see_status: true,
+        },
+        AttemptResult::Recovered => BannerLine {
+            head: format!(
+                "{} {target} → {running_text}",
+                if critical { "CRITICAL" } else { "RECOVERED" }
+            ),
+            detail: "an interrupted run was finished or undone".to_string(),
+            notes: Vec::new(),
+            see_status: true,
+        },
+    };
+    // A stall leads, unless this very run flipped back (that is news).
+    if let Some(st) = &stalled {
+        if !cause.flipped_back() && !critical {
+            let offered = state
+                .index
+                .as_ref()
+                .and_then(|i| i.newest.clone())
+                .filter(|n| running.as_ref().is_none_or(|r| n > r))
+                .map_or_else(String::new, |n| format!(" ({n} offered)"));
+            line = BannerLine {
+                head: format!(
+                    "STALLED {}{offered} → {running_text}",
+                    human_duration(st.seconds)
+                ),
+                detail: st.cause.label().to_string(),
+                notes: Vec::new(),
+                see_status: true,
+            };
+        } else {
+            notes.push(format!("stalled {}", human_duration(st.seconds)));
+        }
+    }
+    if cause != Cause::Disabled && disabled_reason(config, state).is_some() {
+        notes.push("auto-update DISABLED".to_string());
+        line.see_status = true;
+    }
+    if let Some(e) = expiry(config, state, at) {
+        notes.push(format!(
+            "index {}",
+            if e.in_seconds > 0 {
+                format!("expires in {}", human_duration(e.in_seconds.unsigned_abs()))
+            } else {
+                "expired".to_string()
+            }
+        ));
+        line.see_status = true;
     }
     if attempt.result != AttemptResult::Ready {
         if let Some(p) = &state.pending {
-            line.push_str(&format!(
-                "; update {} ready: run `slipway apply`",
-                p.version
-            ));
+            notes.push(format!("{} ready: `slipway apply`", p.version));
         }
     }
-    line
+    line.detail = one_line(&line.detail);
+    line.notes = notes;
+    line.render()
 }
 
 /// Escapes a Prometheus label value.
@@ -598,20 +885,65 @@ pub fn metrics_text(
         "Releases on this host's bad list (never retried automatically).",
         &plain(state.bad_releases.len().to_string()),
     );
+    gauge(
+        "slipway_last_attempt_cause_info",
+        "Why the last attempt ended so (always 1; the label is the row of the failure table).",
+        &[(
+            format!("{{cause=\"{}\"}}", attempt.cause().as_str()),
+            "1".to_string(),
+        )],
+    );
+    let now = attempt.at;
+    gauge(
+        "slipway_update_blocked_seconds",
+        "Seconds automatic updates have not installed the newest release offered (0: up to date).",
+        &plain(blocked_seconds(state, now).to_string()),
+    );
+    if let Some(b) = &state.blocked {
+        gauge(
+            "slipway_update_blocked_since_timestamp_seconds",
+            "Unix time since when updates have not installed the newest release offered.",
+            &plain(b.since.unix().to_string()),
+        );
+    }
+    gauge(
+        "slipway_update_stalled",
+        "1 when updates have been blocked longer than stalled_after_hours.",
+        &plain(u8::from(stall(config, state, now).is_some()).to_string()),
+    );
+    if let (Some(index), Some(secs)) = (&state.index, index_expires_in(state, now)) {
+        gauge(
+            "slipway_index_expires_in_seconds",
+            "Seconds until the channel index this host holds expires (negative: expired).",
+            &plain(secs.to_string()),
+        );
+        gauge(
+            "slipway_index_expiry_timestamp_seconds",
+            "Unix time the channel index this host holds expires.",
+            &plain(index.expires.unix().to_string()),
+        );
+    }
     out
 }
 
-/// journald `PRIORITY` for a result: 6 (info) for success, up to date, skip
-/// and ready; 4 (warning) for a failure before the switch; 2 (critical) for
-/// a rollback, the seed's "emit critical alert".
-pub fn priority(result: AttemptResult) -> u8 {
-    match result {
-        AttemptResult::Updated
-        | AttemptResult::UpToDate
-        | AttemptResult::Skipped
-        | AttemptResult::Ready => 6,
-        AttemptResult::Failed => 4,
-        AttemptResult::RolledBack => 2,
+/// journald `PRIORITY` of an attempt: its cause's ([`Cause::priority`]),
+/// raised to 4 (warning) when updates have stalled or the held channel
+/// index expires within `expiry_warning_days`, and to 2 (critical) when
+/// the old release was left unhealthy (`CRITICAL` in the message).
+pub fn priority(config: &Config, state: &HostState, attempt: &Attempt) -> u8 {
+    // A recovery or flip back that left the old release unhealthy needs a
+    // human now, whatever its cause.
+    let own = if attempt.message.contains("CRITICAL") {
+        2
+    } else {
+        attempt.cause().priority()
+    };
+    let warn =
+        stall(config, state, attempt.at).is_some() || expiry(config, state, attempt.at).is_some();
+    if warn {
+        own.min(4)
+    } else {
+        own
     }
 }
 
@@ -624,10 +956,49 @@ pub fn message_id(result: AttemptResult) -> &'static str {
         AttemptResult::Failed => MESSAGE_ID_FAILED,
         AttemptResult::RolledBack => MESSAGE_ID_ROLLED_BACK,
         AttemptResult::Ready => MESSAGE_ID_READY,
+        AttemptResult::Refused => MESSAGE_ID_REFUSED,
+        AttemptResult::Recovered => MESSAGE_ID_RECOVERED,
     }
 }
 
-/// The structured fields of the journald entry for `attempt`.
+/// The structured fields of the journald entry for `attempt`, with the
+/// host's warnings (a stall, an index about to expire) in the message.
+pub fn journald_fields_for(
+    config: &Config,
+    state: &HostState,
+    attempt: &Attempt,
+    current: Option<&Current<'_>>,
+) -> Vec<(&'static str, String)> {
+    let mut fields = journald_fields(attempt, current);
+    let mut warnings = String::new();
+    if let Some(st) = stall(config, state, attempt.at) {
+        warnings.push_str(&format!(
+            "; updates STALLED for {} (since {}; stalled_after_hours = {})",
+            human_duration(st.seconds),
+            st.since,
+            config.update.stalled_after_hours
+        ));
+        fields.push(("SLIPWAY_STALLED_SECONDS", st.seconds.to_string()));
+    }
+    if let Some(e) = expiry(config, state, attempt.at) {
+        warnings.push_str(&format!(
+            "; the channel index of {} {}: the publisher must run `slipway-pack refresh`",
+            e.channel,
+            e.describe()
+        ));
+        fields.push(("SLIPWAY_INDEX_EXPIRES", e.expires.to_string()));
+    }
+    for (name, value) in fields.iter_mut() {
+        match *name {
+            "MESSAGE" => value.push_str(&warnings),
+            "PRIORITY" => *value = priority(config, state, attempt).to_string(),
+            _ => {}
+        }
+    }
+    fields
+}
+
+/// The structured fields of the journald entry for `attempt` alone.
 pub fn journald_fields(
     attempt: &Attempt,
     current: Option<&Current<'_>>,
@@ -637,6 +1008,7 @@ pub fn journald_fields(
         .as_ref()
         .map(|v| format!(" {v}"))
         .unwrap_or_default();
+    let cause = attempt.cause();
     let mut fields = vec![
         (
             "MESSAGE",
@@ -645,13 +1017,17 @@ pub fn journald_fields(
                 attempt.op, attempt.result, attempt.message
             ),
         ),
-        ("PRIORITY", priority(attempt.result).to_string()),
+        ("PRIORITY", cause.priority().to_string()),
         ("SYSLOG_IDENTIFIER", "slipway".to_string()),
         ("MESSAGE_ID", message_id(attempt.result).to_string()),
         ("SLIPWAY_RESULT", attempt.result.as_str().to_string()),
+        ("SLIPWAY_CAUSE", cause.as_str().to_string()),
         ("SLIPWAY_OP", attempt.op.clone()),
         ("SLIPWAY_DURATION_MS", attempt.duration_ms.to_string()),
     ];
+    if attempt.auto {
+        fields.push(("SLIPWAY_AUTO", "1".to_string()));
+    }
     if let Some(v) = &attempt.version {
         fields.push(("SLIPWAY_VERSION", v.to_string()));
     }
@@ -748,6 +1124,149 @@ mod tests {
         for id in ids {
             assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
         }
+    }
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse(s).expect("time")
+    }
+
+    fn attempt(cause: Cause, at: &str, message: &str) -> Attempt {
+        Attempt {
+            op: "update".into(),
+            at: ts(at),
+            result: cause.result(),
+            from_version: Some(Version::new(2, 0, 0)),
+            version: Some(Version::new(3, 0, 0)),
+            release_id: None,
+            message: message.into(),
+            duration_ms: 1,
+            cause: Some(cause),
+            auto: true,
+        }
+    }
+
+    #[test]
+    fn a_rollback_banner_leads_with_the_state_and_names_both_versions() {
+        let config = Config::default();
+        let state = HostState::default();
+        let a = attempt(
+            Cause::Unhealthy,
+            "2026-03-01T10:00:00Z",
+            &"health check failed: HTTP 503 ".repeat(40),
+        );
+        assert_eq!(
+            banner_line(&config, &state, &a, None),
+            "ROLLED BACK 3.0.0 → running 2.0.0: unhealthy (see slipway status)"
+        );
+    }
+
+    #[test]
+    fn every_banner_fits_in_160_characters() {
+        let mut config = Config::default();
+        config.update.enabled = false;
+        config.file = PathBuf::from(format!("/etc/{}/update.toml", "x".repeat(300)));
+        let mut state = HostState::default();
+        state.disable("y".repeat(500), ts("2026-03-01T00:00:00Z"));
+        state.blocked = Some(crate::state::Blocked {
+            since: ts("2026-02-20T00:00:00Z"),
+            cause: Cause::IndexExpired,
+            reason: "z".repeat(500),
+        });
+        state.index = Some(crate::state::HeldIndex {
+            channel: "stable".into(),
+            version: 7,
+            expires: ts("2026-03-02T00:00:00Z"),
+            newest: Some(Version::new(3, 0, 0)),
+        });
+        for cause in Cause::ALL {
+            let a = attempt(cause, "2026-03-01T10:00:00Z", &"w ".repeat(400));
+            let line = banner_line(&config, &state, &a, None);
+            assert!(line.chars().count() <= BANNER_MAX_CHARS, "{cause}: {line}");
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn a_stall_leads_the_banner_and_raises_the_journal_priority() {
+        let config = Config::default();
+        let mut state = HostState::default();
+        state.blocked = Some(crate::state::Blocked {
+            since: ts("2026-03-01T00:00:00Z"),
+            cause: Cause::Ineligible,
+            reason: "skipped (dirty_release): …".into(),
+        });
+        state.index = Some(crate::state::HeldIndex {
+            channel: "stable".into(),
+            version: 7,
+            expires: ts("2026-04-01T00:00:00Z"),
+            newest: Some(Version::new(3, 0, 0)),
+        });
+        let early = attempt(
+            Cause::Ineligible,
+            "2026-03-01T10:00:00Z",
+            "skipped (dirty_release): x",
+        );
+        assert!(banner_line(&config, &state, &early, None).starts_with("SKIPPED "));
+        assert_eq!(priority(&config, &state, &early), 5);
+        let late = attempt(
+            Cause::Ineligible,
+            "2026-03-02T02:00:00Z",
+            "skipped (dirty_release): x",
+        );
+        assert_eq!(
+            banner_line(&config, &state, &late, None),
+            "STALLED 26 hours (3.0.0 offered) → running 2.0.0: not eligible (see slipway status)"
+        );
+        assert_eq!(priority(&config, &state, &late), 4);
+        let fields = journald_fields_for(&config, &state, &late, None);
+        let message = &fields
+            .iter()
+            .find(|(k, _)| *k == "MESSAGE")
+            .expect("message")
+            .1;
+        assert!(message.contains("STALLED for 26 hours"), "{message}");
+        let metrics = metrics_text(&config, &state, &late, None);
+        assert!(
+            metrics.contains("\nslipway_update_blocked_seconds 93600\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("\nslipway_update_stalled 1\n"),
+            "{metrics}"
+        );
+    }
+
+    #[test]
+    fn an_index_about_to_expire_is_a_warning_everywhere() {
+        let config = Config::default();
+        let mut state = HostState::default();
+        state.index = Some(crate::state::HeldIndex {
+            channel: "stable".into(),
+            version: 7,
+            expires: ts("2026-03-04T10:00:00Z"),
+            newest: None,
+        });
+        let a = attempt(Cause::UpToDate, "2026-03-01T10:00:00Z", "up to date");
+        let banner = banner_line(&config, &state, &a, None);
+        assert!(banner.contains("index expires in 3 days"), "{banner}");
+        assert_eq!(priority(&config, &state, &a), 4);
+        let metrics = metrics_text(&config, &state, &a, None);
+        assert!(
+            metrics.contains("\nslipway_index_expires_in_seconds 259200\n"),
+            "{metrics}"
+        );
+        // Ten days out: quiet.
+        let far = attempt(Cause::UpToDate, "2026-02-20T10:00:00Z", "up to date");
+        assert_eq!(priority(&config, &state, &far), 6);
+        assert!(!banner_line(&config, &state, &far, None).contains("expire"));
+    }
+
+    #[test]
+    fn shorten_cuts_at_a_word_and_marks_the_cut() {
+        assert_eq!(shorten("short", 10), "short");
+        let cut = shorten("the quick brown fox jumps over the lazy dog", 20);
+        assert!(cut.chars().count() <= 20, "{cut}");
+        assert_eq!(cut, "the quick brown fox…");
     }
 
     #[test]

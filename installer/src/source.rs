@@ -780,35 +780,18 @@ pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead
         // every index until it is dropped from the configuration is refused.
         save_trust(opts.layout, &trust)?;
     }
-    let raw = fetch_index(repo, opts.layout, opts.channel)?;
-    let verify = |keys: &TrustedKeys| {
-        verify_index(
-            &raw.bytes,
-            &raw.signature,
-            &raw.location,
-            &raw.sig_location,
-            opts.channel,
-            opts.app,
-            keys,
-        )
-    };
+    let mut raw = fetch_index(repo, opts.layout, opts.channel)?;
     let mut learned = Vec::new();
-    let verified = match verify(&keys) {
-        Err(SourceError::Signature {
-            source: SignatureError::UnknownKey { key_id, trusted },
-            ..
-        }) => match learn_key(repo, key_id, &mut keys, &trust, opts, &mut learned, 0) {
-            Ok(()) => verify(&keys)?,
-            Err(LearnError::Refused(reason)) => {
-                return Err(SourceError::UntrustedKey {
-                    location: raw.location.clone(),
-                    key_id,
-                    trusted,
-                    reason,
-                })
-            }
-            Err(LearnError::Source(e)) => return Err(e),
-        },
+    let verified = match authenticate(repo, &raw, &mut keys, &trust, opts, &mut learned) {
+        // The index and its signature are two reads: a publish that lands
+        // between them gives a new index with the old signature (or the
+        // reverse). Read the pair again, once, before refusing it.
+        Err(e) if !raw.not_modified && is_torn_pair(&e) => {
+            std::thread::sleep(TORN_PAIR_PAUSE);
+            raw = fetch_index(repo, opts.layout, opts.channel)?;
+            learned.clear();
+            authenticate(repo, &raw, &mut keys, &trust, opts, &mut learned)?
+        }
         other => other?,
     };
     check_freshness(&verified, &trust, opts.now, opts.allow_expired)?;
@@ -834,6 +817,62 @@ pub fn read_channel(repo: &Repository, opts: &ReadOptions) -> Result<ChannelRead
         learned,
         retired,
     })
+}
+
+/// How long to wait before reading an index and signature pair again that
+/// did not match: a publish writes the two within milliseconds.
+const TORN_PAIR_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether `e` is what a pair read across a publish gives: a signature
+/// that does not match the bytes, or a signed comment for another version.
+fn is_torn_pair(e: &SourceError) -> bool {
+    matches!(
+        e,
+        SourceError::Signature {
+            source: SignatureError::Invalid { .. },
+            ..
+        } | SourceError::Comment { .. }
+    )
+}
+
+/// Verifies a channel index's bytes against its signature with `keys`,
+/// learning keys from rotation statements when it is signed by one this
+/// host does not trust yet.
+fn authenticate(
+    repo: &Repository,
+    raw: &RawIndex,
+    keys: &mut TrustedKeys,
+    trust: &TrustState,
+    opts: &ReadOptions,
+    learned: &mut Vec<LearnedKey>,
+) -> Result<VerifiedIndex, SourceError> {
+    let verify = |keys: &TrustedKeys| {
+        verify_index(
+            &raw.bytes,
+            &raw.signature,
+            &raw.location,
+            &raw.sig_location,
+            opts.channel,
+            opts.app,
+            keys,
+        )
+    };
+    match verify(keys) {
+        Err(SourceError::Signature {
+            source: SignatureError::UnknownKey { key_id, trusted },
+            ..
+        }) => match learn_key(repo, key_id, keys, trust, opts, learned, 0) {
+            Ok(()) => verify(keys),
+            Err(LearnError::Refused(reason)) => Err(SourceError::UntrustedKey {
+                location: raw.location.clone(),
+                key_id,
+                trusted,
+                reason,
+            }),
+            Err(LearnError::Source(e)) => Err(e),
+        },
+        other => other,
+    }
 }
 
 enum LearnError {

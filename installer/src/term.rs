@@ -9,6 +9,40 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
+/// One of the process's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Whether `stream` is connected to the systemd journal: systemd sets
+/// `JOURNAL_STREAM=<device>:<inode>` for a service whose output goes to the
+/// journal, and the stream must still be that very file (a child may have
+/// redirected it).
+pub fn is_journal(stream: Stream) -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let stat = match stream {
+        Stream::Stdout => rustix::fs::fstat(std::io::stdout()),
+        Stream::Stderr => rustix::fs::fstat(std::io::stderr()),
+    };
+    match stat {
+        Ok(st) => journal_stream_matches(&value.to_string_lossy(), st.st_dev, st.st_ino),
+        Err(_) => false,
+    }
+}
+
+/// `JOURNAL_STREAM`'s `<device>:<inode>` names the file with this device
+/// and inode number.
+pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.trim().split_once(':') else {
+        return false;
+    };
+    d.parse::<u64>() == Ok(dev) && i.parse::<u64>() == Ok(ino)
+}
+
 /// Paints words for a human, or leaves them alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paint {
@@ -97,6 +131,15 @@ pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_stream_names_device_and_inode() {
+        assert!(journal_stream_matches("8:1234", 8, 1234));
+        assert!(!journal_stream_matches("8:1234", 8, 1235));
+        assert!(!journal_stream_matches("8:1234", 9, 1234));
+        assert!(!journal_stream_matches("garbage", 8, 1234));
+        assert!(!journal_stream_matches("", 0, 0));
+    }
 
     #[test]
     fn no_color_and_dumb_terminals_turn_colour_off() {

@@ -81,7 +81,8 @@ fn update_happy_path_then_unhealthy_release_is_flipped_back_with_data_restored()
     assert_eq!(status["previous"]["version"], "1.0.0");
     assert_eq!(status["auto_update"]["enabled"], true);
     assert!(status["journal"].is_null());
-    assert_eq!(status["attempts_today"], 2);
+    // Manual runs never use up the timer's attempts.
+    assert_eq!(status["attempts_today"], 0);
 
     // The bot quiesced (HTTP) before it was stopped for the restart.
     let log = host.bot_log();
@@ -180,7 +181,9 @@ fn failing_check_hook_fails_without_touching_the_service() {
     );
     let status = host.json(&["status"], 0);
     assert_eq!(status["last_attempt"]["result"], "failed");
+    assert_eq!(status["last_attempt"]["cause"], "check_failed", "{status}");
     assert_eq!(status["bad_releases"][0]["id"], v2.id);
+    assert_eq!(status["failures_today"], 1, "{status}");
 }
 
 #[test]
@@ -323,9 +326,24 @@ fn ineligible_update_exits_4_with_the_reason() {
     host2.release("1.0.0", &Flavor::default());
     let out = host2.run_expect(&["update", "--auto"], 4);
     assert!(
-        stderr(&out).contains("auto-update is off"),
+        stderr(&out).contains("auto-update is off: BOT_AUTO_UPDATE=0"),
         "{}",
         stderr(&out)
+    );
+    // A skip is an ordinary end of a timer run, not an error.
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    // status and enable name the setting, and enable does not pretend.
+    let text = stdout(&host2.run_expect(&["status"], 0));
+    assert!(
+        text.contains("auto-update: DISABLED: BOT_AUTO_UPDATE=0 in slipway's environment")
+            && text.contains("`slipway enable` cannot"),
+        "{text}"
+    );
+    let out = host2.run_expect(&["enable"], 0);
+    assert!(
+        stdout(&out).contains("it stays OFF: BOT_AUTO_UPDATE=0"),
+        "{}",
+        stdout(&out)
     );
     // A manual update still works.
     host2.run_expect(&["update"], 0);
@@ -356,9 +374,17 @@ fn repeated_failures_disable_auto_update_until_enable() {
     let text = stdout(&host.run_expect(&["status"], 0));
     assert!(text.contains("DISABLED"), "{text}");
 
-    host.run_expect(&["enable"], 0);
+    // enable says what it changed, the failure count included.
+    let out = host.run_expect(&["enable"], 0);
+    assert!(
+        stdout(&out).contains("auto-update enabled (it was disabled by failures")
+            && stdout(&out).contains("today's failure count (2) reset to 0"),
+        "{}",
+        stdout(&out)
+    );
     let status = host.json(&["status"], 0);
     assert_eq!(status["auto_update"]["enabled"], true);
+    assert_eq!(status["failures_today"], 0);
     let v3 = host.release("3.0.0", &Flavor::default());
     let o = host.json(&["update", "--auto"], 0);
     assert_eq!(o["result"], "updated", "{o}");
@@ -408,6 +434,12 @@ fn rollback_past_a_migration_is_refused() {
     assert!(stderr(&out).contains("schema"), "{}", stderr(&out));
     assert_ne!(host.link("current"), Some(v1.dir_name()));
     host.wait_healthy("2.0.0");
+    // A refusal, not a failure: nothing counted, nothing bad-listed.
+    let status = host.json(&["status"], 0);
+    assert_eq!(status["last_attempt"]["result"], "refused", "{status}");
+    assert_eq!(status["last_attempt"]["cause"], "data_too_new", "{status}");
+    assert_eq!(status["failures_today"], 0, "{status}");
+    assert_eq!(status["bad_releases"], serde_json::json!([]), "{status}");
 }
 
 #[test]
@@ -526,6 +558,15 @@ fn refused_quiesce_aborts_and_leaves_the_app_running_unpaused() {
     let (code, body) = host.health().expect("health");
     assert_eq!(code, 200);
     assert_eq!(body["paused"], false);
+    // The app (the host) failed, not the release: never bad-listed, but
+    // the app was disturbed, so it counts as a failure.
+    let status = host.json(&["status"], 0);
+    assert_eq!(
+        status["last_attempt"]["cause"], "host_service_paused",
+        "{status}"
+    );
+    assert_eq!(status["bad_releases"], serde_json::json!([]), "{status}");
+    assert_eq!(status["failures_today"], 1, "{status}");
 }
 
 #[test]

@@ -225,6 +225,10 @@ fn crash_before_commit(step: &str) {
     kill_at(&case, step);
     let o = recover(&case);
     assert_eq!(o["interrupted_at"], step, "{o}");
+    // What recovery did, recorded as such: not a failure.
+    assert_eq!(o["result"], "recovered", "{o}");
+    assert_eq!(o["cause"], "recovered", "{o}");
+    assert_eq!(o["exit_code"], 0, "{o}");
     assert_consistent(&case, &case.v1);
     let host = &case.host;
     assert_eq!(host.data_schema(), 1, "the data is at v1's schema again");
@@ -249,14 +253,17 @@ fn crash_before_commit(step: &str) {
             "the persistence equals the snapshot"
         );
     }
-    // An interrupted run is not the release's fault: it is not bad-listed
-    // and the next update installs it.
+    // An interrupted run is not the release's fault: it is not bad-listed,
+    // a successful recovery counts as no failure, and the next update
+    // installs it.
     let status = host.json(&["status"], 0);
     assert_eq!(
         status["bad_releases"].as_array().unwrap().len(),
         0,
         "{status}"
     );
+    assert_eq!(status["failures_today"], 0, "{status}");
+    assert_eq!(status["auto_update"]["enabled"], true, "{status}");
     host.run_expect(&["install", &case.v2.archive.to_string_lossy()], 0);
     host.wait_healthy("2.0.0");
 }
@@ -271,7 +278,14 @@ fn crash_after_commit(step: &str) {
     });
     kill_at(&case, step);
     let o = recover(&case);
-    assert_eq!(o["result"], "updated", "{o}");
+    assert_eq!(o["result"], "recovered", "{o}");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains("(updated); finished it"),
+        "{o}"
+    );
     assert_consistent(&case, &case.v2);
     let host = &case.host;
     assert_eq!(host.data_schema(), 2, "migrated");
@@ -281,9 +295,19 @@ fn crash_after_commit(step: &str) {
         serde_json::from_str(&fs::read_to_string(host.data().join("meta/version.json")).unwrap())
             .unwrap();
     assert_eq!(version["version"], "2.0.0");
-    // Counted once: the first install and this update.
+    // The update, recorded once (by the recovery) as updated; manual runs
+    // never use up the timer's attempts.
     let status = host.json(&["status"], 0);
-    assert_eq!(status["attempts_today"], 2, "{status}");
+    assert_eq!(status["attempts_today"], 0, "{status}");
+    assert_eq!(status["last_success"]["result"], "updated", "{status}");
+    let history = host.json(&["history"], 0);
+    let updated = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["result"] == "updated" && a["version"] == "2.0.0")
+        .count();
+    assert_eq!(updated, 1, "{history}");
 }
 
 macro_rules! crash_tests {
@@ -325,7 +349,10 @@ fn killed_while_flipping_back_finishes_the_flip_back_and_bad_lists() {
     });
     kill_at(&case, "FlipBack");
     let o = recover(&case);
+    // The run had found its release unhealthy: recorded as that fault.
     assert_eq!(o["result"], "rolled_back", "{o}");
+    assert_eq!(o["cause"], "unhealthy", "{o}");
+    assert_eq!(o["exit_code"], 0, "recovery itself succeeded: {o}");
     assert_consistent(&case, &case.v1);
     let host = &case.host;
     assert_eq!(host.data_schema(), 1);

@@ -820,8 +820,15 @@ fn refusal(kind: Kind, case: Refusal) {
         assert!(cache.is_some(), "the first update cached the index");
     }
 
+    let before = w.status();
     let out = w.update(&attack.target, case.exit, &attack.env);
     let all = text(&out);
+    // A refusal of what the source offers counts toward neither budget.
+    let after = w.status();
+    for counter in ["failures_today", "attempts_today"] {
+        assert_eq!(after[counter], before[counter], "{counter}: {after}");
+    }
+    assert_eq!(after["auto_update"]["enabled"], true, "{after}");
     for s in case.says {
         assert!(all.contains(s), "expected {s:?} in:\n{all}");
     }
@@ -949,6 +956,179 @@ fn a_clock_20_days_ahead_for_one_poll_does_not_lock_the_host_out() {
         !trust.contains(&day),
         "{day} is in the trust state:\n{trust}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The failure model, row by row (docs/transaction.md, "How a run ends")
+// ---------------------------------------------------------------------------
+
+/// `slipway-pack refresh` of the channel, as the scheduled CI job runs it.
+fn refresh(w: &World, expires_in: &str) {
+    run_ok(
+        Command::new(pack_bin())
+            .args(["refresh", "--repo"])
+            .arg(w.repo())
+            .args(["--channel", "stable", "--expires-in", expires_in, "--key"])
+            .arg(w.path("keys/slipway.key")),
+    );
+}
+
+#[test]
+fn an_expired_index_twice_keeps_auto_update_on_and_a_refresh_resumes_it() {
+    let w = World::new(Kind::Http);
+    // The defaults that switched fleets off, and a stall reported at once.
+    w.write_config(&[
+        "max_failures_per_day = 2",
+        "max_attempts_per_day = 3",
+        "stalled_after_hours = 0",
+    ]);
+    let v1 = w.build("1.0.0");
+    let v2 = w.build("2.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["update", "--auto"], 0, &[]);
+    // The publisher forgets: the index that offers v2 expires.
+    w.publish(&v2, &["--expires-in", "2s"]);
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..2 {
+        let out = w.run_expect(&["update", "--auto"], 1, &[]);
+        assert!(stderr(&out).contains("expired at"), "{}", text(&out));
+        assert!(
+            stderr(&out).contains("slipway-pack refresh"),
+            "{}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(w.current(), Some(v1.dir_name()));
+    let status = w.status();
+    assert_eq!(status["auto_update"]["enabled"], true, "{status}");
+    assert_eq!(status["failures_today"], 0, "{status}");
+    assert_eq!(status["attempts_today"], 1, "only v1's install: {status}");
+    assert_eq!(status["last_attempt"]["result"], "refused", "{status}");
+    assert_eq!(status["last_attempt"]["cause"], "index_expired", "{status}");
+    // Nothing stops silently: status, the banner and the metrics say so.
+    assert_eq!(status["blocked"]["stalled"], true, "{status}");
+    assert_eq!(status["blocked"]["cause"], "index_expired", "{status}");
+    let text_status = stdout(&w.run_expect(&["status"], 0, &[]));
+    assert!(text_status.starts_with("STALLED:"), "{text_status}");
+    let banner = fs::read_to_string(w.root().join("state/banner.txt")).expect("banner");
+    assert!(
+        banner.starts_with("STALLED ") && banner.contains("channel index expired"),
+        "{banner}"
+    );
+    assert!(banner.trim_end().chars().count() <= 160, "{banner}");
+    let metrics = fs::read_to_string(w.root().join("state/slipway.prom")).expect("metrics");
+    let blocked: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("slipway_update_blocked_seconds "))
+        .expect("slipway_update_blocked_seconds")
+        .parse()
+        .expect("number");
+    assert!(blocked >= 1.0, "{metrics}");
+    assert!(
+        metrics.contains("\nslipway_update_stalled 1\n"),
+        "{metrics}"
+    );
+
+    // The publisher refreshes; the next poll updates by itself, with no
+    // `slipway enable` on the host.
+    refresh(&w, "3d");
+    let o: serde_json::Value =
+        serde_json::from_slice(&w.run_expect(&["update", "--auto", "--json"], 0, &[]).stdout)
+            .expect("json");
+    assert_eq!(o["result"], "updated", "{o}");
+    assert_eq!(w.current(), Some(v2.dir_name()));
+    let status = w.status();
+    assert!(status["blocked"].is_null(), "{status}");
+    // ...and it sees the next expiry coming (3 days < expiry_warning_days).
+    assert_eq!(status["index"]["expiry_warning"], true, "{status}");
+    let text_status = stdout(&w.run_expect(&["status"], 0, &[]));
+    assert!(text_status.starts_with("EXPIRY:"), "{text_status}");
+    let banner = fs::read_to_string(w.root().join("state/banner.txt")).expect("banner");
+    assert!(
+        banner.starts_with("OK running 2.0.0") && banner.contains("index expires in 2 days"),
+        "{banner}"
+    );
+    let metrics = fs::read_to_string(w.root().join("state/slipway.prom")).expect("metrics");
+    assert!(
+        metrics.contains("\nslipway_index_expires_in_seconds "),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn manual_runs_never_use_up_the_timers_attempts() {
+    let w = World::new(Kind::Http);
+    w.write_config(&["max_attempts_per_day = 1"]);
+    let v1 = w.build("1.0.0");
+    let v2 = w.build("2.0.0");
+    let v3 = w.build("3.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["install", &w.base_url()], 0, &[]);
+    w.publish(&v2, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.status()["attempts_today"], 0);
+    // The timer still has its one attempt today.
+    w.publish(&v3, &[]);
+    w.run_expect(&["update", "--auto"], 0, &[]);
+    assert_eq!(w.current(), Some(v3.dir_name()));
+    assert_eq!(w.status()["attempts_today"], 1);
+}
+
+#[test]
+fn a_restart_command_that_fails_flips_back_and_never_bad_lists() {
+    let w = World::new(Kind::Http);
+    let v1 = w.build("1.0.0");
+    let v2 = w.build("2.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    // The host's restart command breaks (a typo, a missing supervisor).
+    let config = fs::read_to_string(w.config()).expect("config");
+    let broken = config.replace(
+        "manager = \"none\"",
+        "manager = \"command\"\nrestart = [\"false\"]\nstatus = [\"true\"]",
+    );
+    assert_ne!(broken, config);
+    fs::write(w.config(), &broken).expect("config");
+    w.publish(&v2, &[]);
+    let out = w.run_expect(&["update", "--json"], 3, &[]);
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(o["result"], "rolled_back", "{o}");
+    assert_eq!(o["cause"], "host_after_switch", "{o}");
+    assert!(
+        o["message"].as_str().unwrap().contains("not bad-listed"),
+        "{o}"
+    );
+    assert_eq!(w.current(), Some(v1.dir_name()));
+    let status = w.status();
+    assert_eq!(status["bad_releases"], serde_json::json!([]), "{status}");
+    assert_eq!(
+        status["failures_today"], 1,
+        "it disturbed the service: {status}"
+    );
+    // Fixed, the same release installs: it was never blamed.
+    fs::write(w.config(), &config).expect("config");
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.current(), Some(v2.dir_name()));
+}
+
+#[test]
+fn nothing_new_is_quiet_and_quiet_prints_nothing_on_success() {
+    let w = World::new(Kind::Http);
+    let v1 = w.build("1.0.0");
+    w.publish(&v1, &[]);
+    let out = w.run_expect(&["-q", "update", "--auto"], 0, &[]);
+    assert_eq!(stdout(&out), "", "-q prints nothing on success");
+    assert_eq!(stderr(&out), "");
+    let out = w.run_expect(&["update", "--auto"], 0, &[]);
+    assert!(stdout(&out).contains("up to date"), "{}", text(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "one result line");
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+    let status = w.status();
+    assert_eq!(status["last_attempt"]["cause"], "up_to_date", "{status}");
+    assert!(status["blocked"].is_null(), "{status}");
+    let out = w.run_expect(&["-q", "update", "--auto"], 0, &[]);
+    assert_eq!(stdout(&out), "");
 }
 
 // ---------------------------------------------------------------------------
@@ -1319,6 +1499,124 @@ fn a_partial_download_of_a_changed_file_is_discarded() {
     assert_eq!(w.current(), Some(v1.dir_name()));
 }
 
+/// Serves `channels/stable.json.minisig` of `repo` behind nginx, except
+/// that the next requests get the bodies queued in `stale`: the signature
+/// as it was before a publish, as a host that reads the index just after a
+/// publish and the signature just before it would see.
+struct SignatureBackend {
+    port: u16,
+    stale: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SignatureBackend {
+    fn start(repo: PathBuf) -> SignatureBackend {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stale = std::sync::Arc::new(std::sync::Mutex::new(
+            std::collections::VecDeque::<Vec<u8>>::new(),
+        ));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (queue, count) = (stale.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = queue.lock().expect("queue").pop_front().unwrap_or_else(|| {
+                    fs::read(repo.join("channels/stable.json.minisig")).expect("signature")
+                });
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        SignatureBackend {
+            port,
+            stale,
+            requests,
+        }
+    }
+
+    fn serve_stale(&self, body: &[u8], times: usize) {
+        let mut q = self.stale.lock().expect("queue");
+        for _ in 0..times {
+            q.push_back(body.to_vec());
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn an_index_and_signature_torn_by_a_publish_are_read_again_once() {
+    // The signature goes through the backend, the rest straight from disk.
+    let mut w = World::new(Kind::Http);
+    let backend = SignatureBackend::start(w.repo());
+    w = {
+        w.nginx = Some(
+            Nginx::serve_with(
+                w.repo(),
+                NginxOptions {
+                    extra_server_config: Some(format!(
+                        "location = /channels/stable.json.minisig {{ proxy_pass http://127.0.0.1:{}; }}",
+                        backend.port
+                    )),
+                    ..NginxOptions::default()
+                },
+            )
+            .expect("nginx"),
+        );
+        w.write_config(&[]);
+        w
+    };
+    let v1 = w.build("1.0.0");
+    let v2 = w.build("2.0.0");
+    w.publish(&v1, &[]);
+    w.run_expect(&["update"], 0, &[]);
+    let old_signature = fs::read(w.repo().join("channels/stable.json.minisig")).expect("sig");
+    w.publish(&v2, &[]);
+
+    // Torn once: the new index with the old signature, then the pair again.
+    backend.serve_stale(&old_signature, 1);
+    let before = backend.requests();
+    let out = w.run_expect(&["update"], 0, &[]);
+    assert!(stdout(&out).contains("2.0.0"), "{}", text(&out));
+    assert_eq!(w.current(), Some(v2.dir_name()));
+    assert_eq!(backend.requests() - before, 2, "the signature read twice");
+
+    // Torn twice in a row: refused, and that is no failure of anything.
+    let v3 = w.build("3.0.0");
+    let signature_v2 = fs::read(w.repo().join("channels/stable.json.minisig")).expect("sig");
+    w.publish(&v3, &[]);
+    backend.serve_stale(&signature_v2, 2);
+    let out = w.run_expect(&["update", "--json"], 1, &[]);
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(o["result"], "refused", "{o}");
+    assert_eq!(o["cause"], "index_untrusted", "{o}");
+    assert!(
+        stderr(&out).contains("does not match the data"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.current(), Some(v2.dir_name()));
+    let status = w.status();
+    assert_eq!(status["failures_today"], 0, "{status}");
+    // The next poll reads a consistent pair and goes on.
+    w.run_expect(&["update"], 0, &[]);
+    assert_eq!(w.current(), Some(v3.dir_name()));
+}
+
 #[test]
 fn a_server_answering_slowly_trips_the_stall_timeout_naming_the_url() {
     // nginx proxies /slow/ to a backend that accepts and never answers.
@@ -1424,10 +1722,11 @@ fn http_errors_name_the_url_and_say_what_to_do() {
     let out = w.run_expect(&["update"], 2, &[]);
     assert!(stderr(&out).contains("token_file"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("user:pw"), "{}", stderr(&out));
-    // Only the 404 (a configuration problem) counted against the daily
-    // limits; refused connections and DNS failures are the network's.
+    // None of these counts against the daily limits: the network's passing
+    // state, and a source this host cannot use (404), are no failures.
     let status = w.status();
-    assert_eq!(status["failures_today"], 1, "{status}");
+    assert_eq!(status["failures_today"], 0, "{status}");
+    assert_eq!(status["last_attempt"]["cause"], "network", "{status}");
 }
 
 #[test]

@@ -278,6 +278,8 @@ fn attempt() -> Attempt {
         release_id: None,
         message: "failed for the test".into(),
         duration_ms: 1,
+        cause: None,
+        auto: false,
     }
 }
 

@@ -7,13 +7,12 @@
 
 use std::path::Path;
 
-use slipway_formats::state::AttemptResult;
-
 use crate::config::Config;
 use crate::eligibility::{check_eligibility, EligibilityInput};
+use crate::failure_model::{self, Cause};
 use crate::fetch::HttpClient;
 use crate::source::{self, Candidate, Discovery, Repository, Selection, Source, SourceError};
-use crate::state::Attempt;
+use crate::state::{Attempt, HeldIndex};
 use crate::transaction::{self, Failure, Host, InstallOptions, Outcome, Verbosity};
 use crate::verify::Expectations;
 use crate::Exit;
@@ -25,15 +24,16 @@ pub(super) fn source_error(e: SourceError, exit: Exit) -> CommandError {
         SourceError::BadUrl { .. } => {
             "give the repository's base URL (the directory holding channels/ and releases/)"
         }
-        SourceError::Fetch { .. } => "nothing was installed; the message above says what to check",
-        SourceError::UntrustedKey { .. } => {
-            "add the key to update.public_keys only if you trust it; nothing was installed"
-        }
+        // The error itself says what to check: the hint only adds what it
+        // does not say.
+        SourceError::Fetch { .. } | SourceError::UntrustedKey { .. } => "nothing was installed",
         SourceError::NotFound { .. } | SourceError::Unrecognized { .. } => {
             "give an archive path, or a directory with channels/ and releases/"
         }
-        SourceError::Expired { .. } => "re-publish the channel, or pass --allow-expired once",
-        SourceError::ClockWentBack { .. } => "fix the system clock (timedatectl status)",
+        SourceError::Expired { .. } => {
+            "nothing was installed, and auto-update stays on: the first poll after the refresh updates by itself"
+        }
+        SourceError::ClockWentBack { .. } => "nothing was installed",
         _ => "nothing was installed; check the source and the trusted keys",
     };
     CommandError::new(exit, "cannot use the release source", e, hint)
@@ -74,8 +74,8 @@ pub(super) fn configured_source(config: &Config) -> Result<Source, CommandError>
 }
 
 /// Records a discovery-level result (up to date, skipped, refused index)
-/// in the history and host state, and builds its outcome.
-fn record(host: &Host, mut o: Outcome) -> Result<Outcome, CommandError> {
+/// in the history and host state, by its cause, and returns its outcome.
+pub(super) fn record(host: &Host, o: Outcome, auto: bool) -> Result<Outcome, CommandError> {
     let attempt = Attempt {
         op: o.op.clone(),
         at: host.clock.now(),
@@ -85,9 +85,10 @@ fn record(host: &Host, mut o: Outcome) -> Result<Outcome, CommandError> {
         release_id: o.release_id,
         message: o.message.clone(),
         duration_ms: o.duration_ms,
+        cause: o.cause,
+        auto,
     };
     transaction::record_attempt(host, attempt)?;
-    o.exit_code = o.exit as i32;
     Ok(o)
 }
 
@@ -107,19 +108,19 @@ pub(super) fn auto_precheck(host: &Host) -> Result<Option<Outcome>, CommandError
     match check_eligibility(&input) {
         Ok(()) => Ok(None),
         Err(i) => {
-            let mut o = Outcome::simple(
+            let mut o = Outcome::of_cause(
                 "update",
-                AttemptResult::Skipped,
-                Exit::Skipped,
+                i.cause(),
                 format!("skipped ({}): {}", i.rule, i.reason),
             );
             o.rule = Some(i.rule.to_string());
+            // The reason says what to do; a hint would only repeat it.
             o.failure = Some(Failure::new(
                 "update skipped",
                 format!("{} ({})", i.reason, i.rule),
-                "the reason above says what to change",
+                "",
             ));
-            record(host, o).map(Some)
+            record(host, o, true).map(Some)
         }
     }
 }
@@ -234,40 +235,26 @@ fn revoked_keys(host: &Host) -> Result<Vec<slipway_formats::KeyId>, CommandError
 }
 
 /// A refused or unreadable repository: under the lock the attempt is
-/// recorded (a transient network failure without counting it against the
-/// daily limits) and becomes the outcome; a read-only command just fails.
+/// recorded by its `cause` (a refusal or the network: counted toward
+/// neither budget, see [`failure_model`]) and becomes the outcome; a
+/// read-only command just fails.
 fn refuse(
     host: &Host,
     opts: &InstallOptions,
     persist: bool,
     err: CommandError,
-    transient: bool,
+    cause: Cause,
 ) -> Result<Resolved, CommandError> {
     if !persist {
         return Err(err);
     }
-    let mut o = Outcome::simple(
+    let mut o = Outcome::of_cause(
         opts.op.name(),
-        AttemptResult::Failed,
-        Exit::Failed,
+        cause,
         format!("{}: {}", err.failure.what, err.failure.why),
     );
     o.failure = Some(err.failure);
-    if transient {
-        let attempt = Attempt {
-            op: o.op.clone(),
-            at: host.clock.now(),
-            result: o.result,
-            from_version: None,
-            version: None,
-            release_id: None,
-            message: o.message.clone(),
-            duration_ms: 0,
-        };
-        transaction::record_attempt_uncounted(host, attempt)?;
-        return Ok(Resolved::Nothing(Box::new(o)));
-    }
-    record(host, o).map(|o| Resolved::Nothing(Box::new(o)))
+    record(host, o, opts.auto).map(|o| Resolved::Nothing(Box::new(o)))
 }
 
 /// Discovery in a repository (a directory, a bundle or HTTP): the channel
@@ -299,9 +286,9 @@ fn resolve_listed(
     let read = match source::read_channel(repo, &options) {
         Ok(r) => r,
         Err(e) => {
-            let transient = e.is_transient();
-            let err = source_error(e, Exit::Failed);
-            return refuse(host, opts, persist_trust, err, transient);
+            let cause = failure_model::of_source_error(&e);
+            let err = source_error(e, cause.exit());
+            return refuse(host, opts, persist_trust, err, cause);
         }
     };
     for k in &read.retired {
@@ -334,7 +321,19 @@ fn resolve_listed(
             .debug(format!("{}: not modified (304)", read.verified.location));
     }
     let verified = &read.verified;
-    let state = load_state(host)?;
+    let mut state = load_state(host)?;
+    if persist_trust {
+        // What status, the banner and the metrics say about the expiry.
+        state.index = Some(HeldIndex {
+            channel: channel.clone(),
+            version: verified.index.version,
+            expires: verified.index.expires,
+            newest: verified.index.releases.first().map(|r| r.version.clone()),
+        });
+        state
+            .save(&host.layout)
+            .map_err(|e| CommandError::from(transaction::TxnError::from(e)))?;
+    }
     let machine = source::machine_id(host.config.update.machine_id.as_deref());
     let running_version = running.as_ref().map(|r| r.manifest.version.clone());
     let sel = Selection {
@@ -362,15 +361,16 @@ fn resolve_listed(
             // A release already staged and waiting for `apply`.
             if let (Some(p), Some(listed)) = (&state.pending, &c.listed) {
                 if p.release_id == listed.id && !host.config.update.auto_restart {
-                    let o = Outcome::simple(
+                    let mut o = Outcome::of_cause(
                         opts.op.name(),
-                        AttemptResult::Ready,
-                        Exit::Done,
+                        Cause::Ready,
                         format!(
                             "update ready: {} is staged and checked; run `slipway apply`",
                             p.version
                         ),
                     );
+                    // Waiting is no new attempt.
+                    o.cause = None;
                     return Ok(Resolved::Nothing(Box::new(o)));
                 }
             }
@@ -389,10 +389,23 @@ fn resolve_listed(
             if !skipped.is_empty() {
                 msg.push_str(&format!("; passed over: {}", skipped.join("; ")));
             }
-            let mut o = Outcome::simple(opts.op.name(), AttemptResult::UpToDate, Exit::Done, msg);
+            // A newer release this host will not take by itself: updates
+            // are stuck until it is fixed or forgiven.
+            let newer_on_bad_list = !opts.force
+                && verified.index.releases.iter().any(|r| {
+                    !r.yanked
+                        && running_version.as_ref().is_none_or(|v| &r.version > v)
+                        && state.bad(&r.id).is_some()
+                });
+            let cause = if newer_on_bad_list {
+                Cause::NewerOnBadList
+            } else {
+                Cause::UpToDate
+            };
+            let mut o = Outcome::of_cause(opts.op.name(), cause, msg);
             o.from_version = running_version;
             if persist_trust {
-                o = record(host, o)?;
+                o = record(host, o, opts.auto)?;
             }
             Ok(Resolved::Nothing(Box::new(o)))
         }
@@ -434,9 +447,9 @@ fn refuse_changed_bundle(
     };
     let hint = e.hint();
     let err = CommandError::new(Exit::Failed, "offline bundle refused", e, hint);
-    // Recorded exactly like a refused index: a tampered bundle is not a
-    // transient failure, so it counts against the daily limits.
-    refuse(host, opts, persist_trust, err, false).map(Some)
+    // Recorded like a refused index: a refusal of what the source offers,
+    // which counts toward neither budget.
+    refuse(host, opts, persist_trust, err, Cause::BundleCorrupt).map(Some)
 }
 
 /// A `.tar` offline bundle becomes the bundle directory it holds, unpacked

@@ -5,15 +5,14 @@
 use std::io::Write;
 use std::time::Duration;
 
-use serde::Serialize;
-use slipway_formats::state::AttemptResult;
-
 use crate::config::{Config, ConfigError};
+use crate::failure_model::Cause;
 use crate::lock::{LockError, TransactionLock};
 use crate::source::Source;
 use crate::state::{HostState, SystemClock};
 use crate::transaction::{self, Failure, Host, InstallOptions, Log, Outcome, TxnError, Verbosity};
 use crate::Exit;
+use serde::Serialize;
 
 use super::args::{Cli, Command, LockArgs, WAIT_FOR_LOCK};
 use super::discover::{auto_precheck, configured_source, open_bundle_tar, source_error};
@@ -51,8 +50,16 @@ impl From<TxnError> for CommandError {
 
 /// Prints `slipway: error: <what>: <why>` and the hint to stderr.
 pub fn print_failure(f: &Failure) {
+    print_ending(f, Exit::Failed);
+}
+
+/// Prints why a command ended without doing its job: `slipway: error: <what>:
+/// <why>`, or for a skip (exit 4, an ordinary end of a timer run, not an
+/// error) `slipway: <what>: <why>`, and the hint when there is one.
+fn print_ending(f: &Failure, exit: Exit) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "slipway: error: {}: {}", f.what, f.why);
+    let label = if exit == Exit::Skipped { "" } else { "error: " };
+    let _ = writeln!(err, "slipway: {label}{}: {}", f.what, f.why);
     if !f.hint.is_empty() {
         let _ = writeln!(err, "  hint: {}", f.hint);
     }
@@ -72,7 +79,7 @@ pub fn run(cli: Cli) -> i32 {
     match dispatch(&cli, log) {
         Ok(exit) => exit as i32,
         Err(e) => {
-            print_failure(&e.failure);
+            print_ending(&e.failure, e.exit);
             e.exit as i32
         }
     }
@@ -175,7 +182,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
             let _lock = lock_and_recover(&host, *lock)?;
             if *auto {
                 if let Some(o) = auto_precheck(&host)? {
-                    return Ok(emit(&o, *json));
+                    return Ok(emit(&host, &o, *json));
                 }
             }
             if *interactive {
@@ -190,12 +197,12 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
         Command::Apply { lock, json } => {
             let _lock = lock_and_recover(&host, *lock)?;
             let o = transaction::apply(&host)?;
-            Ok(emit(&o, *json))
+            Ok(emit(&host, &o, *json))
         }
         Command::Rollback { lock, json } => {
             let _lock = lock_and_recover(&host, *lock)?;
             let o = transaction::rollback(&host)?;
-            Ok(emit(&o, *json))
+            Ok(emit(&host, &o, *json))
         }
         Command::Status { json } => status(&host, *json),
         Command::History { json, limit } => history(&host, *json, *limit),
@@ -203,22 +210,17 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
         Command::Recover { lock, json } => {
             let _lock = take_lock(&host, *lock)?;
             match transaction::recover(&host)? {
-                Some(mut o) => {
-                    // The recovery itself succeeded: the host is consistent
-                    // again. Only a release that is not healthy afterwards
-                    // makes `recover` fail.
-                    o.exit = if o.critical { Exit::Failed } else { Exit::Done };
-                    o.exit_code = o.exit as i32;
-                    Ok(emit(&o, *json))
-                }
+                // Exit 0: the host is consistent again (1 only when the old
+                // release is not healthy afterwards).
+                Some(o) => Ok(emit(&host, &o, *json)),
                 None => {
-                    let o = Outcome::simple(
+                    let mut o = Outcome::of_cause(
                         "recover",
-                        AttemptResult::UpToDate,
-                        Exit::Done,
+                        Cause::UpToDate,
                         "no interrupted transaction; nothing to recover",
                     );
-                    Ok(emit(&o, *json))
+                    o.cause = None;
+                    Ok(emit(&host, &o, *json))
                 }
             }
         }
@@ -229,17 +231,12 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
         Command::Enable { lock, json } => {
             let _lock = lock_and_recover(&host, *lock)?;
             let mut state = load_state(&host)?;
-            state.enable();
+            let changed = state.enable(config.update.max_failures_per_day);
             state.save(&host.layout).map_err(TxnError::from)?;
-            let message = if config.update.enabled {
-                "auto-update enabled".to_string()
-            } else {
-                format!(
-                    "auto-update re-armed, but [update] enabled = false in {} (or BOT_AUTO_UPDATE=0) still keeps it off",
-                    config.file.display()
-                )
-            };
-            print_switch_result(*json, config.update.enabled, &message);
+            let message = enable_message(&config, &changed);
+            if !host.log.is_quiet() || *json {
+                print_switch_result(*json, config.update.enabled, &message);
+            }
             Ok(Exit::Done)
         }
         Command::Disable { reason, lock, json } => {
@@ -250,11 +247,13 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
                 .unwrap_or_else(|| "disabled with `slipway disable`".to_string());
             state.disable(reason.clone(), host.clock.now());
             state.save(&host.layout).map_err(TxnError::from)?;
-            print_switch_result(
-                *json,
-                false,
-                &format!("auto-update disabled: {reason}; `slipway enable` turns it back on"),
-            );
+            if !host.log.is_quiet() || *json {
+                print_switch_result(
+                    *json,
+                    false,
+                    &format!("auto-update disabled: {reason}; `slipway enable` turns it back on"),
+                );
+            }
             Ok(Exit::Done)
         }
         Command::Units { .. }
@@ -370,16 +369,51 @@ pub(super) fn load_state(host: &Host) -> Result<HostState, CommandError> {
         .map_err(|e| CommandError::from(TxnError::from(e)))
 }
 
-/// Prints an outcome (JSON or one line, plus the error lines) and returns
-/// its exit code.
-pub(super) fn emit(o: &Outcome, json: bool) -> Exit {
+/// What `slipway enable` says: what it turned on, whether it reset today's
+/// failure count (and why), and which setting still keeps auto-update off.
+fn enable_message(config: &Config, changed: &crate::state::Enabled) -> String {
+    let mut message = match &changed.was {
+        Some(d) => format!(
+            "auto-update enabled (it was disabled by {} at {}: {})",
+            d.by, d.at, d.reason
+        ),
+        None => "auto-update was not disabled by slipway; nothing to turn back on".to_string(),
+    };
+    if let Some(n) = changed.failures_reset {
+        message.push_str(&format!(
+            "; today's failure count ({n}) reset to 0, since it alone would keep it off (max_failures_per_day = {})",
+            config.update.max_failures_per_day
+        ));
+    }
+    if let Some(setting) = crate::report::disabling_setting(config) {
+        message.push_str(&format!(
+            "; but it stays OFF: {setting}, which `slipway enable` cannot change"
+        ));
+    }
+    message
+}
+
+/// Prints an outcome and returns its exit code: one result line on stdout
+/// (JSON with `--json`), or the error and its hint on stderr. Nothing with
+/// `--quiet` when it succeeded; and nothing when the result already went
+/// to journald and this output would land in the journal too (under
+/// systemd), so that every run logs its result exactly once.
+pub(super) fn emit(host: &Host, o: &Outcome, json: bool) -> Exit {
     if json {
         print_json(o);
-    } else if !o.message.is_empty() && o.failure.is_none() {
-        slipway_fs::outln!("{}", o.message);
+        if let Some(f) = &o.failure {
+            print_ending(f, o.exit);
+        }
+        return o.exit;
     }
-    if let Some(f) = &o.failure {
-        print_failure(f);
+    let succeeded = o.exit == Exit::Done;
+    match &o.failure {
+        None if succeeded && host.log.is_quiet() => {}
+        None if o.message.is_empty() => {}
+        None if crate::report::result_in_journal(crate::term::Stream::Stdout) => {}
+        None => slipway_fs::outln!("{}", o.message),
+        Some(_) if crate::report::result_in_journal(crate::term::Stream::Stderr) => {}
+        Some(f) => print_ending(f, o.exit),
     }
     o.exit
 }

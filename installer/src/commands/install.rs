@@ -6,11 +6,12 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::failure_model::Cause;
 use crate::source::Source;
-use crate::transaction::{self, Host, InstallOptions, Preview};
+use crate::transaction::{self, Host, InstallOptions, Outcome, Preview};
 use crate::Exit;
 
-use super::discover::{resolve, Resolved};
+use super::discover::{record, resolve, Resolved};
 use super::dispatch::{emit, print_json, CommandError};
 use super::views::{print_preview, write_preview};
 
@@ -22,10 +23,10 @@ pub(super) fn install_from(
     json: bool,
 ) -> Result<Exit, CommandError> {
     match resolve(host, src, opts, allow_expired, true)? {
-        Resolved::Nothing(o) => Ok(emit(&o, json)),
+        Resolved::Nothing(o) => Ok(emit(host, &o, json)),
         Resolved::Install(c) => {
             let o = transaction::install(host, &c, opts)?;
-            Ok(emit(&o, json))
+            Ok(emit(host, &o, json))
         }
     }
 }
@@ -43,7 +44,7 @@ pub(super) fn install_interactive(
     json: bool,
 ) -> Result<Exit, CommandError> {
     let candidate = match resolve(host, src, opts, allow_expired, true)? {
-        Resolved::Nothing(o) => return Ok(emit(&o, json)),
+        Resolved::Nothing(o) => return Ok(emit(host, &o, json)),
         Resolved::Install(c) => c,
     };
     host.log
@@ -76,7 +77,7 @@ pub(super) fn install_interactive(
             Exit::Skipped,
             format!("{} {} would be skipped", preview.app, preview.version),
             i,
-            "the reason above says what to change; nothing was changed",
+            "nothing was changed",
         ));
     }
     let question = format!(
@@ -90,21 +91,29 @@ pub(super) fn install_interactive(
             "not switched to {} {}: declined; nothing was changed",
             preview.app, preview.version
         );
+        // Recorded (the operator's own refusal counts toward nothing), so
+        // that history and status show it.
+        let mut o = Outcome::of_cause(opts.op.name(), Cause::Declined, message);
+        o.version = Some(preview.version.clone());
+        o.release_id = Some(preview.release_id);
+        o.from_version = preview.running_version.clone();
+        let o = record(host, o, false)?;
         if json {
             print_json(&serde_json::json!({
                 "result": "declined",
-                "exit_code": Exit::Skipped as i32,
+                "cause": Cause::Declined,
+                "exit_code": o.exit_code,
                 "version": preview.version,
                 "release_id": preview.release_id,
-                "message": message,
+                "message": o.message,
             }));
         } else {
-            slipway_fs::outln!("{message}");
+            slipway_fs::outln!("{}", o.message);
         }
-        return Ok(Exit::Skipped);
+        return Ok(o.exit);
     }
     let o = transaction::install(host, &candidate, opts)?;
-    Ok(emit(&o, json))
+    Ok(emit(host, &o, json))
 }
 
 /// Asks `question` on stderr and reads one line from stdin: true only for
@@ -134,7 +143,7 @@ pub(super) fn dry_run_cmd(
     json: bool,
 ) -> Result<Exit, CommandError> {
     let candidate = match resolve(host, src, opts, allow_expired, false)? {
-        Resolved::Nothing(o) => return Ok(emit(&o, json)),
+        Resolved::Nothing(o) => return Ok(emit(host, &o, json)),
         Resolved::Install(c) => c,
     };
     let preview = transaction::preview(host, &candidate, opts, true).map_err(|f| CommandError {

@@ -14,7 +14,7 @@ use crate::diff::{verify_installed, Drift};
 use crate::journal;
 use crate::layout::Layout;
 use crate::report;
-use crate::state::Attempt;
+use crate::state::{human_duration, plural, Attempt};
 use crate::switch;
 use crate::transaction::{self, Failure, Host, InstallOptions, Preview, TxnError};
 use crate::Exit;
@@ -166,12 +166,51 @@ struct AutoUpdateView {
     enabled: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// The configuration setting that keeps it off (`slipway enable` cannot
+    /// change it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    setting: Option<String>,
+    /// Set by failures or `slipway disable`: `slipway enable` turns it on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled: Option<crate::state::Disabled>,
+}
+
+#[derive(Debug, Serialize)]
+struct StallView {
+    /// Longer than `stalled_after_hours`.
+    stalled: bool,
+    since: Timestamp,
+    seconds: u64,
+    cause: crate::failure_model::Cause,
+    reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct IndexView {
+    channel: String,
+    version: u64,
+    expires: Timestamp,
+    expires_in_seconds: i64,
+    /// Within `expiry_warning_days`, or expired.
+    expiry_warning: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    newest: Option<Version>,
 }
 
 #[derive(Debug, Serialize)]
 struct StatusView {
     root: PathBuf,
     channel: String,
+    /// Updates have not reached what the source offers (`None`: they have).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked: Option<StallView>,
+    /// The channel index last accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<IndexView>,
+    /// The timer's next run, as systemd says it (only under systemd, when
+    /// the timer is installed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_timer_run: Option<String>,
     current: Option<ReleaseView>,
     previous: Option<ReleaseView>,
     last_attempt: Option<Attempt>,
@@ -207,29 +246,133 @@ fn release_view(layout: &Layout, target: Option<PathBuf>) -> Option<ReleaseView>
     })
 }
 
+/// The next run of the update timer, from systemd, when systemd runs this
+/// host and the timer is loaded; `None` otherwise.
+fn next_timer_run(now: Timestamp) -> Option<String> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let argv: Vec<String> = [
+        "systemctl",
+        "show",
+        super::UPDATE_TIMER,
+        "-p",
+        "LoadState,NextElapseUSecRealtime,NextElapseUSecMonotonic",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = crate::hooks::run_command(
+        &argv,
+        Path::new("/"),
+        &[],
+        std::time::Duration::from_secs(5),
+    )
+    .ok()?;
+    // Seconds since boot, the clock of a monotonic timer (`OnUnitActiveSec=`).
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok());
+    next_elapse(&out.stdout_tail, uptime, now)
+}
+
+/// The timer's next run from `systemctl show` output, when the timer is
+/// loaded and has one: its calendar time (`NextElapseUSecRealtime`), or for
+/// a monotonic timer (slipway's: `OnUnitActiveSec=`), how long from now,
+/// from `NextElapseUSecMonotonic` (a time span since boot) and `uptime`.
+fn next_elapse(show: &str, uptime: Option<f64>, now: Timestamp) -> Option<String> {
+    let mut loaded = false;
+    let mut realtime = None;
+    let mut monotonic = None;
+    let set = |v: &str| {
+        let v = v.trim();
+        (!v.is_empty() && v != "n/a" && v != "0").then(|| v.to_string())
+    };
+    for line in show.lines() {
+        match line.split_once('=') {
+            Some(("LoadState", v)) => loaded = v.trim() == "loaded",
+            Some(("NextElapseUSecRealtime", v)) => realtime = set(v),
+            Some(("NextElapseUSecMonotonic", v)) => monotonic = set(v),
+            _ => {}
+        }
+    }
+    if !loaded {
+        return None;
+    }
+    if realtime.is_some() {
+        return realtime;
+    }
+    let since_boot = parse_timespan(&monotonic?)?;
+    let left = (since_boot - uptime?).max(0.0).round() as u64;
+    let at = Timestamp(now.0 + time::Duration::seconds(i64::try_from(left).ok()?));
+    Some(format!(
+        "in {} (at {at})",
+        crate::state::human_duration(left)
+    ))
+}
+
+/// Seconds in a systemd time span as `systemctl show` prints it:
+/// `1h 2min 3.500s`, `250ms`.
+fn parse_timespan(text: &str) -> Option<f64> {
+    let mut total = 0.0;
+    for word in text.split_whitespace() {
+        let split = word.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, unit) = word.split_at(split);
+        let n: f64 = number.parse().ok()?;
+        let scale = match unit {
+            "y" => 31_557_600.0,
+            "month" => 2_629_800.0,
+            "w" => 604_800.0,
+            "d" => 86_400.0,
+            "h" => 3_600.0,
+            "min" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            _ => return None,
+        };
+        total += n * scale;
+    }
+    Some(total)
+}
+
 pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
     let layout = &host.layout;
     let links = switch::read_links(layout).map_err(TxnError::from)?;
     let state = load_state(host)?;
     let journal = journal::load(layout).map_err(TxnError::from)?;
     let config = host.config;
+    let now = host.clock.now();
+    let setting = report::disabling_setting(config);
     let auto = AutoUpdateView {
-        enabled: config.update.enabled && state.disabled.is_none(),
-        reason: if !config.update.enabled {
-            Some(format!(
-                "[update] enabled = false in {} (or BOT_AUTO_UPDATE=0)",
-                config.file.display()
-            ))
-        } else {
-            state
-                .disabled
-                .as_ref()
-                .map(|d| format!("disabled by {} at {}: {}", d.by, d.at, d.reason))
-        },
+        enabled: setting.is_none() && state.disabled.is_none(),
+        reason: report::disabled_reason(config, &state),
+        setting,
+        disabled: state.disabled.clone(),
     };
+    let stalled = report::stall(config, &state, now).is_some();
+    let blocked = state.blocked.as_ref().map(|b| StallView {
+        stalled,
+        since: b.since,
+        seconds: report::blocked_seconds(&state, now),
+        cause: b.cause,
+        reason: b.reason.clone(),
+    });
+    let expiry_warning = report::expiry(config, &state, now).is_some();
+    let index = state.index.as_ref().map(|i| IndexView {
+        channel: i.channel.clone(),
+        version: i.version,
+        expires: i.expires,
+        expires_in_seconds: i.expires.unix().saturating_sub(now.unix()),
+        expiry_warning,
+        newest: i.newest.clone(),
+    });
     let view = StatusView {
         root: layout.root().to_path_buf(),
         channel: config.update.channel.clone(),
+        blocked,
+        index,
+        next_timer_run: next_timer_run(now),
         current: release_view(layout, links.current),
         previous: release_view(layout, links.previous),
         last_attempt: state.last_attempt.clone(),
@@ -257,6 +400,33 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
     }
     let paint = crate::term::Paint::stdout();
     let mut out = std::io::stdout().lock();
+    // What needs a human leads.
+    if let Some(b) = view.blocked.as_ref().filter(|b| b.stalled) {
+        let _ = writeln!(
+            out,
+            "{} automatic updates have not installed the newest release for {} (since {}; stalled_after_hours = {}): {}",
+            paint.bad("STALLED:"),
+            human_duration(b.seconds),
+            b.since,
+            config.update.stalled_after_hours,
+            b.reason
+        );
+    }
+    if let Some(i) = view.index.as_ref().filter(|i| i.expiry_warning) {
+        let e = report::Expiry {
+            channel: i.channel.clone(),
+            expires: i.expires,
+            in_seconds: i.expires_in_seconds,
+        };
+        let _ = writeln!(
+            out,
+            "{} the channel index of {} {}; the publisher must run `slipway-pack refresh --channel {}`",
+            paint.warn("EXPIRY:"),
+            i.channel,
+            e.describe(),
+            i.channel
+        );
+    }
     let rel = |r: &Option<ReleaseView>| match r {
         Some(r) => format!(
             "{} ({}){}",
@@ -271,6 +441,22 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
     let _ = writeln!(out, "root:        {}", view.root.display());
     let _ = writeln!(out, "current:     {}", rel(&view.current));
     let _ = writeln!(out, "previous:    {}", rel(&view.previous));
+    let index_text = match &view.index {
+        Some(i) if i.channel == view.channel => format!(
+            "; index v{} expires {}{}",
+            i.version,
+            i.expires,
+            i.newest
+                .as_ref()
+                .map(|n| format!(", newest {n}"))
+                .unwrap_or_default()
+        ),
+        _ => "; no index accepted yet".to_string(),
+    };
+    let _ = writeln!(out, "channel:     {}{index_text}", view.channel);
+    if let Some(next) = &view.next_timer_run {
+        let _ = writeln!(out, "next check:  {next} ({})", super::UPDATE_TIMER);
+    }
     if let Some(p) = &view.pending {
         let _ = writeln!(
             out,
@@ -288,39 +474,57 @@ pub(super) fn status(host: &Host, json: bool) -> Result<Exit, CommandError> {
                 AttemptResult::Failed | AttemptResult::RolledBack => paint.bad(&result),
                 _ => paint.warn(&result),
             };
+            let cause = a.cause();
             let _ = writeln!(
                 out,
-                "last attempt: {} {} at {}: {}",
-                a.op, result, a.at, a.message
+                "last attempt: {} {} ({}) at {}: {}",
+                a.op, result, cause, a.at, a.message
             );
         }
         None => {
             let _ = writeln!(out, "last attempt: none");
         }
     }
+    if let Some(b) = view.blocked.as_ref().filter(|b| !b.stalled) {
+        let _ = writeln!(
+            out,
+            "blocked:     since {} ({}; a warning after {})",
+            b.since,
+            b.cause,
+            plural(config.update.stalled_after_hours, "hour", "hours")
+        );
+    }
     let _ = writeln!(
         out,
-        "today ({}): {} attempts, {} failures (max {} / {})",
+        "today ({}): automatic attempts {} of {}, failures {} of {}",
         if view.day.is_empty() { "-" } else { &view.day },
         view.attempts_today,
-        view.failures_today,
         config.update.max_attempts_per_day,
+        view.failures_today,
         config.update.max_failures_per_day
     );
-    let _ = writeln!(
-        out,
-        "auto-update: {}{}",
-        if view.auto_update.enabled {
-            paint.good("enabled")
-        } else {
-            paint.bad("DISABLED")
-        },
-        view.auto_update
-            .reason
-            .as_ref()
-            .map(|r| format!(" ({r}); `slipway enable` turns it back on"))
-            .unwrap_or_default()
-    );
+    let mut off = Vec::new();
+    if let Some(setting) = &view.auto_update.setting {
+        off.push(format!(
+            "{setting}; change it there (`slipway enable` cannot)"
+        ));
+    }
+    if let Some(d) = &view.auto_update.disabled {
+        off.push(format!(
+            "disabled by {} at {}: {}; `slipway enable` turns it back on",
+            d.by, d.at, d.reason
+        ));
+    }
+    if off.is_empty() {
+        let _ = writeln!(out, "auto-update: {}", paint.good("enabled"));
+    } else {
+        let _ = writeln!(
+            out,
+            "auto-update: {}: {}",
+            paint.bad("DISABLED"),
+            off.join("; and ")
+        );
+    }
     if view.bad_releases.is_empty() {
         let _ = writeln!(out, "bad list:    empty");
     } else {
@@ -432,11 +636,11 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
         );
     } else {
         slipway_fs::outln!(
-            "{} {} in {}: {} difference(s) from the manifest:",
+            "{} {} in {}: {} from the manifest:",
             running.manifest.app,
             running.manifest.version,
             running.dir.display(),
-            drift.len()
+            plural(drift.len() as u64, "difference", "differences")
         );
         for d in &drift {
             slipway_fs::outln!("  {d}");
@@ -448,7 +652,10 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
         if !json {
             print_failure(&Failure::new(
                 "the running release no longer matches its manifest",
-                format!("{} difference(s) listed above", drift.len()),
+                format!(
+                    "{} listed above",
+                    plural(drift.len() as u64, "difference", "differences")
+                ),
                 crate::diff::drift_hint(&drift),
             ));
         }
@@ -476,13 +683,19 @@ pub(super) fn gc_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
             }));
             Ok(Exit::Done)
         }
+        Ok(_) if host.log.is_quiet() => Ok(Exit::Done),
         Ok(r) => {
+            let n = |v: usize| v as u64;
             slipway_fs::outln!(
-                "removed {} release(s), {} snapshot(s), {} download(s), {} temporary file(s); kept {}",
-                r.removed_releases.len(),
-                r.removed_snapshots.len(),
-                r.removed_downloads.len(),
-                r.removed_temp_files.len(),
+                "removed {}, {}, {}, {}; kept {}",
+                plural(n(r.removed_releases.len()), "release", "releases"),
+                plural(n(r.removed_snapshots.len()), "snapshot", "snapshots"),
+                plural(n(r.removed_downloads.len()), "download", "downloads"),
+                plural(
+                    n(r.removed_temp_files.len()),
+                    "temporary file",
+                    "temporary files"
+                ),
                 r.kept.len()
             );
             for p in r
@@ -501,5 +714,47 @@ pub(super) fn gc_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
             e,
             "see the path named above",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_timer_run_is_read_only_from_a_loaded_timer() {
+        let now = Timestamp::parse("2026-03-02T10:00:00Z").expect("time");
+        assert_eq!(
+            next_elapse(
+                "LoadState=loaded\nNextElapseUSecRealtime=Mon 2026-03-02 10:00:00 UTC\n",
+                None,
+                now
+            ),
+            Some("Mon 2026-03-02 10:00:00 UTC".to_string())
+        );
+        // A monotonic timer: 1h 2min after boot, booted 1h ago.
+        assert_eq!(
+            next_elapse(
+                "LoadState=loaded\nNextElapseUSecRealtime=\nNextElapseUSecMonotonic=1h 2min\n",
+                Some(3600.0),
+                now
+            ),
+            Some("in 2 minutes (at 2026-03-02T10:02:00Z)".to_string())
+        );
+        assert_eq!(
+            next_elapse("LoadState=not-found\nNextElapseUSecRealtime=\n", None, now),
+            None
+        );
+        assert_eq!(
+            next_elapse(
+                "LoadState=loaded\nNextElapseUSecRealtime=n/a\nNextElapseUSecMonotonic=0\n",
+                Some(1.0),
+                now
+            ),
+            None
+        );
+        assert_eq!(parse_timespan("1h 2min 3.500s"), Some(3723.5));
+        assert_eq!(parse_timespan("250ms"), Some(0.25));
+        assert_eq!(parse_timespan("soon"), None);
     }
 }

@@ -47,6 +47,7 @@ use crate::config::Config;
 use crate::diff::verify_installed;
 use crate::durable;
 use crate::eligibility::{check_eligibility, EligibilityInput, Ineligible};
+use crate::failure_model::{self, Cause};
 use crate::fetch::{self, HttpClient};
 use crate::gc;
 use crate::health::{health_gate, HealthPolicy};
@@ -61,7 +62,7 @@ use crate::source::Candidate;
 use crate::stage;
 use crate::state::{Attempt, Clock, HostState, Pending, StateError};
 use crate::switch::{self, SwitchError};
-use crate::verify::{self, VerifiedArchive, VerifyError};
+use crate::verify::{self, VerifiedArchive};
 use crate::Exit;
 
 mod outcome;
@@ -117,6 +118,11 @@ impl Log {
         if self.verbosity >= Verbosity::Normal {
             eprintln!("slipway: warning: {}", msg.as_ref());
         }
+    }
+
+    /// `--quiet`: nothing on success.
+    pub fn is_quiet(&self) -> bool {
+        self.verbosity == Verbosity::Quiet
     }
 }
 
@@ -328,12 +334,7 @@ impl<'h, 'a> Txn<'h, 'a> {
         let mut journal = Journal::new(journal::new_txn_id(now), op, now, auto);
         journal.step = first;
         let fail = |f: Failure| {
-            let mut o = Outcome::new(
-                op.name(),
-                AttemptResult::Failed,
-                Exit::Failed,
-                f.why.clone(),
-            );
+            let mut o = Outcome::of_cause(op.name(), Cause::HostBeforeService, f.why.clone());
             o.failure = Some(f);
             Box::new(o)
         };
@@ -367,10 +368,9 @@ impl<'h, 'a> Txn<'h, 'a> {
                 .log
                 .debug("this file system cannot preallocate: no room set aside for the journal and a restore"),
             Err(e) => {
-                let mut o = Outcome::new(
+                let mut o = Outcome::of_cause(
                     op.name(),
-                    AttemptResult::Skipped,
-                    Exit::Skipped,
+                    Cause::Ineligible,
                     format!("skipped ({}): {e}", crate::eligibility::RULE_DISK_SPACE),
                 );
                 o.rule = Some(crate::eligibility::RULE_DISK_SPACE.to_string());
@@ -431,8 +431,8 @@ impl<'h, 'a> Txn<'h, 'a> {
         Ok(())
     }
 
-    fn outcome(&self, result: AttemptResult, exit: Exit, message: impl Into<String>) -> Outcome {
-        let mut o = Outcome::new(self.journal.op.name(), result, exit, message);
+    fn outcome(&self, cause: Cause, message: impl Into<String>) -> Outcome {
+        let mut o = Outcome::of_cause(self.journal.op.name(), cause, message);
         o.from_version = self.journal.from_version.clone();
         o.version = self.journal.version.clone();
         o.release_id = self.journal.release_id;
@@ -443,47 +443,37 @@ impl<'h, 'a> Txn<'h, 'a> {
         o
     }
 
-    fn attempt(&self, result: AttemptResult, message: &str, at: Timestamp) -> Attempt {
+    fn attempt(&self, cause: Cause, message: &str, at: Timestamp) -> Attempt {
         Attempt {
             op: self.journal.op.name().to_string(),
             at,
-            result,
+            result: cause.result(),
             from_version: self.journal.from_version.clone(),
             version: self.journal.version.clone(),
             release_id: self.journal.release_id,
             message: message.to_string(),
             duration_ms: ms(self.started.elapsed()),
+            cause: Some(cause),
+            auto: self.journal.auto,
         }
     }
 
     /// Ends a transaction that did not reach `Commit`/`FlipBack` (refused,
     /// failed before the switch, skipped, up to date, ready): records and
-    /// reports the attempt and removes the journal.
+    /// reports the attempt by its `cause` (which decides what it counts
+    /// toward and whether the release is bad-listed) and removes the journal.
     fn conclude(
         self,
-        result: AttemptResult,
-        exit: Exit,
+        cause: Cause,
         message: String,
         failure: Option<Failure>,
-    ) -> Result<Outcome, TxnError> {
-        self.conclude_as(result, exit, message, failure, true)
-    }
-
-    /// [`Txn::conclude`]; `counted = false` records the attempt without
-    /// counting it (a transient network failure).
-    fn conclude_as(
-        self,
-        result: AttemptResult,
-        exit: Exit,
-        message: String,
-        failure: Option<Failure>,
-        counted: bool,
     ) -> Result<Outcome, TxnError> {
         let at = self.host.clock.now();
-        let attempt = self.attempt(result, &message, at);
-        record_and_report_as(self.host, attempt, None, counted)?;
+        let attempt = self.attempt(cause, &message, at);
+        let reason = failure.as_ref().map(|f| f.why.clone());
+        record_and_report(self.host, attempt, reason)?;
         journal::finish(self.layout())?;
-        let mut o = self.outcome(result, exit, message);
+        let mut o = self.outcome(cause, message);
         o.failure = failure;
         Ok(o)
     }
@@ -492,14 +482,14 @@ impl<'h, 'a> Txn<'h, 'a> {
     /// ([`Step::undo`], the same one `recover` runs after a crash in it),
     /// then the failure is recorded and the journal removed. If the undo
     /// itself fails, the journal stays and the next run recovers.
-    fn abort(self, failure: Failure) -> Result<Outcome, TxnError> {
+    fn abort(self, cause: Cause, failure: Failure) -> Result<Outcome, TxnError> {
         undo_step(self.host, &self.journal)?;
-        self.fail(failure)
+        self.fail(cause, failure)
     }
 
-    fn fail(self, failure: Failure) -> Result<Outcome, TxnError> {
+    fn fail(self, cause: Cause, failure: Failure) -> Result<Outcome, TxnError> {
         let message = format!("{}: {}", failure.what, failure.why);
-        self.conclude(AttemptResult::Failed, Exit::Failed, message, Some(failure))
+        self.conclude(cause, message, Some(failure))
     }
 
     /// Removes the release directory this transaction staged, unless
@@ -519,32 +509,28 @@ pub fn record_attempt(host: &Host, attempt: Attempt) -> Result<(), TxnError> {
     record_and_report(host, attempt, None)
 }
 
-/// Records and reports an attempt that failed for a transient network
-/// reason (the release server down, DNS, a stall) without counting it
-/// against the daily attempts and failures.
-pub fn record_attempt_uncounted(host: &Host, attempt: Attempt) -> Result<(), TxnError> {
-    record_and_report_as(host, attempt, None, false)
-}
-
 /// Records `attempt` in the host state (unless it is already the last one
-/// recorded: a killed run may have got that far) and reports it.
+/// recorded: a killed run may have got that far) and reports it. Its
+/// [`Cause`] decides what it counts toward and whether the release it
+/// tried goes on the bad list (with `bad_reason`, else the message), never
+/// for a `rollback`, whose target is the operator's choice.
 fn record_and_report(
     host: &Host,
     attempt: Attempt,
-    mark_bad: Option<(ReleaseId, Version, String)>,
-) -> Result<(), TxnError> {
-    record_and_report_as(host, attempt, mark_bad, true)
-}
-
-fn record_and_report_as(
-    host: &Host,
-    attempt: Attempt,
-    mark_bad: Option<(ReleaseId, Version, String)>,
-    counted: bool,
+    bad_reason: Option<String>,
 ) -> Result<(), TxnError> {
     let mut state = HostState::load_at(&host.layout, host.clock.now())?;
-    if let Some((id, version, reason)) = mark_bad {
-        state.mark_bad(id, version, reason, attempt.at);
+    let cause = attempt.cause();
+    if cause.bad_lists() && attempt.op != Operation::Rollback.name() {
+        if let (Some(id), Some(version)) = (attempt.release_id, attempt.version.clone()) {
+            let reason = bad_reason.unwrap_or_else(|| attempt.message.clone());
+            state.mark_bad(
+                id,
+                version,
+                format!("{}: {reason}", cause.label()),
+                attempt.at,
+            );
+        }
     }
     let already = state.last_attempt.as_ref().is_some_and(|a| {
         a.at == attempt.at
@@ -554,11 +540,7 @@ fn record_and_report_as(
             && a.message == attempt.message
     });
     if !already {
-        if counted {
-            state.record(attempt.clone(), host.config.update.max_failures_per_day);
-        } else {
-            state.note_uncounted(attempt.clone());
-        }
+        state.record(attempt.clone(), host.config.update.max_failures_per_day);
     }
     state.save(&host.layout)?;
     report_with_current(host, &state, &attempt);
@@ -623,11 +605,14 @@ pub fn install(
         ) {
             Ok(c) => c,
             Err(e) => {
-                return t.fail(Failure::new(
-                    "cannot set up the HTTP client",
-                    e,
-                    "fix update.token_file in the configuration",
-                ))
+                return t.fail(
+                    Cause::HostBeforeService,
+                    Failure::new(
+                        "cannot set up the HTTP client",
+                        e,
+                        "fix update.token_file in the configuration",
+                    ),
+                )
             }
         };
         log.info(format!("downloading {}", remote.url));
@@ -647,20 +632,13 @@ pub fn install(
                 }
             )),
             Err(e) => {
-                let transient = e.is_transient();
+                let cause = failure_model::of_fetch_error(&e);
                 let f = Failure::new(
                     format!("cannot download release {}", remote.url),
                     e,
                     "nothing was installed; the next run resumes the download",
                 );
-                let message = format!("{}: {}", f.what, f.why);
-                return t.conclude_as(
-                    AttemptResult::Failed,
-                    Exit::Failed,
-                    message,
-                    Some(f),
-                    !transient,
-                );
+                return t.fail(cause, f);
             }
         }
         t.enter(Step::Verify)?;
@@ -682,11 +660,14 @@ pub fn install(
                 Some(r) => format!("release {} refused", r.url),
                 None => format!("release {} refused", candidate.archive.display()),
             };
-            return t.fail(Failure::new(
-                what,
-                e,
-                "nothing was installed; check the source and the trusted keys",
-            ));
+            return t.fail(
+                failure_model::of_verify_error(&e),
+                Failure::new(
+                    what,
+                    e,
+                    "nothing was installed; check the source and the trusted keys",
+                ),
+            );
         }
     };
     let id = verified.release.id;
@@ -714,7 +695,7 @@ pub fn install(
             let msg = format!(
                 "{name} is already running; nothing to do (`--force` reinstalls a clean copy of it)"
             );
-            return t.conclude(AttemptResult::UpToDate, Exit::Done, msg, None);
+            return t.conclude(Cause::UpToDate, msg, None);
         }
         // The running copy may have been changed; a fresh directory beside
         // it gets a clean one, switched to like any release.
@@ -724,15 +705,18 @@ pub fn install(
         {
             Some(dir) => release_dir = dir,
             None => {
-                return t.fail(Failure::new(
-                    format!("cannot reinstall {name}"),
-                    format!(
-                        "{} copies of it are already in {}",
-                        crate::layout::MAX_RELEASE_COPIES,
-                        host.layout.releases_dir().display()
+                return t.fail(
+                    Cause::HostBeforeService,
+                    Failure::new(
+                        format!("cannot reinstall {name}"),
+                        format!(
+                            "{} copies of it are already in {}",
+                            crate::layout::MAX_RELEASE_COPIES,
+                            host.layout.releases_dir().display()
+                        ),
+                        "run `slipway gc` to remove the ones nothing points at, then try again",
                     ),
-                    "run `slipway gc` to remove the ones nothing points at, then try again",
-                ))
+                )
             }
         }
         log.info(format!(
@@ -752,7 +736,7 @@ pub fn install(
                 format!("it is on this host's bad list since {} ({})", bad.at, bad.reason),
                 "fix the release and publish a new version, or retry this one with `slipway install --force`",
             );
-            let mut o = t.conclude(AttemptResult::Skipped, Exit::Skipped, msg, Some(f))?;
+            let mut o = t.conclude(Cause::BadListed, msg, Some(f))?;
             o.rule = Some("bad_release".into());
             return Ok(o);
         }
@@ -765,13 +749,15 @@ pub fn install(
         t.journal.schema_from,
         opts.allow_downgrade || reinstall,
     ) {
-        let hint = match e {
-            VerifyError::Downgrade { .. } | VerifyError::AlreadyInstalled { .. } => {
-                "pass --allow-downgrade to install it anyway"
-            }
+        let cause = failure_model::of_verify_error(&e);
+        let hint = match cause {
+            Cause::Downgrade => "nothing was changed; pass --allow-downgrade to install it anyway",
             _ => "nothing was changed",
         };
-        return t.fail(Failure::new(format!("release {name} refused"), e, hint));
+        return t.fail(
+            cause,
+            Failure::new(format!("release {name} refused"), e, hint),
+        );
     }
     // Step 2: Eligibility, now that the sizes are known.
     if let Err(ineligible) = eligibility(host, &t, &state, &verified.release.manifest, opts) {
@@ -784,11 +770,14 @@ pub fn install(
     t.enter(Step::Stage)?;
     log.info(format!("staging {name}"));
     if let Err(e) = durable::create_dirs(&host.layout.releases_dir()) {
-        return t.fail(Failure::new(
-            "cannot create the releases directory",
-            e,
-            "check permissions of the install root",
-        ));
+        return t.fail(
+            Cause::HostBeforeService,
+            Failure::new(
+                "cannot create the releases directory",
+                e,
+                "check permissions of the install root",
+            ),
+        );
     }
     let dir_name = release_dir
         .file_name()
@@ -803,11 +792,16 @@ pub fn install(
         Ok(dir) => dir,
         Err(e) => {
             t.discard_staged();
-            return t.fail(Failure::new(
-                format!("release {name} refused while unpacking"),
-                e,
-                "nothing was installed; the release archive is damaged or hostile",
-            ));
+            let cause = failure_model::of_stage_error(&e);
+            let hint = if cause == Cause::ArchiveRefused {
+                "nothing was installed; the release archive is damaged or hostile"
+            } else {
+                "nothing was installed; check free space and permissions of the install root"
+            };
+            return t.fail(
+                cause,
+                Failure::new(format!("release {name} refused while unpacking"), e, hint),
+            );
         }
     };
     let now = host.clock.now();
@@ -831,8 +825,8 @@ pub fn install(
 
     // Step 6: Check.
     t.enter(Step::Check)?;
-    if let Some(failure) = run_checks(&t, &target)? {
-        return t.fail(failure);
+    if let Some((cause, failure)) = run_checks(&t, &target)? {
+        return t.fail(cause, failure);
     }
 
     if !host.config.update.auto_restart {
@@ -888,16 +882,18 @@ fn skipped(t: Txn, ineligible: Ineligible) -> Result<Outcome, TxnError> {
     let f = Failure::new(
         "update skipped",
         format!("{} ({})", ineligible.reason, ineligible.rule),
-        "the reason above says what to change; nothing was touched",
+        "nothing was touched",
     );
-    let mut o = t.conclude(AttemptResult::Skipped, Exit::Skipped, msg, Some(f))?;
+    let mut o = t.conclude(ineligible.cause(), msg, Some(f))?;
     o.rule = Some(ineligible.rule.to_string());
     Ok(o)
 }
 
 /// Step 6: the release's check hook and the host's checks, in the staged
-/// directory. A failure ends the transaction with the service untouched.
-fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
+/// directory. A failure ends the transaction with the service untouched:
+/// [`Cause::CheckFailed`] (the release goes on the bad list when the
+/// attempt is recorded), or a host fault when a check could not be run.
+fn run_checks(t: &Txn, target: &Target) -> Result<Option<(Cause, Failure)>, TxnError> {
     let host = t.host;
     let release_check = target.manifest.hooks.check.as_deref();
     if release_check.is_none() && host.config.hooks.check.is_empty() {
@@ -907,7 +903,7 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
         Ok(user) => user,
         Err(failure) => {
             t.discard_staged();
-            return Ok(Some(failure));
+            return Ok(Some((Cause::HostBeforeService, failure)));
         }
     };
     host.log.info(format!(
@@ -945,18 +941,24 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
         }
         Err(e) => {
             let version = target.manifest.version.clone();
-            let reason = format!("check failed: {e}");
-            if let Some(id) = target.id {
-                let mut state = HostState::load_at(&host.layout, host.clock.now())?;
-                state.mark_bad(id, version.clone(), reason.clone(), host.clock.now());
-                state.save(&host.layout)?;
-            }
+            let cause =
+                failure_model::of_hook_error(&e, Cause::CheckFailed, Cause::HostBeforeService);
             t.discard_staged();
-            Ok(Some(Failure::new(
-                format!("{} {} failed its checks", target.manifest.app, version),
-                e,
-                "the service was not touched; fix the release (it is on the bad list; `slipway install --force` retries it)",
-            )))
+            let (what, hint) = if cause == Cause::CheckFailed {
+                (
+                    format!("{} {} failed its checks", target.manifest.app, version),
+                    "the service was not touched; the release is on the bad list (`slipway install --force` retries it)",
+                )
+            } else {
+                (
+                    format!(
+                        "cannot run the checks of {} {}",
+                        target.manifest.app, version
+                    ),
+                    "the service was not touched and the release is not blamed; fix the host",
+                )
+            };
+            Ok(Some((cause, Failure::new(what, e, hint))))
         }
     }
 }
@@ -966,11 +968,14 @@ fn run_checks(t: &Txn, target: &Target) -> Result<Option<Failure>, TxnError> {
 fn make_pending(t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     let host = t.host;
     let Some(id) = target.id else {
-        return t.fail(Failure::new(
-            "cannot record the pending update",
-            "the release id is unknown",
-            "install it again",
-        ));
+        return t.fail(
+            Cause::HostBeforeService,
+            Failure::new(
+                "cannot record the pending update",
+                "the release id is unknown",
+                "install it again",
+            ),
+        );
     };
     let mut state = HostState::load_at(&host.layout, host.clock.now())?;
     state.pending = Some(Pending {
@@ -984,7 +989,7 @@ fn make_pending(t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         "update ready: {} {} is staged and checked; run `slipway apply` to switch to it (auto_restart = false)",
         target.manifest.app, target.manifest.version
     );
-    t.conclude(AttemptResult::Ready, Exit::Done, msg, None)
+    t.conclude(Cause::Ready, msg, None)
 }
 
 /// `slipway apply`: finishes an update staged with `auto_restart = false`,
@@ -992,10 +997,9 @@ fn make_pending(t: Txn, target: &Target) -> Result<Outcome, TxnError> {
 pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     let state = HostState::load_at(&host.layout, host.clock.now())?;
     let Some(pending) = state.pending.clone() else {
-        return Ok(Outcome::new(
+        return Ok(Outcome::of_cause(
             "apply",
-            AttemptResult::UpToDate,
-            Exit::Done,
+            Cause::UpToDate,
             "no update is pending; nothing to apply",
         ));
     };
@@ -1008,7 +1012,7 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     t.journal.release_dir = Some(pending.dir.clone());
     let installed = match read_installed(&host.layout, &pending.dir) {
         Ok(i) => i,
-        Err(f) => return clear_pending_and_fail(t, f),
+        Err(f) => return clear_pending_and_fail(t, Cause::HostBeforeService, f),
     };
     t.journal.schema_to = Some(installed.manifest.schema_version);
     match verify_installed(&pending.dir, &installed.manifest) {
@@ -1022,14 +1026,17 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
                 crate::diff::describe_drift(&drift),
                 "run `slipway update` (or `slipway install`) again to stage it afresh",
             );
-            return clear_pending_and_fail(t, f);
+            return clear_pending_and_fail(t, Cause::HostBeforeService, f);
         }
         Err(e) => {
-            return t.fail(Failure::new(
-                format!("cannot check the staged release {}", pending.dir.display()),
-                e,
-                "check the permissions of the install root",
-            ))
+            return t.fail(
+                Cause::HostBeforeService,
+                Failure::new(
+                    format!("cannot check the staged release {}", pending.dir.display()),
+                    e,
+                    "check the permissions of the install root",
+                ),
+            )
         }
     }
     if let Err(e) = verify::check_upgrade(
@@ -1040,6 +1047,7 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     ) {
         return clear_pending_and_fail(
             t,
+            failure_model::of_verify_error(&e),
             Failure::new(
                 "the pending update no longer applies",
                 e,
@@ -1067,11 +1075,11 @@ pub fn apply(host: &Host) -> Result<Outcome, TxnError> {
     from_save(t, &target)
 }
 
-fn clear_pending_and_fail(t: Txn, f: Failure) -> Result<Outcome, TxnError> {
+fn clear_pending_and_fail(t: Txn, cause: Cause, f: Failure) -> Result<Outcome, TxnError> {
     let mut state = HostState::load_at(&t.host.layout, t.host.clock.now())?;
     state.pending = None;
     state.save(&t.host.layout)?;
-    t.fail(f)
+    t.fail(cause, f)
 }
 
 /// `slipway rollback`: back to `previous` with the same snapshot, quiesce,
@@ -1081,6 +1089,7 @@ fn clear_pending_and_fail(t: Txn, f: Failure) -> Result<Outcome, TxnError> {
 pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
     let links = switch::read_links(&host.layout)?;
     let Some(prev) = links.previous.clone() else {
+        // Nothing was tried: not recorded, no cause.
         let mut o = Outcome::new(
             "rollback",
             AttemptResult::Failed,
@@ -1101,7 +1110,7 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
     let dir = switch::resolve_target(&host.layout, &prev);
     let installed = match read_installed(&host.layout, &dir) {
         Ok(i) => i,
-        Err(f) => return t.fail(f),
+        Err(f) => return t.fail(Cause::HostBeforeService, f),
     };
     t.journal.release_id = installed.id;
     t.journal.version = Some(installed.manifest.version.clone());
@@ -1110,21 +1119,27 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
     match verify_installed(&dir, &installed.manifest) {
         Ok(drift) if drift.is_empty() => {}
         Ok(drift) => {
-            return t.fail(Failure::new(
-                format!(
-                    "the previous release {} no longer matches its manifest",
-                    dir.display()
+            return t.fail(
+                Cause::HostBeforeService,
+                Failure::new(
+                    format!(
+                        "the previous release {} no longer matches its manifest",
+                        dir.display()
+                    ),
+                    crate::diff::describe_drift(&drift),
+                    "reinstall it with `slipway install --allow-downgrade --force SOURCE`",
                 ),
-                crate::diff::describe_drift(&drift),
-                "reinstall it with `slipway install --allow-downgrade --force SOURCE`",
-            ));
+            );
         }
         Err(e) => {
-            return t.fail(Failure::new(
-                format!("cannot check the previous release {}", dir.display()),
-                e,
-                "check the permissions of the install root",
-            ))
+            return t.fail(
+                Cause::HostBeforeService,
+                Failure::new(
+                    format!("cannot check the previous release {}", dir.display()),
+                    e,
+                    "check the permissions of the install root",
+                ),
+            )
         }
     }
     if let Err(e) = verify::check_upgrade(
@@ -1133,11 +1148,14 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
         t.journal.schema_from,
         true,
     ) {
-        return t.fail(Failure::new(
-            format!("cannot roll back to {}", installed.manifest.version),
-            e,
-            "restore the snapshot in backups/ taken before the update that migrated the data, then roll back",
-        ));
+        return t.fail(
+            failure_model::of_verify_error(&e),
+            Failure::new(
+                format!("cannot roll back to {}", installed.manifest.version),
+                e,
+                "restore the snapshot in backups/ taken before the update that migrated the data, then roll back",
+            ),
+        );
     }
     let target = Target {
         dir,
@@ -1170,7 +1188,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         log.info("asking the app to save");
         let timeout = Duration::from_secs(cfg.service.save_timeout_seconds);
         if let Err(e) = snapshot::request_save(&cfg.service, &cwd, timeout) {
-            return t.abort(Failure::new(
+            return t.abort(Cause::HostBeforeService, Failure::new(
                 "the app did not save before the update",
                 e,
                 "the service was not touched; check that it runs and that service.save / save_url work",
@@ -1193,11 +1211,14 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     ) {
         Ok(s) => s,
         Err(e) => {
-            return t.abort(Failure::new(
-                "cannot snapshot the persistence",
-                e,
-                "the service was not touched; check free space in the install root",
-            ));
+            return t.abort(
+                Cause::HostBeforeService,
+                Failure::new(
+                    "cannot snapshot the persistence",
+                    e,
+                    "the service was not touched; check free space in the install root",
+                ),
+            );
         }
     };
     log.debug(format!(
@@ -1213,11 +1234,14 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     let quiesce_method = match QuiesceMethod::from_config(&cfg.service) {
         Ok(m) => m,
         Err(e) => {
-            return t.abort(Failure::new(
-                "the quiesce configuration is invalid",
-                e,
-                "fix [service] quiesce_* in the configuration",
-            ));
+            return t.abort(
+                Cause::HostBeforeService,
+                Failure::new(
+                    "the quiesce configuration is invalid",
+                    e,
+                    "fix [service] quiesce_* in the configuration",
+                ),
+            );
         }
     };
     if t.service_was_running && quiesce_method != QuiesceMethod::None {
@@ -1231,12 +1255,12 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
                 ));
                 t.journal.quiesced = true;
                 if let Some(failure) = refresh_snapshot(&mut t)? {
-                    return t.abort(failure);
+                    return t.abort(Cause::HostServicePaused, failure);
                 }
             }
             Err(e) => {
                 // It may have half-paused: the undo resumes it either way.
-                return t.abort(Failure::new(
+                return t.abort(Cause::HostServicePaused, Failure::new(
                     "the app did not acknowledge the quiesce",
                     e,
                     "the service was not restarted and was asked to resume; check the app and service.quiesce_*",
@@ -1260,13 +1284,14 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     };
     t.journal.data_changed = migrate.is_some();
     t.enter(Step::Migrate)?;
+    // The host's, not the release's: the app is paused by now.
     if let Err(failure) = ensure_app_dirs(host) {
-        return t.abort(failure);
+        return t.abort(Cause::HostServicePaused, failure);
     }
     if let Some((from, argv)) = migrate {
         let user = match host.app_user() {
             Ok(user) => user,
-            Err(failure) => return t.abort(failure),
+            Err(failure) => return t.abort(Cause::HostServicePaused, failure),
         };
         log.info(format!(
             "migrating the data from schema {from} to {schema_to} as {}",
@@ -1285,21 +1310,33 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         let timeout = Duration::from_secs(cfg.hooks.timeout_seconds);
         let log = hook_log_dir(host, &t.journal.txn).join("migrate.log");
         if let Err(e) = hooks::run_hook(&argv, &target.dir, &env, timeout, user, Some(&log)) {
-            if let (Some(id), true) = (target.id, t.journal.op.installs_new_release()) {
+            let cause =
+                failure_model::of_hook_error(&e, Cause::MigrateFailed, Cause::HostServicePaused);
+            // Bad-listed before the undo: if the restore fails, the journal
+            // stays and recovery records the run, but this release must
+            // not be retried whatever happens.
+            if let (Some(id), true) = (
+                target.id,
+                cause.bad_lists() && t.journal.op.installs_new_release(),
+            ) {
                 let mut state = HostState::load_at(&host.layout, host.clock.now())?;
                 state.mark_bad(
                     id,
                     target.manifest.version.clone(),
-                    format!("migrate hook failed: {e}"),
+                    format!("{}: {e}", cause.label()),
                     host.clock.now(),
                 );
                 state.save(&host.layout)?;
             }
-            return t.abort(Failure::new(
-                format!("the migrate hook of {name} failed"),
-                e,
-                "the data was restored from the snapshot and the app resumed; fix the migration (the release is on the bad list)",
-            ));
+            let hint = if cause.bad_lists() {
+                "the data was restored from the snapshot and the app resumed; fix the migration (the release is on the bad list)"
+            } else {
+                "the data was restored from the snapshot and the app resumed; the release is not blamed: fix the host"
+            };
+            return t.abort(
+                cause,
+                Failure::new(format!("the migrate hook of {name} failed"), e, hint),
+            );
         }
     }
 
@@ -1323,7 +1360,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         Err(e) => {
             // The undo of Switch is the flip back: links back, data back if
             // it changed, the old release restarted (unpaused) and gated.
-            return t.abort(Failure::new(
+            return t.abort(Cause::HostServicePaused, Failure::new(
                 "cannot switch to the new release",
                 e,
                 "the old release is still current; check the install root's permissions and free space",
@@ -1335,7 +1372,14 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     t.enter(Step::Restart)?;
     log.info(format!("restarting {}", host.service.describe()));
     if let Err(e) = host.service.restart() {
-        return flip_back(t, target, format!("restart failed: {e}"));
+        // The restart command (or systemctl) is the host's: a release that
+        // does not start shows up in the health gate instead.
+        return flip_back(
+            t,
+            target,
+            Cause::HostAfterSwitch,
+            format!("restart failed: {e}"),
+        );
     }
     t.journal.quiesced = false;
     let baseline = host.service.status().ok().map(|s| s.restarts);
@@ -1350,7 +1394,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
             report.polls,
             ms(report.elapsed)
         )),
-        Err(e) => return flip_back(t, target, e.to_string()),
+        Err(e) => return flip_back(t, target, failure_model::of_health_error(&e), e.to_string()),
     }
 
     // Step 13: Commit.
@@ -1437,11 +1481,11 @@ fn commit(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
             t.switch_latency.map_or(0, us)
         )
     };
-    let result = AttemptResult::Updated;
     t.journal.decision = Some(Decision {
-        result,
+        result: AttemptResult::Updated,
         message: message.clone(),
         at: now,
+        cause: Some(Cause::Updated),
     });
     t.enter(Step::Commit)?;
     finish_commit(host, &t.journal)?;
@@ -1450,8 +1494,8 @@ fn commit(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     t.enter(Step::Collect)?;
     collect(host);
     journal::finish(&host.layout)?;
-    host.log.info(&message);
-    Ok(t.outcome(result, Exit::Done, message))
+    // The result line is the caller's to print (once).
+    Ok(t.outcome(Cause::Updated, message))
 }
 
 /// The idempotent part of a commit: clear the pending update, take the
@@ -1509,18 +1553,14 @@ fn report_decision(host: &Host, j: &Journal, duration_ms: u64) -> Result<(), Txn
         release_id: j.release_id,
         message: decision.message.clone(),
         duration_ms,
+        cause: Some(
+            decision
+                .cause
+                .unwrap_or_else(|| Cause::of_legacy_result(decision.result)),
+        ),
+        auto: j.auto,
     };
-    let bad = match (decision.result, j.release_id, &j.version) {
-        (AttemptResult::RolledBack, Some(id), Some(v)) => Some((
-            id,
-            v.clone(),
-            j.failure
-                .clone()
-                .unwrap_or_else(|| "failed the health gate".to_string()),
-        )),
-        _ => None,
-    };
-    record_and_report(host, attempt, bad)
+    record_and_report(host, attempt, j.failure.clone())
 }
 
 /// Step 15: keep the newest releases and snapshots.
@@ -1546,80 +1586,106 @@ fn collect(host: &Host) {
     }
 }
 
-/// Step 13, failure: put the old release back.
-fn flip_back(mut t: Txn, target: &Target, reason: String) -> Result<Outcome, TxnError> {
+/// Step 13, failure: put the old release back. `cause` says whose fault
+/// the failure was; when the old release is not healthy either, the host
+/// is blamed instead of the release ([`Cause::HostAfterSwitch`]), since two
+/// releases failing the same gate say more about the host than about the
+/// new one.
+fn flip_back(
+    mut t: Txn,
+    target: &Target,
+    cause: Cause,
+    reason: String,
+) -> Result<Outcome, TxnError> {
     let host = t.host;
+    let rolled_back_op = t.journal.op.installs_new_release();
+    let cause = if rolled_back_op {
+        cause
+    } else {
+        Cause::RollbackUnhealthy
+    };
     host.log.warn(format!(
         "{} {} is unhealthy: {reason}; flipping back",
         target.manifest.app, target.manifest.version
     ));
     t.journal.failure = Some(reason.clone());
+    t.journal.failure_cause = Some(cause);
     t.enter(Step::FlipBack)?;
     let result = flip_back_actions(host, &t.journal)?;
     t.flip_back_latency = result.latency;
-    let rolled_back_op = t.journal.op.installs_new_release();
-    let old = t
-        .journal
-        .from_version
-        .as_ref()
-        .map_or_else(|| "nothing (first install)".to_string(), |v| v.to_string());
-    let mut message = if rolled_back_op {
-        format!(
-            "{} {} failed ({reason}); flipped back to {old} and put {} on the bad list",
-            target.manifest.app,
-            target.manifest.version,
-            target.id.map_or_else(|| "it".to_string(), |i| i.short())
-        )
-    } else {
-        format!(
-            "rollback to {} failed ({reason}); flipped forward to {old} again",
-            target.manifest.version
-        )
-    };
-    if let Some(problem) = &result.old_unhealthy {
-        message.push_str(&format!(
-            "; CRITICAL: the old release is not healthy either: {problem}"
-        ));
-    }
-    let decision = if rolled_back_op {
-        AttemptResult::RolledBack
-    } else {
-        AttemptResult::Failed
-    };
+    let cause = blame_after_flip_back(cause, result.old_unhealthy.is_some());
+    let (message, failure) = flip_back_message(&t.journal, cause, &reason, &result);
     t.journal.decision = Some(Decision {
-        result: decision,
+        result: cause.result(),
         message: message.clone(),
         at: host.clock.now(),
+        cause: Some(cause),
     });
     t.enter(Step::Report)?;
     report_decision(host, &t.journal, ms(t.started.elapsed()))?;
     t.enter(Step::Collect)?;
     collect(host);
     journal::finish(&host.layout)?;
-    let exit = if rolled_back_op {
-        Exit::RolledBack
-    } else {
-        Exit::Failed
-    };
-    let mut o = t.outcome(decision, exit, message.clone());
+    let mut o = t.outcome(cause, message);
     o.critical = result.old_unhealthy.is_some();
-    o.failure = Some(Failure::new(
-        if rolled_back_op {
-            format!(
-                "{} {} failed after the switch and was rolled back",
-                target.manifest.app, target.manifest.version
-            )
-        } else {
-            "the rollback failed".to_string()
-        },
-        message,
-        if result.old_unhealthy.is_some() {
-            "the service needs attention now: see `slipway status` and the service's log"
-        } else if rolled_back_op {
-            "the old release runs again; fix the release and publish a new version (`slipway install --force` retries this one)"
-        } else {
-            "the release you rolled back from runs again; see `slipway status`"
-        },
-    ));
+    o.failure = Some(failure);
     Ok(o)
+}
+
+/// A failure after the switch was the release's only if the old release
+/// came back healthy.
+fn blame_after_flip_back(cause: Cause, old_unhealthy: bool) -> Cause {
+    if old_unhealthy && cause.bad_lists() {
+        Cause::HostAfterSwitch
+    } else {
+        cause
+    }
+}
+
+/// The result line and the error of a flip back (also for `recover`).
+fn flip_back_message(
+    j: &Journal,
+    cause: Cause,
+    reason: &str,
+    result: &FlippedBack,
+) -> (String, Failure) {
+    let version = j
+        .version
+        .as_ref()
+        .map_or_else(|| "the release".to_string(), |v| v.to_string());
+    let old = j
+        .from_version
+        .as_ref()
+        .map_or_else(|| "nothing (first install)".to_string(), |v| v.to_string());
+    let mut message = if cause == Cause::RollbackUnhealthy {
+        format!("rollback to {version} failed ({reason}); flipped forward to {old} again")
+    } else {
+        format!("{version} failed after the switch ({reason}); flipped back to {old}")
+    };
+    if cause.bad_lists() {
+        let id = j.release_id.map_or_else(|| "it".to_string(), |i| i.short());
+        message.push_str(&format!(" and put {id} on the bad list"));
+    } else if cause == Cause::HostAfterSwitch {
+        message.push_str("; a host fault, so the release is not bad-listed");
+    }
+    if let Some(problem) = &result.old_unhealthy {
+        message.push_str(&format!(
+            "; CRITICAL: the old release is not healthy either: {problem}"
+        ));
+    }
+    let what = if cause == Cause::RollbackUnhealthy {
+        "the rollback failed".to_string()
+    } else {
+        format!("{version} failed after the switch and was rolled back")
+    };
+    let hint = if result.old_unhealthy.is_some() {
+        "the service needs attention now: see `slipway status` and the service's log"
+    } else if cause == Cause::RollbackUnhealthy {
+        "the release you rolled back from runs again; see `slipway status`"
+    } else if cause.bad_lists() {
+        "the old release runs again; fix the release and publish a new version (`slipway install --force` retries this one)"
+    } else {
+        "the old release runs again; fix the host (the restart command or the service), then run the update again"
+    };
+    (message.clone(), Failure::new(what, message, hint))
 }

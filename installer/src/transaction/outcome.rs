@@ -27,6 +27,9 @@ impl Failure {
 pub struct Outcome {
     pub op: String,
     pub result: AttemptResult,
+    /// Why it ended so: the row of the failure table (`docs/transaction.md`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
     #[serde(skip)]
     pub exit: Exit,
     pub exit_code: i32,
@@ -62,14 +65,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// An outcome with nothing but a result and a message.
-    pub fn simple(
-        op: &str,
-        result: AttemptResult,
-        exit: Exit,
-        message: impl Into<String>,
-    ) -> Outcome {
-        Outcome::new(op, result, exit, message)
+    /// An outcome with nothing but a cause (which gives the result and the
+    /// exit code) and a message.
+    pub fn of_cause(op: &str, cause: Cause, message: impl Into<String>) -> Outcome {
+        let mut o = Outcome::new(op, cause.result(), cause.exit(), message);
+        o.cause = Some(cause);
+        o
     }
 
     pub(super) fn new(
@@ -81,6 +82,7 @@ impl Outcome {
         Outcome {
             op: op.to_string(),
             result,
+            cause: None,
             exit,
             exit_code: exit as i32,
             message: message.into(),

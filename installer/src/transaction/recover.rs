@@ -70,9 +70,12 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
     // table a run that fails the step uses.
     let undo = j.step.undo();
     let undone = undo_step(host, &j)?;
-    let (result, message, flip_latency) = match undo {
+    // What recovery did is a `recovered` run, never a failure; only a run
+    // that had already found its release at fault (killed while flipping
+    // back) is recorded as that fault, as it would have been.
+    let (cause, message, flip_latency) = match undo {
         Undo::Discard => (
-            AttemptResult::Failed,
+            Cause::Recovered,
             format!(
                 "interrupted at step {} before the service was touched; cleaned up",
                 j.step
@@ -80,7 +83,7 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
             None,
         ),
         Undo::RestoreAndResume => (
-            AttemptResult::Failed,
+            Cause::Recovered,
             format!(
                 "interrupted at step {} before the switch; {}app resumed",
                 j.step,
@@ -100,46 +103,38 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
                     "run `slipway recover` again",
                 ));
             };
-            let health_failed = j.step == Step::FlipBack && j.op.installs_new_release();
-            let mut message = if health_failed {
-                format!(
-                    "interrupted while flipping back from {} ({}); flipped back",
-                    version_text(j.version.as_ref()),
-                    j.failure.clone().unwrap_or_default()
+            critical = flipped.old_unhealthy.is_some();
+            let (cause, mut message) = if j.step == Step::FlipBack {
+                let decided = j.failure_cause.unwrap_or(if j.op.installs_new_release() {
+                    Cause::Unhealthy
+                } else {
+                    Cause::RollbackUnhealthy
+                });
+                let cause = blame_after_flip_back(decided, critical);
+                (
+                    cause,
+                    format!(
+                        "interrupted while flipping back from {} ({}); flipped back",
+                        version_text(j.version.as_ref()),
+                        j.failure.clone().unwrap_or_default()
+                    ),
                 )
             } else {
-                format!(
-                    "interrupted at step {}; flipped back to {}",
-                    j.step,
-                    version_text(j.from_version.as_ref())
+                (
+                    Cause::Recovered,
+                    format!(
+                        "interrupted at step {}; flipped back to {}",
+                        j.step,
+                        version_text(j.from_version.as_ref())
+                    ),
                 )
             };
             if let Some(problem) = &flipped.old_unhealthy {
-                critical = true;
                 message.push_str(&format!(
                     "; CRITICAL: the old release is not healthy: {problem}"
                 ));
             }
-            if health_failed {
-                if let (Some(id), Some(v)) = (j.release_id, j.version.clone()) {
-                    let mut state = HostState::load_at(&host.layout, host.clock.now())?;
-                    state.mark_bad(
-                        id,
-                        v,
-                        j.failure
-                            .clone()
-                            .unwrap_or_else(|| "failed the health gate".into()),
-                        host.clock.now(),
-                    );
-                    state.save(&host.layout)?;
-                }
-            }
-            let result = if health_failed {
-                AttemptResult::RolledBack
-            } else {
-                AttemptResult::Failed
-            };
-            (result, message, flipped.latency)
+            (cause, message, flipped.latency)
         }
         Undo::Finish => {
             let decided = j.decision.clone();
@@ -159,13 +154,14 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
                             version_text(j.version.as_ref())
                         ),
                         at: host.clock.now(),
+                        cause: Some(Cause::Updated),
                     });
                 }
                 report_decision(host, &jd, ms(started.elapsed()))?;
             }
             collect(host);
             (
-                result,
+                Cause::Recovered,
                 format!(
                     "interrupted at step {} after the decision ({result}); finished it",
                     j.step
@@ -178,12 +174,15 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
     let attempt = Attempt {
         op: "recover".into(),
         at,
-        result,
+        result: cause.result(),
         from_version: j.from_version.clone(),
         version: j.version.clone(),
         release_id: j.release_id,
         message: format!("{} of txn {}: {message}", j.op, j.txn),
         duration_ms: ms(started.elapsed()),
+        cause: Some(cause),
+        // The interrupted run's attempt, if it was the timer's.
+        auto: j.auto,
     };
     // Past Commit the decided attempt is (now) counted: the recover entry
     // is shown as the last attempt but not counted again.
@@ -191,18 +190,19 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
         let mut state = HostState::load_at(&host.layout, at)?;
         state.last_attempt = Some(attempt.clone());
         state.save(&host.layout)?;
-        report_with_current(host, &state, &attempt);
+        crate::report::append_history(&host.layout, &attempt)
+            .unwrap_or_else(|e| log.warn(format!("{e}")));
     } else {
-        record_and_report(host, attempt, None)?;
+        record_and_report(host, attempt, j.failure.clone())?;
     }
     journal::finish(&host.layout)?;
-    log.info(format!("recovered: {message}"));
-    let exit = match result {
-        AttemptResult::Updated => Exit::Done,
-        AttemptResult::RolledBack => Exit::RolledBack,
-        _ => Exit::Failed,
-    };
-    let mut o = Outcome::new("recover", result, exit, message);
+    log.debug(format!("recovered: {message}"));
+    // Recovery itself succeeded: the host is consistent again. Only an old
+    // release that is not healthy afterwards makes it fail.
+    let exit = if critical { Exit::Failed } else { Exit::Done };
+    let mut o = Outcome::of_cause("recover", cause, message);
+    o.exit = exit;
+    o.exit_code = exit as i32;
     o.from_version = j.from_version.clone();
     o.version = j.version.clone();
     o.release_id = j.release_id;
