@@ -298,6 +298,36 @@ impl Dir {
             .map_err(AppDirError::errno("rename", &self.child(from)))
     }
 
+    /// Removes the temporary files of [`Dir::write_file_atomic`] that a
+    /// killed run left here (`.<name>.tmp.<pid>`, another process's pid, a
+    /// regular file); nothing is followed. For a caller holding the
+    /// transaction lock, so that none belongs to a live writer. Returns how
+    /// many went.
+    pub fn remove_stale_temps(&self) -> Result<usize, AppDirError> {
+        let own = std::process::id().to_string();
+        let mut removed = 0;
+        for name in self.names()? {
+            let text = name.to_string_lossy().into_owned();
+            let Some((rest, pid)) = text.rsplit_once('.') else {
+                continue;
+            };
+            let temp = text.starts_with('.')
+                && rest.ends_with(".tmp")
+                && !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && pid != own;
+            if temp && self.entry_metadata(&name)?.is_some_and(|m| m.is_file()) {
+                rustix::fs::unlinkat(self, &*name, AtFlags::empty())
+                    .map_err(AppDirError::errno("remove", &self.child(&name)))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.sync()?;
+        }
+        Ok(removed)
+    }
+
     /// Removes `name` and everything under it, without following a symlink
     /// at any level (a symlink is removed, not its target). A missing
     /// `name` is fine.
@@ -625,6 +655,27 @@ pub fn same_inode(a: &Metadata, b: &Metadata) -> bool {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn stale_temporary_files_go_and_nothing_else_does() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let own = format!(".update_state.json.tmp.{}", std::process::id());
+        for name in [
+            ".update_state.json.tmp.99999999",
+            own.as_str(),
+            "version.json",
+            ".x.tmp.abc",
+        ] {
+            fs::write(tmp.path().join(name), b"x").expect("write");
+        }
+        fs::create_dir(tmp.path().join(".dir.tmp.12")).expect("dir");
+        let dir = Dir::open_trusted(tmp.path()).expect("open");
+        assert_eq!(dir.remove_stale_temps().expect("sweep"), 1);
+        assert!(!tmp.path().join(".update_state.json.tmp.99999999").exists());
+        for kept in [own.as_str(), "version.json", ".x.tmp.abc", ".dir.tmp.12"] {
+            assert!(tmp.path().join(kept).exists(), "{kept}");
+        }
+    }
 
     #[test]
     fn a_walk_reports_links_as_links_and_never_enters_them() {

@@ -52,6 +52,19 @@ pub fn recover(host: &Host) -> Result<Option<Outcome>, TxnError> {
             ));
         }
     }
+    // ...and in `<persistence>/meta/`, through directory descriptors (the
+    // app owns that tree; nothing in it is followed).
+    let meta = crate::app_dir::open_persistence(host.persistence())
+        .and_then(|p| match p {
+            Some(p) => p.open_dir(std::ffi::OsStr::new("meta")),
+            None => Ok(None),
+        })
+        .and_then(|m| m.map(|m| m.remove_stale_temps()).transpose());
+    if let Err(e) = meta {
+        log.warn(format!(
+            "cannot remove leftover temporary files in meta/: {e}"
+        ));
+    }
     let Some(j) = journal::load(&host.layout)? else {
         return Ok(None);
     };
