@@ -246,39 +246,79 @@ impl OutputLog {
     }
 }
 
-type Sinks = (
-    Arc<Mutex<Tail>>,
-    Arc<Mutex<Tail>>,
-    Option<Arc<Mutex<OutputLog>>>,
-);
+/// Where one stream's bytes go: its own tail, then (under one lock, so the
+/// order is kept) the interleaved tail and the log.
+struct Sinks {
+    tail: Arc<Mutex<Tail>>,
+    combined: Arc<Mutex<Tail>>,
+    log: Option<Arc<Mutex<OutputLog>>>,
+}
 
-fn spawn_reader<R: Read + Send + 'static>(mut stream: R, sinks: Sinks) -> JoinHandle<()> {
-    let (tail, combined, log) = sinks;
+impl Sinks {
+    fn push(&self, chunk: &[u8]) {
+        if let Ok(mut t) = self.tail.lock() {
+            t.push(chunk);
+        }
+        if let Ok(mut c) = self.combined.lock() {
+            c.push(chunk);
+            if let Some(log) = &self.log {
+                if let Ok(mut l) = log.lock() {
+                    l.push(chunk);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the command's pipes (one shared by stdout and stderr, or one
+/// each) in one thread, with `poll`; when both of two pipes are readable,
+/// stdout is read first. Only a shared pipe keeps the exact order of
+/// writes across the two streams; with two, chunks that arrive between two
+/// polls may be taken in either order.
+fn spawn_reader(mut streams: Vec<(Box<dyn ReadFd>, Sinks)>) -> JoinHandle<()> {
+    use rustix::event::{PollFd, PollFlags};
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if let Ok(mut t) = tail.lock() {
-                        t.push(&buf[..n]);
-                    }
-                    // One lock for both, so chunks keep their order in the
-                    // interleaved tail and in the log.
-                    if let Ok(mut c) = combined.lock() {
-                        c.push(&buf[..n]);
-                        if let Some(log) = &log {
-                            if let Ok(mut l) = log.lock() {
-                                l.push(&buf[..n]);
-                            }
-                        }
-                    }
+        while !streams.is_empty() {
+            let ready: Vec<bool> = {
+                let mut fds: Vec<PollFd<'_>> = streams
+                    .iter()
+                    .map(|(s, _)| PollFd::from_borrowed_fd(s.fd(), PollFlags::IN))
+                    .collect();
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) => fds.iter().map(|f| !f.revents().is_empty()).collect(),
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => return,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+            };
+            let mut closed = Vec::new();
+            for (i, ((stream, sinks), ready)) in streams.iter_mut().zip(ready).enumerate() {
+                if !ready {
+                    continue;
+                }
+                match stream.read(&mut buf) {
+                    Ok(0) => closed.push(i),
+                    Ok(n) => sinks.push(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => closed.push(i),
+                }
+            }
+            for i in closed.into_iter().rev() {
+                streams.remove(i);
             }
         }
     })
+}
+
+/// A pipe end the reader can both poll and read.
+trait ReadFd: Read + Send {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+
+impl<T: Read + Send + std::os::fd::AsFd> ReadFd for T {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.as_fd()
+    }
 }
 
 fn take_tail(tail: &Arc<Mutex<Tail>>) -> String {
@@ -400,6 +440,23 @@ fn run_process(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // A hook's stdout and stderr share one pipe (as `2>&1` would), so its
+    // output reads in the order it was written: a compiler's error on
+    // stdout and a traceback on stderr stay in sequence. The service's
+    // commands keep two pipes: their stdout is parsed (`systemctl show`).
+    let mut shared_pipe = None;
+    if matches!(runner, Runner::App(_)) {
+        let (reader, writer) = std::io::pipe().map_err(|source| HookError::Io {
+            argv: display_argv(argv),
+            source,
+        })?;
+        let writer2 = writer.try_clone().map_err(|source| HookError::Io {
+            argv: display_argv(argv),
+            source,
+        })?;
+        command.stdout(writer).stderr(writer2);
+        shared_pipe = Some(reader);
+    }
     match runner {
         Runner::Updater => {
             for name in HOOK_ENV_VARS {
@@ -428,7 +485,11 @@ fn run_process(
         env.iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v))),
     );
-    let mut child = command.spawn().map_err(|source| HookError::Spawn {
+    let spawned = command.spawn();
+    // The parent's copies of a shared pipe's write end close with the
+    // command, so that the reader sees the end when the hook's group does.
+    drop(command);
+    let mut child = spawned.map_err(|source| HookError::Spawn {
         program: program.clone(),
         cwd: cwd.to_path_buf(),
         source,
@@ -459,19 +520,29 @@ fn run_process(
             })
     });
     let kept_log = log.as_ref().and(log_path.map(Path::to_path_buf));
-    let mut readers = Vec::with_capacity(2);
-    if let Some(s) = child.stdout.take() {
-        readers.push(spawn_reader(
-            s,
-            (Arc::clone(&out_tail), Arc::clone(&combined), log.clone()),
-        ));
+    let out_sinks = Sinks {
+        tail: Arc::clone(&out_tail),
+        combined: Arc::clone(&combined),
+        log: log.clone(),
+    };
+    let err_sinks = Sinks {
+        tail: Arc::clone(&err_tail),
+        combined: Arc::clone(&combined),
+        log: log.clone(),
+    };
+    let mut streams: Vec<(Box<dyn ReadFd>, Sinks)> = Vec::with_capacity(2);
+    let one_pipe = shared_pipe.is_some();
+    if let Some(r) = shared_pipe {
+        streams.push((Box::new(r), out_sinks));
+    } else {
+        if let Some(s) = child.stdout.take() {
+            streams.push((Box::new(s), out_sinks));
+        }
+        if let Some(s) = child.stderr.take() {
+            streams.push((Box::new(s), err_sinks));
+        }
     }
-    if let Some(s) = child.stderr.take() {
-        readers.push(spawn_reader(
-            s,
-            (Arc::clone(&err_tail), Arc::clone(&combined), log.clone()),
-        ));
-    }
+    let reader = spawn_reader(streams);
 
     let deadline = deadline_after(started, timeout);
     let exited = match wait_until(&child, deadline) {
@@ -504,19 +575,18 @@ fn run_process(
     // left the group (setsid) could hold them forever: wait briefly, then
     // take the tails as they are and leave the reader threads to finish.
     let grace_end = Instant::now() + PIPE_GRACE;
-    for reader in readers {
-        while !reader.is_finished() && Instant::now() < grace_end {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if reader.is_finished() {
-            let _ = reader.join();
-        }
+    while !reader.is_finished() && Instant::now() < grace_end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if reader.is_finished() {
+        let _ = reader.join();
     }
 
     let output = CommandOutput {
         status: status_code(status),
         stdout_tail: take_tail(&out_tail),
-        stderr_tail: take_tail(&err_tail),
+        // One pipe: stderr is in the same stream.
+        stderr_tail: take_tail(if one_pipe { &out_tail } else { &err_tail }),
         output_tail: take_tail(&combined),
         log: kept_log,
         duration: started.elapsed(),
@@ -704,7 +774,7 @@ mod tests {
         let log = dir.path().join("out/check-1.log");
         // Like `python -m compileall`: the reason is on stdout.
         let script = "for i in $(seq 1 25); do echo \"line $i\"; done; \
-                      echo 'SyntaxError: invalid syntax' >&2; sleep 0.5; echo 'after' ; exit 1";
+                      echo 'SyntaxError: invalid syntax' >&2; echo 'after' ; exit 1";
         let err = run_hook(
             &argv(&["sh", "-c", script]),
             Path::new("/"),
