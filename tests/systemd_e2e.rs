@@ -299,6 +299,9 @@ fn systemd_update_restarts_the_unit_then_flips_back_an_unhealthy_release() -> Re
     let o = slipway_json(&c, &["install", &archive(&releases, "1.0.0")?], 0)?;
     assert_eq!(o["result"], "updated", "{o}");
     wait_healthy(&c, "1.0.0")?;
+    // The first install enabled the unit: the bot comes back after a reboot.
+    let enabled = c.exec(&["systemctl", "is-enabled", UNIT])?;
+    assert_eq!(enabled.stdout_text().trim(), "enabled");
     let pid1 = main_pid(&c)?;
     assert!(pid1 > 0);
 
@@ -405,8 +408,19 @@ fn systemd_failing_check_never_restarts_the_unit() -> Result<()> {
         ],
     )?;
     let c = boot("slipway-check", &releases)?;
+    // An operator who enables units by their own means.
+    let config = c
+        .read_to_string(CONFIG)?
+        .replace("[service]\n", "[service]\nenable_on_install = false\n");
+    c.write_file(CONFIG, config, 0o644)?;
     slipway_json(&c, &["install", &archive(&releases, "1.0.0")?], 0)?;
     wait_healthy(&c, "1.0.0")?;
+    let enabled = c.exec(&["systemctl", "is-enabled", UNIT])?;
+    assert_eq!(
+        enabled.stdout_text().trim(),
+        "disabled",
+        "enable_on_install = false"
+    );
     let pid = main_pid(&c)?;
     let restarts = c.unit_state(UNIT)?.n_restarts;
     let journal_before = c.journal(UNIT)?;

@@ -210,6 +210,10 @@ pub struct ServiceConfig {
     /// The service's group (default: the unit's `Group=`, else the user's
     /// primary group).
     pub group: Option<String>,
+    /// The first install (no release before it) enables the unit, so that
+    /// the service starts again after a reboot (`manager = "systemd"`:
+    /// `systemctl enable`). `false` leaves enabling to the operator.
+    pub enable_on_install: bool,
 }
 
 impl Default for ServiceConfig {
@@ -237,6 +241,7 @@ impl Default for ServiceConfig {
             save_timeout_seconds: 60,
             user: None,
             group: None,
+            enable_on_install: true,
         }
     }
 }

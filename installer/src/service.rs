@@ -148,6 +148,16 @@ impl Service {
         }
     }
 
+    /// Makes the service start at boot (`systemctl enable`; idempotent).
+    /// Returns false when the backend has no such notion (a command
+    /// backend, or none): its own setup decides what runs at boot.
+    pub fn enable(&self) -> Result<bool, ServiceError> {
+        match self {
+            Service::Systemd { unit } => self.systemctl("enable", unit).map(|_| true),
+            Service::Command { .. } | Service::None => Ok(false),
+        }
+    }
+
     /// Starts a stopped service (systemd); for the other backends, a restart.
     pub fn start(&self) -> Result<(), ServiceError> {
         match self {

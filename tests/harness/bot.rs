@@ -17,6 +17,8 @@ pub fn bot_unit(root: &str, data: &str) -> String {
          Environment=PYTHONDONTWRITEBYTECODE=1\n\
          ExecStart=/usr/bin/python3 -m bot --port 8080 --persistence {data}\n\
          Restart=always\n\
-         RestartSec=1\n"
+         RestartSec=1\n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
     )
 }

@@ -1536,7 +1536,29 @@ fn finish_commit(host: &Host, j: &Journal) -> Result<(), TxnError> {
             })
         })?;
     }
+    enable_after_first_install(host, j);
     Ok(())
+}
+
+/// The first install (no release before it) enables the unit, so that the
+/// service comes back after a reboot, unless `[service] enable_on_install`
+/// is false. Enabling is not part of the release: a failure (a polkit rule
+/// that allows only restarts) is a warning with the command that fixes it.
+fn enable_after_first_install(host: &Host, j: &Journal) {
+    if j.old_release.is_some() || !host.config.service.enable_on_install {
+        return;
+    }
+    match host.service.enable() {
+        Ok(true) => host.log.info(format!(
+            "enabled {}: it starts at boot ([service] enable_on_install)",
+            host.service.describe()
+        )),
+        Ok(false) => {}
+        Err(e) => host.log.warn(format!(
+            "{e}; the service will not start at boot until `systemctl enable {}` is run",
+            host.config.service.unit
+        )),
+    }
 }
 
 /// Step 14 for a decided transaction: record the attempt (once) and report.
