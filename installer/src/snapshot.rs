@@ -143,6 +143,45 @@ struct SnapshotRecord {
     skipped: Vec<String>,
     /// Seconds since the epoch, for ordering.
     created_unix: u64,
+    /// Which release and schema the data belonged to, and why it was
+    /// taken (absent in snapshots from before these were recorded).
+    #[serde(default)]
+    about: SnapshotAbout,
+}
+
+/// What a snapshot is of, for `slipway backups` and the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotAbout {
+    /// Why it was taken: `pre-update` (before the migration of an update),
+    /// `paused` (again after the quiesce, when the app saved), `kept-aside`
+    /// (the data a flip back or a restore replaced), `pre-restore` (before
+    /// `slipway restore`), `manual`.
+    pub reason: String,
+    /// The release that wrote the data (the one running when it was taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its directory under `releases/` (`<version>-<id12>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The data's schema version, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<u32>,
+}
+
+/// A snapshot as `slipway backups` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    /// Its name under `backups/` (what `slipway restore` takes).
+    pub name: String,
+    pub dir: PathBuf,
+    /// Seconds since the epoch.
+    pub created_unix: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub digest: String,
+    #[serde(flatten)]
+    pub about: SnapshotAbout,
 }
 
 /// Asks the app to persist now, before the snapshot: `POST save_url` (2xx)
@@ -195,6 +234,17 @@ pub fn take_snapshot(
     persistence: &Path,
     backups_dir: &Path,
     stamp: &str,
+) -> Result<Snapshot, SnapshotError> {
+    take_snapshot_about(persistence, backups_dir, stamp, &SnapshotAbout::default())
+}
+
+/// [`take_snapshot`], recording which release and schema the data belongs
+/// to and why the snapshot was taken.
+pub fn take_snapshot_about(
+    persistence: &Path,
+    backups_dir: &Path,
+    stamp: &str,
+    about: &SnapshotAbout,
 ) -> Result<Snapshot, SnapshotError> {
     if stamp.is_empty()
         || stamp.starts_with('.')
@@ -249,6 +299,7 @@ pub fn take_snapshot(
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            about: about.clone(),
         };
         let record_path = partial.join(RECORD_FILE);
         write_json_atomic(&record_path, &record).map_err(io_error("write", &record_path))?;
@@ -321,6 +372,45 @@ pub fn list_snapshots(backups_dir: &Path) -> Vec<Snapshot> {
     }
     found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
     found.into_iter().map(|(_, _, s)| s).collect()
+}
+
+/// Every complete snapshot in `backups_dir` with its record, newest first.
+pub fn list_snapshot_infos(backups_dir: &Path) -> Vec<SnapshotInfo> {
+    let Ok(entries) = fs::read_dir(backups_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<SnapshotInfo> = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.as_bytes().ends_with(PARTIAL_SUFFIX.as_bytes()) || !path.is_dir() {
+            continue;
+        }
+        let Some(record) = fs::read_to_string(path.join(RECORD_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<SnapshotRecord>(&t).ok())
+        else {
+            continue;
+        };
+        if !path.join(DATA_DIR).is_dir() {
+            continue;
+        }
+        found.push(SnapshotInfo {
+            name: name.to_string_lossy().into_owned(),
+            dir: path,
+            created_unix: record.created_unix,
+            files: record.files,
+            bytes: record.bytes,
+            digest: record.digest,
+            about: record.about,
+        });
+    }
+    found.sort_by(|a, b| {
+        b.created_unix
+            .cmp(&a.created_unix)
+            .then_with(|| b.name.cmp(&a.name))
+    });
+    found
 }
 
 /// SHA-256 over the sorted entries of `dir` (path, type, mode, size, and the

@@ -1204,10 +1204,11 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     // Step 7b: Snapshot.
     t.enter(Step::Snapshot)?;
     log.info(format!("snapshotting {}", host.persistence().display()));
-    let snap = match snapshot::take_snapshot(
+    let snap = match snapshot::take_snapshot_about(
         host.persistence(),
         &host.layout.backups_dir(),
         &t.journal.txn,
+        &running_data_about(&t.journal, "pre-update"),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -1432,7 +1433,12 @@ fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
     }
     let stamp = format!("{}-paused", t.journal.txn);
     let fresh =
-        match snapshot::take_snapshot(host.persistence(), &host.layout.backups_dir(), &stamp) {
+        match snapshot::take_snapshot_about(
+            host.persistence(),
+            &host.layout.backups_dir(),
+            &stamp,
+            &running_data_about(&t.journal, "paused"),
+        ) {
             Ok(fresh) => fresh,
             Err(e) => {
                 return Ok(Some(Failure::new(
@@ -1453,6 +1459,21 @@ fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
     host.log
         .debug("data changed while quiescing: snapshot taken again");
     Ok(None)
+}
+
+/// What a snapshot of the data before this transaction's migration is of:
+/// the release running when it began, at the data's schema then.
+fn running_data_about(j: &Journal, reason: &str) -> snapshot::SnapshotAbout {
+    snapshot::SnapshotAbout {
+        reason: reason.to_string(),
+        version: j.from_version.as_ref().map(|v| v.to_string()),
+        release: j
+            .old_release
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+        schema: j.schema_from,
+    }
 }
 
 /// Step 13, success: the new release is healthy.
