@@ -194,6 +194,29 @@ class HttpTests(BotTestCase):
         self.assertFalse(self.marker.exists())
         self.assertTrue(wait_until(lambda: self.ticks(port) > paused_at, timeout=3.0))
 
+    def test_probation_for_this_version_starts_paused_until_resumed(self):
+        meta = self.persistence / "meta"
+        meta.mkdir(parents=True)
+        (meta / "probation.json").write_text(json.dumps(
+            {"version": VERSION, "release": f"{VERSION}-000000000000", "since": "2026-12-02T00:00:00Z"}))
+        proc, port = self.start(self.make_release())
+        status, health = http("GET", port, "/health")
+        self.assertEqual(status, 200)
+        self.assertIs(health["paused"], True)
+        time.sleep(1.2)  # more than two tick periods: no trade
+        health = http("GET", port, "/health")[1]
+        self.assertEqual((health["ticks"], health["trades"]), (0, 0))
+        self.assertEqual(http("POST", port, "/admin/resume"), (200, {"paused": False}))
+        self.assertTrue(wait_until(lambda: self.ticks(port) >= 1, timeout=3.0))
+
+    def test_probation_for_another_version_is_ignored(self):
+        meta = self.persistence / "meta"
+        meta.mkdir(parents=True)
+        (meta / "probation.json").write_text(json.dumps({"version": "9.9.9"}))
+        proc, port = self.start(self.make_release())
+        self.assertIs(http("GET", port, "/health")[1]["paused"], False)
+        self.assertTrue(wait_until(lambda: self.ticks(port) >= 1, timeout=3.0))
+
     def test_signals_pause_and_resume_with_marker(self):
         proc, port = self.start(self.make_release())
         self.assertTrue(wait_until(lambda: self.ticks(port) >= 1))

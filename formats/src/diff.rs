@@ -304,6 +304,7 @@ mod tests {
             schema_min_compatible: 1,
             hooks: Hooks::default(),
             runtime_paths: Vec::new(),
+            probation: false,
             files,
         }
     }

@@ -271,6 +271,12 @@ pub struct Manifest {
     /// one written before the field existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime_paths: Vec<String>,
+    /// The release asks to be started under probation: told to stay paused
+    /// (not trading) until it has passed the health gate (slipway.toml
+    /// `[health] probation = true`; the host's `[health] probation` decides).
+    /// Omitted when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probation: bool,
     pub files: Vec<FileEntry>,
 }
 
@@ -482,6 +488,7 @@ mod tests {
                 migrate: None,
             },
             runtime_paths: vec![],
+            probation: false,
             files: vec![
                 FileEntry::dir("app"),
                 FileEntry::file("app/main.py", false, 3, "a".repeat(64)),

@@ -691,6 +691,7 @@ mod tests {
             schema_min_compatible: 1,
             hooks: crate::Hooks::default(),
             runtime_paths: Vec::new(),
+            probation: false,
             files: Vec::new(),
         };
         check_release_manifest(&comment, &id, &manifest("1.2.0")).expect("matches");

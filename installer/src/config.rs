@@ -246,6 +246,60 @@ impl Default for ServiceConfig {
     }
 }
 
+/// Whether a new release starts under probation (`[health] probation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbationMode {
+    /// When the release declares it (slipway.toml `[health] probation`).
+    Release,
+    /// Every release: the app honours the contract whatever it declares.
+    Always,
+    /// Never, whatever the release declares.
+    Never,
+}
+
+/// What a flip back does with the data the failed release left
+/// (`[health] restore_data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreData {
+    /// Restore the pre-update snapshot only when the new release changed
+    /// the schema (migrated): the old release cannot read the new data.
+    /// Otherwise the data the new release wrote stays.
+    SchemaChanged,
+    /// Restore the snapshot whenever the data changed since it.
+    Always,
+    /// Never restore: the data stays as the failed release left it.
+    Never,
+}
+
+/// `[health]`: how a new release proves itself before it trades, and what
+/// a flip back does with its data.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub probation: ProbationMode,
+    /// Under probation, the gate passes no sooner than this after the
+    /// restart, however many good answers came before.
+    pub probation_min_seconds: u64,
+    /// Fields the JSON health answer must carry with exactly these values
+    /// (`{ mode = "live", region = "eu" }`), on top of `version`
+    /// (`service.health_expect_version`) and, under probation, `paused`.
+    pub expect: std::collections::BTreeMap<String, serde_json::Value>,
+    pub restore_data: RestoreData,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            probation: ProbationMode::Release,
+            probation_min_seconds: 0,
+            expect: std::collections::BTreeMap::new(),
+            restore_data: RestoreData::SchemaChanged,
+        }
+    }
+}
+
 /// `[hooks]`: the host's own checks, run in the staged release.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -292,6 +346,7 @@ pub struct Config {
     pub update: UpdateConfig,
     pub paths: PathsConfig,
     pub service: ServiceConfig,
+    pub health: HealthConfig,
     pub hooks: HooksConfig,
     pub report: ReportConfig,
     /// The file this was loaded from (not a key).
@@ -299,7 +354,7 @@ pub struct Config {
     pub file: PathBuf,
 }
 
-const SECTIONS: [&str; 5] = ["update", "paths", "service", "hooks", "report"];
+const SECTIONS: [&str; 6] = ["update", "paths", "service", "health", "hooks", "report"];
 
 impl Config {
     /// Finds the configuration file by the rule of SPEC §5.
@@ -450,6 +505,10 @@ impl Config {
                 self.service.save_timeout_seconds,
             ),
             ("hooks.timeout_seconds", self.hooks.timeout_seconds),
+            (
+                "health.probation_min_seconds",
+                self.health.probation_min_seconds,
+            ),
         ] {
             if secs > MAX_DURATION_SECONDS {
                 return Err(format!(
@@ -481,6 +540,28 @@ impl Config {
                 crate::quiesce::parse_signal(key, v).map_err(|e| e.to_string())?;
             }
         }
+        if self.health.probation_min_seconds >= self.service.health_timeout_seconds
+            && self.health.probation_min_seconds > 0
+        {
+            return Err(format!(
+                "health.probation_min_seconds = {} is not shorter than service.health_timeout_seconds = {}: the gate could never pass",
+                self.health.probation_min_seconds, self.service.health_timeout_seconds
+            ));
+        }
+        if let Some(key) = self.health.expect.keys().find(|k| k.trim().is_empty()) {
+            return Err(format!("health.expect has an empty field name {key:?}"));
+        }
+        if !self.health.expect.is_empty() && !named(&self.service.health_url) {
+            return Err(
+                "health.expect needs service.health_url: the fields are read from its JSON answer"
+                    .into(),
+            );
+        }
+        if self.health.probation == ProbationMode::Always {
+            if let Some(missing) = self.probation_missing() {
+                return Err(format!("health.probation = \"always\" needs {missing}"));
+            }
+        }
         self.check_persistence_apart()?;
         if self.update.keep_releases < 2 {
             return Err("update.keep_releases must be at least 2 (current and previous)".into());
@@ -490,6 +571,24 @@ impl Config {
                 .map_err(|e| format!("hooks.check[{i}]: {e}"))?;
         }
         Ok(())
+    }
+
+    /// What this host lacks to run a release under probation, if anything:
+    /// a health URL (whose JSON says `paused`) and a way to resume the app
+    /// once the gate has passed.
+    pub fn probation_missing(&self) -> Option<&'static str> {
+        let named = |v: &Option<String>| v.as_deref().is_some_and(|u| !u.trim().is_empty());
+        if !named(&self.service.health_url) {
+            return Some("service.health_url (its JSON answer says whether the app is paused)");
+        }
+        let can_resume = named(&self.service.resume_url)
+            || named(&self.service.quiesce_url)
+            || !self.service.resume.is_empty()
+            || named(&self.service.resume_signal);
+        if !can_resume {
+            return Some("a way to resume the app after the gate: service.resume_url (or quiesce_url), resume or resume_signal");
+        }
+        None
     }
 
     /// The persistence directory must be the app's own: not the root, not

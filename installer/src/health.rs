@@ -56,6 +56,14 @@ pub struct HealthPolicy {
     pub interval: Duration,
     /// Require the JSON answer's `version` to equal this.
     pub expect_version: Option<String>,
+    /// Fields the JSON answer must carry with exactly these values
+    /// (`[health] expect`).
+    pub expect_fields: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Under probation: the answer must say `"paused": true` (the release
+    /// is healthy but not trading).
+    pub require_paused: bool,
+    /// Under probation: the gate passes no sooner than this after it began.
+    pub min_elapsed: Duration,
 }
 
 impl HealthPolicy {
@@ -73,7 +81,36 @@ impl HealthPolicy {
             } else {
                 None
             },
+            expect_fields: std::collections::BTreeMap::new(),
+            require_paused: false,
+            min_elapsed: Duration::ZERO,
         }
+    }
+
+    /// The policy for this host: `[service]`'s, plus `[health] expect`.
+    pub fn for_host(
+        config: &crate::config::Config,
+        expect_version: Option<String>,
+    ) -> HealthPolicy {
+        HealthPolicy {
+            expect_fields: config.health.expect.clone(),
+            ..HealthPolicy::from_config(&config.service, expect_version)
+        }
+    }
+
+    /// This policy for a release under probation: it must also answer
+    /// `"paused": true`, for at least `min_elapsed`.
+    pub fn on_probation(self, min_elapsed: Duration) -> HealthPolicy {
+        HealthPolicy {
+            require_paused: true,
+            min_elapsed,
+            ..self
+        }
+    }
+
+    /// Whether the answer must be read as JSON.
+    fn reads_json(&self) -> bool {
+        self.expect_version.is_some() || !self.expect_fields.is_empty() || self.require_paused
     }
 
     /// The timeout of one health request: twice the interval, between 1 s
@@ -129,7 +166,7 @@ pub fn health_gate(
         match poll_once(service, baseline_restarts, policy, agent.as_ref()) {
             Poll::Good(body) => {
                 good += 1;
-                if good >= needed {
+                if good >= needed && started.elapsed() >= policy.min_elapsed {
                     return Ok(HealthReport {
                         polls,
                         elapsed: started.elapsed(),
@@ -225,26 +262,57 @@ fn poll_once(
         Ok((code, body)) if !(200..300).contains(&code) => {
             Poll::Bad(format!("GET {url} answered {code}{}", body_hint(&body)))
         }
-        Ok((_, body)) => match &policy.expect_version {
+        Ok((_, body)) => match answer_problem(policy, &body) {
             None => Poll::Good(Some(body)),
-            Some(expected) => match reported_version(&body) {
-                Some(v) if &v == expected => Poll::Good(Some(body)),
-                Some(v) => Poll::Bad(format!(
-                    "GET {url} reports version {v}, expected {expected}"
-                )),
-                None => Poll::Bad(format!(
-                    "GET {url} answered without a JSON \"version\" (expected {expected}){}",
-                    body_hint(&body)
-                )),
-            },
+            Some(problem) => Poll::Bad(format!("GET {url} {problem}")),
         },
     }
 }
 
-/// The `version` string of a JSON health answer.
-fn reported_version(body: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    value.get("version")?.as_str().map(str::to_string)
+/// Why a 2xx health answer does not pass `policy`, if it does not: its
+/// JSON must report the expected version, carry every expected field with
+/// its value, and, under probation, say `"paused": true`.
+fn answer_problem(policy: &HealthPolicy, body: &str) -> Option<String> {
+    if !policy.reads_json() {
+        return None;
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
+        return Some(format!("answered no JSON object{}", body_hint(body)));
+    };
+    if let Some(expected) = &policy.expect_version {
+        match value.get("version").and_then(serde_json::Value::as_str) {
+            Some(v) if v == expected => {}
+            Some(v) => return Some(format!("reports version {v}, expected {expected}")),
+            None => {
+                return Some(format!(
+                    "answered without a JSON \"version\" (expected {expected}){}",
+                    body_hint(body)
+                ))
+            }
+        }
+    }
+    for (field, expected) in &policy.expect_fields {
+        match value.get(field) {
+            Some(v) if v == expected => {}
+            Some(v) => {
+                return Some(format!(
+                    "reports {field} = {v}, expected {expected} (health.expect)"
+                ))
+            }
+            None => {
+                return Some(format!(
+                    "answered without {field:?} (health.expect wants {expected})"
+                ))
+            }
+        }
+    }
+    if policy.require_paused && value.get("paused") != Some(&serde_json::Value::Bool(true)) {
+        return Some(format!(
+            "does not say \"paused\": true, yet the release is under probation and must not trade before the gate passes (docs/probation.md){}",
+            body_hint(body)
+        ));
+    }
+    None
 }
 
 fn body_hint(body: &str) -> String {
@@ -347,14 +415,70 @@ mod tests {
         assert_eq!(p.expect_version.as_deref(), Some("2.0.0"));
     }
 
+    fn policy() -> HealthPolicy {
+        HealthPolicy {
+            url: Some("http://127.0.0.1:9/health".into()),
+            deadline: Duration::from_secs(5),
+            healthy_polls: 1,
+            interval: Duration::from_millis(1),
+            expect_version: None,
+            expect_fields: std::collections::BTreeMap::new(),
+            require_paused: false,
+            min_elapsed: Duration::ZERO,
+        }
+    }
+
     #[test]
-    fn version_is_read_from_json() {
+    fn the_answer_must_carry_the_version_the_fields_and_under_probation_paused() {
+        // Nothing asked of the body: any 2xx answer is good.
+        assert_eq!(answer_problem(&policy(), "ok"), None);
+
+        let p = HealthPolicy {
+            expect_version: Some("1.2.3".into()),
+            ..policy()
+        };
         assert_eq!(
-            reported_version(r#"{"status":"ok","version":"1.2.3"}"#).as_deref(),
-            Some("1.2.3")
+            answer_problem(&p, r#"{"status":"ok","version":"1.2.3"}"#),
+            None
         );
-        assert_eq!(reported_version("ok"), None);
-        assert_eq!(reported_version(r#"{"version":3}"#), None);
+        let why = answer_problem(&p, r#"{"version":"1.2.2"}"#).expect("wrong version");
+        assert!(why.contains("1.2.2") && why.contains("1.2.3"), "{why}");
+        assert!(answer_problem(&p, r#"{"version":3}"#).is_some());
+        assert!(answer_problem(&p, "ok").is_some());
+
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("mode".to_string(), serde_json::json!("live"));
+        let p = HealthPolicy {
+            expect_fields: fields,
+            ..policy()
+        };
+        assert_eq!(answer_problem(&p, r#"{"mode":"live"}"#), None);
+        let why = answer_problem(&p, r#"{"mode":"paper"}"#).expect("wrong field");
+        assert!(
+            why.contains("mode") && why.contains("health.expect"),
+            "{why}"
+        );
+        assert!(answer_problem(&p, r#"{"other":1}"#).is_some());
+
+        let p = policy().on_probation(Duration::from_secs(1));
+        assert_eq!(answer_problem(&p, r#"{"paused":true}"#), None);
+        let why = answer_problem(&p, r#"{"paused":false}"#).expect("trading");
+        assert!(why.contains("probation"), "{why}");
+        assert!(answer_problem(&p, r#"{"status":"ok"}"#).is_some());
+    }
+
+    #[test]
+    fn probation_holds_the_gate_for_its_minimum_time() {
+        let p = HealthPolicy {
+            url: None,
+            healthy_polls: 1,
+            interval: Duration::from_millis(20),
+            ..policy()
+        }
+        .on_probation(Duration::from_millis(300));
+        let report = health_gate(&Service::None, None, &p).expect("healthy");
+        assert!(report.elapsed >= Duration::from_millis(300), "{report:?}");
+        assert!(report.polls > 1, "{report:?}");
     }
 
     #[test]
@@ -367,7 +491,7 @@ mod tests {
                 deadline: Duration::from_secs(5),
                 healthy_polls: 2,
                 interval: Duration::from_millis(1),
-                expect_version: None,
+                ..policy()
             },
         )
         .expect("healthy");
@@ -382,7 +506,7 @@ mod tests {
                 deadline: Duration::from_millis(150),
                 healthy_polls: 5,
                 interval: Duration::from_millis(100),
-                expect_version: None,
+                ..policy()
             },
         )
         .expect_err("too few polls fit");

@@ -285,6 +285,14 @@ pub struct Journal {
     pub failure_cause: Option<Cause>,
     /// What `Commit` or `FlipBack` decided.
     pub decision: Option<Decision>,
+    /// [`crate::snapshot::tree_digest`] of the data as the new release
+    /// found it: at the switch (after the migration, the app paused), or,
+    /// under probation, right after the restart (the old release has
+    /// stopped, the new one starts paused and writes nothing). A flip back
+    /// that finds the data still so knows the new release wrote nothing it
+    /// must keep aside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_digest: Option<String>,
 }
 
 impl Journal {
@@ -312,6 +320,7 @@ impl Journal {
             failure: None,
             failure_cause: None,
             decision: None,
+            found_digest: None,
         }
     }
 }

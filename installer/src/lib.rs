@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod journal;
 pub mod layout;
 pub mod lock;
+pub mod probation;
 pub mod quiesce;
 pub mod report;
 pub mod reserve;

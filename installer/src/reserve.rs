@@ -5,9 +5,10 @@
 //!
 //! [`set_aside`] allocates two files under `<root>/state/` when the
 //! transaction begins, before its first journal write: `reserve.journal`
-//! (a fixed [`JOURNAL_ROOM`]) and `reserve.restore` (what a copy of the
-//! persistence directory takes, [`copy_room`]: restoring the snapshot
-//! copies it). A journal write that fails for lack of room frees
+//! (a fixed [`JOURNAL_ROOM`]) and `reserve.restore` (what two copies of
+//! the persistence directory take, twice [`copy_room`]: a flip back first
+//! keeps the data it replaces under `backups/`, then restoring the
+//! snapshot copies it). A journal write that fails for lack of room frees
 //! `reserve.journal` and tries once more ([`crate::journal::record`]); a
 //! restore frees `reserve.restore` just before it copies. Both go when the
 //! transaction ends ([`release`]). A run killed in between leaves them for

@@ -1000,6 +1000,7 @@ mod tests {
             schema_min_compatible: 0,
             hooks: Hooks::default(),
             runtime_paths: Vec::new(),
+            probation: false,
             files,
         }
     }

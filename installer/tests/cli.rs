@@ -29,7 +29,9 @@ fn unhealthy(schema: u32) -> Flavor {
 
 #[test]
 fn update_happy_path_then_unhealthy_release_is_flipped_back_with_data_restored() {
-    let host = TestHost::new(&[]);
+    // Restore on every flip back (the default restores only across a
+    // schema change), keeping what the failed release wrote aside.
+    let host = TestHost::new(&[("health", "restore_data = \"always\"")]);
     let v1 = host.release("1.0.0", &Flavor::default());
 
     // First install, from the repository.
@@ -112,6 +114,13 @@ fn update_happy_path_then_unhealthy_release_is_flipped_back_with_data_restored()
         bot_host::tree_digest(&snapshot.join("data")),
         "the persistence is byte-identical to the snapshot taken while v2 was paused"
     );
+    let message = o["message"].as_str().unwrap_or_default();
+    let kept = message
+        .split("is kept in ")
+        .nth(1)
+        .map(|rest| std::path::PathBuf::from(rest.split(';').next().unwrap_or(rest).trim()))
+        .expect("the message names the kept-aside copy");
+    assert!(kept.join("data/state.json").is_file(), "{message}");
     let trades_after = host.state_json()["trades"].as_u64().unwrap();
     assert!(
         trades_after >= trades_before,

@@ -345,6 +345,9 @@ fn policy(url: String, polls: u32, deadline_ms: u64) -> HealthPolicy {
         healthy_polls: polls,
         interval: Duration::from_millis(20),
         expect_version: None,
+        expect_fields: Default::default(),
+        require_paused: false,
+        min_elapsed: Duration::ZERO,
     }
 }
 

@@ -93,6 +93,7 @@ fn fake_release(dir: &Path, version: &str) -> Manifest {
         schema_min_compatible: 1,
         hooks: Hooks::default(),
         runtime_paths: Vec::new(),
+        probation: false,
         files: vec![
             FileEntry::dir("app"),
             FileEntry::file("app/main.py", false, main.len() as u64, sha256_hex(main)),

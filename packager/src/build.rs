@@ -372,6 +372,7 @@ pub fn plan_release(opts: &BuildOptions) -> Result<ReleasePlan> {
             migrate: config.hooks.migrate.clone(),
         },
         runtime_paths: config.runtime_paths.clone(),
+        probation: config.health.probation.unwrap_or(false),
         files,
     };
     manifest.validate().map_err(|e| PackError::Refused {

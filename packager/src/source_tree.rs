@@ -70,6 +70,17 @@ pub struct SourceConfig {
     pub hooks: HooksConfig,
     #[serde(default)]
     pub build: BuildConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// `[health]`: how the release wants to be started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Start under probation (paused until the health gate passes): the
+    /// release honours the probation contract (docs/probation.md).
+    pub probation: Option<bool>,
 }
 
 /// `[schema]`: the persistence schema this release's code uses.

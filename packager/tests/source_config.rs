@@ -397,3 +397,35 @@ fn runtime_paths_from_slipway_toml_reach_the_manifest_and_bad_ones_name_the_file
         );
     }
 }
+
+#[test]
+fn a_release_declares_probation_in_slipway_toml_and_the_manifest_carries_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (key, _) = keygen(tmp.path(), "k");
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let repo = tmp.path().join("repo");
+    let inspect = |id: &str| -> serde_json::Value {
+        let out = pack()
+            .arg("inspect")
+            .arg(archive(&repo, id))
+            .arg("--json")
+            .output()
+            .expect("inspect");
+        assert!(out.status.success(), "{:?}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    fs::write(src.join("slipway.toml"), "app = \"bot\"\n").expect("toml");
+    let plain = build(&src, &repo, &key, "1.0.0", &[]);
+    assert!(
+        inspect(&plain).get("probation").is_none(),
+        "omitted when false"
+    );
+    fs::write(
+        src.join("slipway.toml"),
+        "app = \"bot\"\n[health]\nprobation = true\n",
+    )
+    .expect("toml");
+    let declared = build(&src, &repo, &key, "2.0.0", &[]);
+    assert_eq!(inspect(&declared)["probation"], true);
+}

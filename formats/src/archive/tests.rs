@@ -26,6 +26,7 @@ fn manifest() -> Manifest {
         schema_min_compatible: 0,
         hooks: Hooks::default(),
         runtime_paths: Vec::new(),
+        probation: false,
         files: vec![
             FileEntry::dir("app"),
             FileEntry::file(

@@ -54,6 +54,7 @@ use crate::health::{health_gate, HealthPolicy};
 use crate::hooks;
 use crate::journal::{self, Decision, Journal, JournalError, Operation, Step, Undo};
 use crate::layout::Layout;
+use crate::probation;
 use crate::quiesce::{self, QuiesceMethod, ResumeMethod};
 use crate::report;
 use crate::service::Service;
@@ -362,7 +363,11 @@ impl<'h, 'a> Txn<'h, 'a> {
         };
         // Before the first write of the transaction: the room its journal
         // and a flip back's restore copy will need (crate::reserve).
-        match crate::reserve::set_aside(&host.layout, crate::reserve::copy_room(host.persistence())) {
+        // Two copies: the data a flip back replaces is kept aside first.
+        match crate::reserve::set_aside(
+            &host.layout,
+            crate::reserve::copy_room(host.persistence()).saturating_mul(2),
+        ) {
             Ok(()) => {}
             Err(crate::reserve::ReserveError::Unsupported) => host
                 .log
@@ -1341,7 +1346,13 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         }
     }
 
-    // Step 10: Switch.
+    // Step 10: Switch. The data as the new release finds it: what a flip
+    // back may replace without keeping it aside.
+    t.journal.found_digest = if t.journal.data_changed {
+        snapshot::tree_digest(host.persistence()).ok()
+    } else {
+        t.journal.snapshot.as_ref().map(|s| s.digest.clone())
+    };
     t.enter(Step::Switch)?;
     let switched = if target.reinstall {
         switch::replace_current(&host.layout, &target.dir)
@@ -1369,8 +1380,42 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         }
     }
 
-    // Step 11: Restart.
+    // Step 11: Restart, under probation when the release asks for it and
+    // the host can resume it: told by meta/probation.json to start paused.
     t.enter(Step::Restart)?;
+    let on_probation = match probation::applies(cfg, &target.manifest) {
+        Ok(on) => on,
+        Err(why) => {
+            log.warn(why);
+            false
+        }
+    };
+    if on_probation {
+        let file = probation::ProbationFile {
+            version: target.manifest.version.to_string(),
+            release: target
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            since: host.clock.now(),
+        };
+        if let Err(e) = probation::begin(cfg, host.app_user().ok(), &file) {
+            return flip_back(
+                t,
+                target,
+                Cause::HostAfterSwitch,
+                format!(
+                    "cannot write {} to start the release under probation: {e}",
+                    probation::path(cfg).display()
+                ),
+            );
+        }
+        log.info(format!(
+            "starting {} under probation: paused until the health gate passes",
+            target.manifest.version
+        ));
+    }
     log.info(format!("restarting {}", host.service.describe()));
     if let Err(e) = host.service.restart() {
         // The restart command (or systemctl) is the host's: a release that
@@ -1383,11 +1428,19 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         );
     }
     t.journal.quiesced = false;
+    if on_probation {
+        // The old release has stopped (its way out may tidy the data: a
+        // pause marker); the new one starts paused and may write nothing.
+        t.journal.found_digest = snapshot::tree_digest(host.persistence()).ok();
+    }
     let baseline = host.service.status().ok().map(|s| s.restarts);
 
     // Step 12: Health gate.
     t.enter(Step::HealthGate)?;
-    let policy = HealthPolicy::from_config(&cfg.service, Some(target.manifest.version.to_string()));
+    let mut policy = HealthPolicy::for_host(cfg, Some(target.manifest.version.to_string()));
+    if on_probation {
+        policy = policy.on_probation(Duration::from_secs(cfg.health.probation_min_seconds));
+    }
     log.info("waiting for the health gate");
     match health_gate(&host.service, baseline, &policy) {
         Ok(report) => log.debug(format!(
@@ -1397,9 +1450,39 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         )),
         Err(e) => return flip_back(t, target, failure_model::of_health_error(&e), e.to_string()),
     }
+    if on_probation {
+        // Passed while paused: only now may it trade. A release that cannot
+        // be resumed never trades: it is flipped back like an unhealthy one.
+        if let Err(e) = end_probation(host) {
+            return flip_back(t, target, Cause::Unhealthy, e);
+        }
+        log.info("probation passed: the release was resumed and trades");
+    }
 
     // Step 13: Commit.
     commit(t, target)
+}
+
+/// Ends a passed probation: removes `meta/probation.json` (so that a later
+/// restart starts the release live), then resumes the app through the
+/// quiesce contract.
+fn end_probation(host: &Host) -> Result<(), String> {
+    let cfg = host.config;
+    probation::end(cfg).map_err(|e| {
+        format!(
+            "cannot remove {} after probation: {e}",
+            probation::path(cfg).display()
+        )
+    })?;
+    let method = ResumeMethod::from_config(&cfg.service)
+        .map_err(|e| format!("cannot resume the app after probation: {e}"))?;
+    let cwd = app_cwd(
+        &host.layout,
+        switch::current_dir(&host.layout).ok().flatten().as_deref(),
+    );
+    let timeout = Duration::from_secs(cfg.service.quiesce_timeout_seconds);
+    quiesce::resume_in(&method, &host.service, timeout, &cwd)
+        .map_err(|e| format!("it passed the gate paused but did not resume: {e}"))
 }
 
 /// After the quiesce acknowledged: if the app wrote since the snapshot (it
@@ -1432,22 +1515,21 @@ fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
         return Ok(None);
     }
     let stamp = format!("{}-paused", t.journal.txn);
-    let fresh =
-        match snapshot::take_snapshot_about(
-            host.persistence(),
-            &host.layout.backups_dir(),
-            &stamp,
-            &running_data_about(&t.journal, "paused"),
-        ) {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                return Ok(Some(Failure::new(
-                    "cannot snapshot the paused data",
-                    e,
-                    hint,
-                )))
-            }
-        };
+    let fresh = match snapshot::take_snapshot_about(
+        host.persistence(),
+        &host.layout.backups_dir(),
+        &stamp,
+        &running_data_about(&t.journal, "paused"),
+    ) {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            return Ok(Some(Failure::new(
+                "cannot snapshot the paused data",
+                e,
+                hint,
+            )))
+        }
+    };
     t.journal.snapshot = Some(fresh);
     // The journal must name the new snapshot before the old one goes.
     let step = t.journal.step;
@@ -1710,6 +1792,14 @@ fn flip_back_message(
         message.push_str(&format!(" and put {id} on the bad list"));
     } else if cause == Cause::HostAfterSwitch {
         message.push_str("; a host fault, so the release is not bad-listed");
+    }
+    if let Some(kept) = &result.data.kept_aside {
+        message.push_str(&format!(
+            "; the data restored from the snapshot; what {version} wrote is kept in {}",
+            kept.display()
+        ));
+    } else if result.data.left {
+        message.push_str(&format!("; the data {version} wrote was kept in place"));
     }
     if let Some(problem) = &result.old_unhealthy {
         message.push_str(&format!(

@@ -128,7 +128,7 @@ pub fn preview(
     // A dry run sets nothing aside: count what a real run would.
     let needed = room_needed(&verified.release.manifest, host.persistence())
         .saturating_add(crate::reserve::JOURNAL_ROOM)
-        .saturating_add(crate::reserve::copy_room(host.persistence()));
+        .saturating_add(crate::reserve::copy_room(host.persistence()).saturating_mul(2));
     let ineligible = check_eligibility(&EligibilityInput {
         config: host.config,
         layout: &host.layout,

@@ -70,6 +70,116 @@ pub(super) fn restore_if_changed(host: &Host, snap: Option<&Snapshot>) -> Result
     Ok(true)
 }
 
+/// What a flip back did with the data the failed release left.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct FlipBackData {
+    /// The pre-update snapshot was copied back over the data.
+    pub(super) restored: bool,
+    /// Where the data it replaced was kept (`backups/kept-<txn>`).
+    pub(super) kept_aside: Option<PathBuf>,
+    /// The data changed since the snapshot and was left as it was
+    /// (`[health] restore_data`).
+    pub(super) left: bool,
+}
+
+/// The name of the snapshot that keeps the data a flip back replaced.
+pub(super) fn kept_aside_name(j: &Journal) -> String {
+    format!("kept-{}", j.txn)
+}
+
+/// A flip back's data step, by `[health] restore_data`: when the data
+/// changed since the pre-update snapshot, restore the snapshot (only when
+/// the schema changed, by default), but first keep what it replaces under
+/// `backups/kept-<txn>/`, recorded as the failed release's data. Nothing the
+/// failed release wrote is ever dropped without a copy. Idempotent, for
+/// `recover`: a kept copy already made is used again.
+pub(super) fn flip_back_data(host: &Host, j: &Journal) -> Result<FlipBackData, String> {
+    use crate::config::RestoreData;
+    let Some(snap) = j.snapshot.as_ref() else {
+        return Ok(FlipBackData::default());
+    };
+    let digest = snapshot::tree_digest(host.persistence()).map_err(|e| e.to_string())?;
+    if digest == snap.digest {
+        return Ok(FlipBackData::default());
+    }
+    let schema_changed = j.data_changed || j.schema_from != j.schema_to;
+    let restore = match host.config.health.restore_data {
+        RestoreData::Always => true,
+        RestoreData::Never => false,
+        RestoreData::SchemaChanged => schema_changed,
+    };
+    if !restore {
+        if schema_changed {
+            host.log.warn(format!(
+                "the data is at the failed release's schema and is not restored (health.restore_data = \"never\"); the old release may not read it; `slipway restore {}` puts the pre-update data back",
+                snap.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            ));
+        } else {
+            host.log.info(
+                "kept the data the failed release wrote: the schema did not change (health.restore_data)",
+            );
+        }
+        return Ok(FlipBackData {
+            left: true,
+            ..FlipBackData::default()
+        });
+    }
+    // The room set aside for both copies when the transaction began.
+    crate::reserve::free_restore_room(&host.layout);
+    if j.found_digest.as_deref() == Some(digest.as_str()) {
+        // Only the migration changed it: the new release wrote nothing
+        // after the switch (under probation it never traded).
+        host.log.info(format!(
+            "restoring the persistence from {} (the new release wrote nothing since the switch)",
+            snap.dir.display()
+        ));
+        snapshot::restore_snapshot(snap, host.persistence()).map_err(|e| e.to_string())?;
+        return Ok(FlipBackData {
+            restored: true,
+            ..FlipBackData::default()
+        });
+    }
+    let name = kept_aside_name(j);
+    let about = snapshot::SnapshotAbout {
+        reason: "kept-aside".into(),
+        version: j.version.as_ref().map(|v| v.to_string()),
+        release: j
+            .release_dir
+            .as_ref()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+        schema: j.schema_to,
+    };
+    let backups = host.layout.backups_dir();
+    let kept = match snapshot::take_snapshot_about(host.persistence(), &backups, &name, &about) {
+        Ok(kept) => kept,
+        // A recovery after a kill between the copy and the restore: the
+        // data has not changed since (the service is stopped or paused).
+        Err(snapshot::SnapshotError::Exists { dir }) => {
+            snapshot::load_snapshot(&dir).map_err(|e| e.to_string())?
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot keep the data the failed release wrote before restoring the snapshot: {e}"
+            ))
+        }
+    };
+    host.log.info(format!(
+        "kept the data the failed release wrote in {}",
+        kept.dir.display()
+    ));
+    host.log.info(format!(
+        "restoring the persistence from {}",
+        snap.dir.display()
+    ));
+    snapshot::restore_snapshot(snap, host.persistence()).map_err(|e| e.to_string())?;
+    Ok(FlipBackData {
+        restored: true,
+        kept_aside: Some(kept.dir),
+        left: false,
+    })
+}
+
 /// What undoing a step did.
 #[derive(Default)]
 pub(super) struct Undone {
@@ -140,6 +250,8 @@ pub(super) struct FlippedBack {
     pub(super) latency: Option<Duration>,
     /// Why the old release is not healthy either, when it is not.
     pub(super) old_unhealthy: Option<String>,
+    /// What happened to the data the failed release left.
+    pub(super) data: FlipBackData,
 }
 
 /// Puts the old release back: stop the failing one (or, when the backend
@@ -183,11 +295,13 @@ pub(super) fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack,
         us(timing.current_swap),
         us(timing.fsync)
     ));
-    if let Err(e) = restore_if_changed(host, j.snapshot.as_ref()) {
-        // `current` is the old release again, but it cannot run on the new
-        // release's data: it is not started. The failing release stays
-        // stopped, or quiesced where the backend cannot stop it.
-        return Err(TxnError::host(
+    let data = match flip_back_data(host, j) {
+        Ok(data) => data,
+        Err(e) => {
+            // `current` is the old release again, but it cannot run on the new
+            // release's data: it is not started. The failing release stays
+            // stopped, or quiesced where the backend cannot stop it.
+            return Err(TxnError::host(
             "CRITICAL: cannot restore the persistence snapshot after the flip back; the old release was not started",
             e,
             format!(
@@ -198,6 +312,14 @@ pub(super) fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack,
                 ),
                 host.persistence().display()
             ),
+        ));
+        }
+    };
+    // The old release starts live: no probation file may tell it to wait.
+    if let Err(e) = crate::probation::end(host.config) {
+        log.warn(format!(
+            "cannot remove {}: {e}; an app that honours it (for its own version only) is unaffected",
+            crate::probation::path(host.config).display()
         ));
     }
     let mut old_unhealthy = None;
@@ -211,8 +333,8 @@ pub(super) fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack,
             Err(e) => old_unhealthy = Some(format!("restart failed: {e}")),
             Ok(()) => {
                 let baseline = host.service.status().ok().map(|s| s.restarts);
-                let policy = HealthPolicy::from_config(
-                    &host.config.service,
+                let policy = HealthPolicy::for_host(
+                    host.config,
                     j.from_version.as_ref().map(|v| v.to_string()),
                 );
                 match health_gate(&host.service, baseline, &policy) {
@@ -234,6 +356,7 @@ pub(super) fn flip_back_actions(host: &Host, j: &Journal) -> Result<FlippedBack,
     Ok(FlippedBack {
         latency: Some(timing.current_swap),
         old_unhealthy,
+        data,
     })
 }
 

@@ -534,6 +534,7 @@ pub fn valid_release(app: &str, version: &str, items: &[(&str, Item)]) -> Archiv
         schema_min_compatible: 1,
         hooks: Hooks::default(),
         runtime_paths: Vec::new(),
+        probation: false,
         files,
     };
     manifest.validate().unwrap();

@@ -299,6 +299,15 @@ class Bot:
                 raise
         log("paused", source=source, trades=self.trades)
 
+    def start_paused(self, source):
+        """Probation: start without trading, until slipway resumes us.
+
+        Nothing is saved: no tick has run, so the state on disk is current.
+        """
+        with self._lock:
+            self._paused = True
+        log("paused", source=source, trades=self.trades)
+
     def resume(self, source):
         with self._lock:
             if not self._paused:
@@ -408,6 +417,20 @@ class Handler(BaseHTTPRequestHandler):
 # main
 # --------------------------------------------------------------------------
 
+def on_probation(persistence, version):
+    """True when slipway's meta/probation.json names this version."""
+    try:
+        with open(persistence / "meta" / "probation.json", encoding="utf-8") as f:
+            probation = json.load(f)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as e:
+        # Unreadable: the safe side is not to trade until resumed.
+        log("probation-unreadable", error=e)
+        return True
+    return isinstance(probation, dict) and probation.get("version") == version
+
+
 def prepare(args):
     """Everything that can fail before the bot serves. Returns (bot, server)."""
     settings = load_settings()
@@ -462,6 +485,10 @@ def prepare(args):
     log("starting", version=version, pid=os.getpid(), listen=f"{args.bind}:{server.server_port}",
         persistence=persistence, data_schema=data_schema, code_schema=code_schema,
         trades=state["trades"], fail_health=settings["fail_health"])
+    if on_probation(persistence, version):
+        # slipway's probation contract (docs/probation.md): this release
+        # must prove itself healthy, paused, before it places an order.
+        server.bot.start_paused("probation")
     return server.bot, server
 
 

@@ -1,0 +1,336 @@
+//! Trading-safe updates under a real systemd, with the example bot as
+//! `aibot.service` in a container booted by the harness:
+//!
+//! - under probation (`[health] probation = "always"`) a release whose
+//!   health fails starts paused, never trades (its trade counter does not
+//!   move), and the flip back puts the pre-update data back with nothing
+//!   to keep aside;
+//! - without probation, the data a failing release wrote is kept aside
+//!   under `backups/kept-<txn>/` before the snapshot is restored
+//!   (`restore_data = "always"`), and the run's message and `status` name
+//!   it; with the default `restore_data`, a release that did not change the
+//!   schema leaves its data in place.
+//!
+//! Runs as root only; without root it prints why it skips, and under
+//! `CI=true` it fails instead.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use slipway_e2e::{bot_unit, shared_tempdir, Container, OutputExt, BOT_UNIT};
+
+const ROOT: &str = "/opt/e2e/root";
+const DATA: &str = "/opt/e2e/data";
+const CONFIG: &str = "/etc/slipway/update.toml";
+
+fn run_ok(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Builds the example bot as `version` (schema `schema`, `/health` failing
+/// when `unhealthy`); returns the archive's path.
+fn build(dir: &Path, version: &str, schema: u32, unhealthy: bool) -> Result<String> {
+    let src = dir.join(format!("src-{version}"));
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(slipway_e2e::workspace_root().join("examples/bot"))
+            .arg(&src),
+    )?;
+    let _ = fs::remove_dir_all(src.join("app/bot/__pycache__"));
+    fs::write(src.join("schema/VERSION"), format!("{schema}\n"))?;
+    let toml = fs::read_to_string(src.join("slipway.toml"))?
+        .replace("version = 1\n", &format!("version = {schema}\n"));
+    fs::write(src.join("slipway.toml"), toml)?;
+    fs::write(
+        src.join("app/bot/settings.json"),
+        format!("{{\"fail_health\": {unhealthy}, \"crash_on_start\": false}}\n"),
+    )?;
+    let repo = dir.join("repo");
+    let out = run_ok(
+        Command::new(slipway_e2e::slipway_pack()?)
+            .arg("build")
+            .arg(&src)
+            .args(["--version", version, "--json", "--key"])
+            .arg(dir.join("keys/slipway.key"))
+            .arg("--out")
+            .arg(&repo),
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = v["id"].as_str().context("build --json has no id")?;
+    Ok(repo
+        .join("releases")
+        .join(format!("{}.tar.zst", id.trim_start_matches("sha256:")))
+        .display()
+        .to_string())
+}
+
+fn keys(dir: &Path) -> Result<()> {
+    run_ok(
+        Command::new(slipway_e2e::slipway_pack()?)
+            .args(["keygen", "--unencrypted", "--out-dir"])
+            .arg(dir.join("keys")),
+    )
+    .map(drop)
+}
+
+fn boot(label: &str, dir: &Path, health: &str) -> Result<Container> {
+    let c = Container::boot(label)?;
+    c.install_unit(BOT_UNIT, &bot_unit(ROOT, DATA))?;
+    c.write_file(
+        CONFIG,
+        format!(
+            "[update]\n\
+             channel = \"stable\"\n\
+             public_keys = [\"{key}\"]\n\
+             max_failures_per_day = 20\n\
+             max_attempts_per_day = 50\n\
+             \n\
+             [paths]\n\
+             root = \"{ROOT}\"\n\
+             persistence = \"{DATA}\"\n\
+             max_save_age_minutes = 0\n\
+             \n\
+             [service]\n\
+             manager = \"systemd\"\n\
+             unit = \"{BOT_UNIT}\"\n\
+             health_url = \"http://127.0.0.1:8080/health\"\n\
+             health_timeout_seconds = 6\n\
+             healthy_polls = 3\n\
+             health_interval_ms = 200\n\
+             health_expect_version = true\n\
+             quiesce_url = \"http://127.0.0.1:8080/admin/quiesce\"\n\
+             save_url = \"http://127.0.0.1:8080/admin/save\"\n\
+             \n\
+             [health]\n\
+             {health}\n",
+            key = dir.join("keys/slipway.pub").display()
+        ),
+        0o644,
+    )?;
+    Ok(c)
+}
+
+fn slipway(c: &Container, args: &[&str]) -> Result<Output> {
+    let bin = slipway_e2e::slipway()?;
+    let mut argv: Vec<String> = vec![bin.display().to_string(), "--config".into(), CONFIG.into()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    c.exec_timeout(&argv, Duration::from_secs(180))
+}
+
+/// The bot's `/health` JSON (status code ignored).
+fn health(c: &Container) -> Option<serde_json::Value> {
+    let out = c
+        .exec(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "http://127.0.0.1:8080/health",
+        ])
+        .ok()?;
+    serde_json::from_str(&out.stdout_text()).ok()
+}
+
+/// Waits until `version` answers healthy, unpaused, and has traded.
+fn wait_trading(c: &Container, version: &str) -> Result<u64> {
+    let mut trades = 0;
+    slipway_e2e::wait_until(Duration::from_secs(30), "the bot trading", || {
+        let Some(h) = health(c) else {
+            return Ok(false);
+        };
+        trades = h["trades"].as_u64().unwrap_or(0);
+        Ok(h["version"] == version
+            && h["status"] == "ok"
+            && h["paused"] == false
+            && h["ticks"].as_u64().unwrap_or(0) > 0)
+    })
+    .with_context(|| c.journal(BOT_UNIT).unwrap_or_default())?;
+    Ok(trades)
+}
+
+/// The value of `key=` on the first line of `text` that holds `event`.
+fn field(text: &str, event: &str, key: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.contains(event))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+}
+
+fn backups(c: &Container) -> Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(c.host_path(format!("{ROOT}/backups")))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[test]
+fn a_bad_release_under_probation_never_trades_and_the_flip_back_loses_nothing() -> Result<()> {
+    if !Container::available_or_skip()? {
+        return Ok(());
+    }
+    let shared = shared_tempdir("probation")?;
+    let dir = shared.path();
+    keys(dir)?;
+    let v1 = build(dir, "1.0.0", 1, false)?;
+    let v2 = build(dir, "2.0.0", 2, true)?;
+    let c = boot("slipway-probation", dir, "probation = \"always\"")?;
+
+    // Even the first install proves itself paused, then is resumed.
+    let out = slipway(&c, &["install", &v1])?;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("under probation"),
+        "{}",
+        out.stderr_text()
+    );
+    wait_trading(&c, "1.0.0")?;
+    let probation_file = c.host_path(format!("{DATA}/meta/probation.json"));
+    assert!(!probation_file.exists(), "removed once the gate passed");
+
+    // 2.0.0 migrates to schema 2, then fails its gate while paused.
+    let out = slipway(&c, &["install", &v2])?;
+    let err = out.stderr_text();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("flipped back to 1.0.0"), "{err}");
+    assert!(!err.contains("kept in"), "nothing to keep aside: {err}");
+    assert!(!probation_file.exists(), "the old release starts live");
+    wait_trading(&c, "1.0.0")?;
+
+    // The bot's own log: 2.0.0 started paused on the count the quiesce
+    // saved, was never resumed, and stopped on the same count; 1.0.0 came
+    // back on that count too (the data restored byte for byte: the restore
+    // checks the snapshot's digest).
+    let journal = c.journal(BOT_UNIT)?;
+    let from_v2 = journal
+        .find("starting version=2.0.0")
+        .context(format!("2.0.0 never started:\n{journal}"))?;
+    let quiesced = &journal[..from_v2];
+    let saved = quiesced
+        .lines()
+        .rev()
+        .find(|l| l.contains("paused source=http"))
+        .and_then(|l| field(l, "paused", "trades"))
+        .context(format!("no quiesce before 2.0.0:\n{journal}"))?;
+    let v2_log = &journal[from_v2..];
+    let v2_end = v2_log
+        .find("starting version=1.0.0")
+        .unwrap_or(v2_log.len());
+    let v2_log = &v2_log[..v2_end];
+    assert_eq!(
+        field(v2_log, "starting", "trades").as_deref(),
+        Some(saved.as_str()),
+        "{v2_log}"
+    );
+    assert!(v2_log.contains("paused source=probation"), "{v2_log}");
+    assert!(
+        !v2_log.contains("resumed"),
+        "2.0.0 was never resumed:\n{v2_log}"
+    );
+    assert_eq!(
+        field(v2_log, "stopped", "trades").as_deref(),
+        Some(saved.as_str()),
+        "{v2_log}"
+    );
+    let back = &journal[from_v2 + v2_end..];
+    assert_eq!(
+        field(back, "starting version=1.0.0", "trades").as_deref(),
+        Some(saved.as_str()),
+        "{back}"
+    );
+    assert_eq!(
+        c.read_to_string(format!("{DATA}/schema_version"))?.trim(),
+        "1"
+    );
+    assert!(
+        !backups(&c)?.iter().any(|n| n.starts_with("kept-")),
+        "{:?}",
+        backups(&c)?
+    );
+    c.shutdown()?;
+    Ok(())
+}
+
+#[test]
+fn without_probation_the_data_a_bad_release_wrote_is_kept_aside_and_named() -> Result<()> {
+    if !Container::available_or_skip()? {
+        return Ok(());
+    }
+    let shared = shared_tempdir("keep-aside")?;
+    let dir = shared.path();
+    keys(dir)?;
+    let v1 = build(dir, "1.0.0", 1, false)?;
+    let v2 = build(dir, "2.0.0", 1, true)?;
+    let v3 = build(dir, "3.0.0", 1, true)?;
+    let c = boot("slipway-keep-aside", dir, "restore_data = \"always\"")?;
+    let out = slipway(&c, &["install", &v1])?;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    wait_trading(&c, "1.0.0")?;
+
+    // 2.0.0 trades through its failing gate and saves on its way out.
+    let out = slipway(&c, &["install", &v2])?;
+    let err = out.stderr_text();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let kept: Vec<String> = backups(&c)?
+        .into_iter()
+        .filter(|n| n.starts_with("kept-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let kept_dir = format!("{ROOT}/backups/{}", kept[0]);
+    assert!(err.contains(&kept_dir), "the message names it: {err}");
+    let record: serde_json::Value =
+        serde_json::from_str(&c.read_to_string(format!("{kept_dir}/snapshot.json"))?)?;
+    assert_eq!(record["about"]["reason"], "kept-aside", "{record}");
+    assert_eq!(record["about"]["version"], "2.0.0", "{record}");
+    let state: serde_json::Value =
+        serde_json::from_str(&c.read_to_string(format!("{kept_dir}/data/state.json"))?)?;
+    assert_eq!(state["written_by"], "2.0.0", "what 2.0.0 wrote: {state}");
+    let status = slipway(&c, &["status"])?.stdout_text();
+    assert!(status.contains(&kept_dir), "status names it:\n{status}");
+    wait_trading(&c, "1.0.0")?;
+
+    // With the default policy, a release that kept the schema leaves its
+    // data in place: 1.0.0 goes on from what 3.0.0 wrote.
+    let config = c.read_to_string(CONFIG)?.replace(
+        "restore_data = \"always\"",
+        "restore_data = \"schema-changed\"",
+    );
+    c.write_file(CONFIG, config, 0o644)?;
+    let out = slipway(&c, &["install", &v3])?;
+    let err = out.stderr_text();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the data 3.0.0 wrote was kept in place"),
+        "{err}"
+    );
+    let journal = c.journal(BOT_UNIT)?;
+    let v3_at = journal
+        .rfind("starting version=3.0.0")
+        .context("3.0.0 started")?;
+    let after = &journal[v3_at..];
+    let stopped = field(after, "stopped", "trades").context(format!("3.0.0 stopped:\n{after}"))?;
+    let restarted = after
+        .find("starting version=1.0.0")
+        .context(format!("1.0.0 back:\n{after}"))?;
+    assert_eq!(
+        field(&after[restarted..], "starting version=1.0.0", "trades"),
+        Some(stopped),
+        "{after}"
+    );
+    wait_trading(&c, "1.0.0")?;
+    c.shutdown()?;
+    Ok(())
+}
