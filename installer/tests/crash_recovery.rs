@@ -68,7 +68,12 @@ struct Case {
 
 /// v1 installed and healthy, v2 built (not installed).
 fn setup(v2: &Flavor) -> Case {
-    let host = TestHost::new(&[]);
+    setup_with(v2, &[])
+}
+
+/// [`setup`] on a host whose configuration has `extra` lines.
+fn setup_with(v2: &Flavor, extra: &[(&str, &str)]) -> Case {
+    let host = TestHost::new(extra);
     let v1 = host.build("1.0.0", &Flavor::default());
     host.run_expect(&["install", &v1.archive.to_string_lossy()], 0);
     host.wait_healthy("1.0.0");
@@ -522,4 +527,36 @@ fn sigterm_ends_a_run_with_exit_143_and_recovery_undoes_it() {
     std::thread::sleep(std::time::Duration::from_secs(4));
     assert_consistent(&case, &case.v1);
     assert_eq!(host.data_schema(), 1);
+}
+
+#[test]
+fn killed_in_a_probation_gate_recovers_to_the_old_release_trading_on_the_pre_update_data() {
+    if !fault_injection_available() {
+        return;
+    }
+    let case = setup_with(
+        &Flavor {
+            schema: Some(2),
+            ..Flavor::default()
+        },
+        &[("health", "probation = \"always\"")],
+    );
+    kill_at(&case, "HealthGate");
+    let probation = case.host.data().join("meta/probation.json");
+    assert!(
+        probation.is_file(),
+        "the killed run had started 2.0.0 under probation"
+    );
+    let o = recover(&case);
+    assert_eq!(o["result"], "recovered", "{o}");
+    assert!(!probation.exists(), "the old release must not start paused");
+    // assert_consistent checks that 1.0.0 runs unpaused.
+    assert_consistent(&case, &case.v1);
+    assert_eq!(case.host.data_schema(), 1);
+    let snap = std::path::PathBuf::from(o["snapshot"].as_str().expect("snapshot"));
+    assert_eq!(
+        bot_host::tree_digest(&case.host.data()),
+        bot_host::tree_digest(&snap.join("data")),
+        "the persistence equals the snapshot"
+    );
 }
