@@ -55,7 +55,9 @@ pub enum Step {
     Snapshot,
     /// Ask the app to pause its work loops and wait for the acknowledgement.
     Quiesce,
-    /// Run the release's migrate hook when its schema is above the data's.
+    /// Run the release's migrate hook when its schema is above the data's;
+    /// or, when the journal names a backup (`restore_from`), copy it over
+    /// the data instead.
     Migrate,
     /// `previous` → old current, `current` → the new release.
     Switch,

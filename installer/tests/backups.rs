@@ -265,6 +265,43 @@ fn restore_of_a_bogus_or_unreadable_backup_exits_2_with_nothing_changed() {
     assert!(stderr(&out).contains("schema 1"), "{}", stderr(&out));
 }
 
+#[test]
+fn a_forced_restore_the_service_cannot_run_on_puts_the_data_from_before_back() {
+    // v2 reads only schema 2; the backup of v1's data is at schema 1.
+    let (host, _v1, v2, _) = two_releases(&Flavor {
+        schema: Some(2),
+        min_compatible: Some(2),
+        ..Flavor::default()
+    });
+    let old = backups(&host)
+        .into_iter()
+        .find(|b| b["schema"] == 1)
+        .expect("a backup at schema 1");
+    let name = old["name"].as_str().unwrap().to_string();
+    let o = host.json(&["restore", &name, "--yes", "--force"], 1);
+    assert_eq!(o["op"], "restore", "{o}");
+    assert_eq!(o["cause"], "rollback_unhealthy", "{o}");
+    assert!(
+        o["message"]
+            .as_str()
+            .unwrap()
+            .contains("from before the restore is back"),
+        "{o}"
+    );
+    host.wait_healthy("2.0.0");
+    assert_eq!(host.data_schema(), 2, "the data from before is back");
+    let snap = PathBuf::from(o["snapshot"].as_str().expect("snapshot"));
+    assert_eq!(
+        bot_host::tree_digest(&host.data()),
+        bot_host::tree_digest(&snap.join("data"))
+    );
+    assert_eq!(host.link("current"), Some(v2.dir_name()));
+    let (_, body) = host.health().expect("health");
+    assert_eq!(body["paused"], false, "{body}");
+    let status = host.json(&["status"], 0);
+    assert_eq!(status["bad_releases"], serde_json::json!([]), "{status}");
+}
+
 /// Whether the binary under test has the crash hooks.
 fn fault_injection_available() -> bool {
     let out = std::process::Command::new(bot_host::slipway_bin())
