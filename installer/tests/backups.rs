@@ -302,6 +302,20 @@ fn a_forced_restore_the_service_cannot_run_on_puts_the_data_from_before_back() {
     assert_eq!(status["bad_releases"], serde_json::json!([]), "{status}");
 }
 
+#[test]
+fn gc_keeps_the_backup_rollback_restore_data_needs_whatever_the_count() {
+    let (host, v1, _v2, _) = two_releases(&schema2());
+    assert!(backups(&host).len() >= 2, "{:?}", backups(&host));
+    host.write_config(&[("update", "keep_snapshots = 0")]);
+    host.run_expect(&["gc"], 0);
+    let left = backups(&host);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["release"], v1.dir_name().as_str(), "{left:?}");
+    host.json(&["rollback", "--restore-data"], 0);
+    host.wait_healthy("1.0.0");
+    assert_eq!(host.data_schema(), 1);
+}
+
 /// Whether the binary under test has the crash hooks.
 fn fault_injection_available() -> bool {
     let out = std::process::Command::new(bot_host::slipway_bin())
