@@ -2,8 +2,6 @@
 //! and `slipway restore BACKUP` (a journaled transaction that puts one back
 //! under the running release).
 
-use std::io::Write;
-
 use serde::Serialize;
 use slipway_formats::channel::Timestamp;
 
@@ -45,9 +43,8 @@ pub(super) fn backups(host: &Host, json: bool) -> Result<Exit, CommandError> {
         print_json(&views);
         return Ok(Exit::Done);
     }
-    let mut out = std::io::stdout().lock();
     if infos.is_empty() {
-        let _ = writeln!(out, "no backups in {}", dir.display());
+        slipway_fs::outln!("no backups in {}", dir.display());
         return Ok(Exit::Done);
     }
     let rows: Vec<[String; 7]> = infos
@@ -99,10 +96,10 @@ pub(super) fn backups(host: &Host, json: bool) -> Result<Exit, CommandError> {
         }
         text
     };
-    let _ = writeln!(out, "{}", line(&header));
+    slipway_fs::outln!("{}", line(&header));
     for row in &rows {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        let _ = writeln!(out, "{}", line(&cells));
+        slipway_fs::outln!("{}", line(&cells));
     }
     Ok(Exit::Done)
 }
