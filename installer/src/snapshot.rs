@@ -959,6 +959,51 @@ mod tests {
     }
 
     #[test]
+    fn backups_are_found_by_name_and_by_the_release_and_schema_of_their_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("p");
+        fs::create_dir(&p).expect("mkdir");
+        let backups = dir.path().join("backups");
+        let about = |release: &str, version: &str, schema: Option<u32>| SnapshotAbout {
+            reason: "pre-update".into(),
+            version: Some(version.into()),
+            release: Some(release.into()),
+            schema,
+        };
+        take_snapshot_about(&p, &backups, "s1", &about("1.0.0-aaa", "1.0.0", Some(1))).expect("s1");
+        take_snapshot_about(&p, &backups, "s2", &about("2.0.0-bbb", "2.0.0", Some(2))).expect("s2");
+        take_snapshot(&p, &backups, "s3").expect("s3, recording nothing");
+        fs::create_dir_all(backups.join("s4.partial/data")).expect("partial");
+
+        assert_eq!(find_snapshot(&backups, "s1").expect("s1").name, "s1");
+        for bad in ["../p", ".s1", "", "s4.partial"] {
+            assert!(
+                matches!(
+                    find_snapshot(&backups, bad),
+                    Err(SnapshotError::BadStamp { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            find_snapshot(&backups, "nope"),
+            Err(SnapshotError::NotFound { .. })
+        ));
+
+        let infos = list_snapshot_infos(&backups);
+        assert_eq!(infos.len(), 3, "{infos:?}");
+        let of = |dir: &str, version: &str, schemas| {
+            newest_data_of(&infos, dir, version, schemas).map(|s| s.name.clone())
+        };
+        assert_eq!(of("1.0.0-aaa", "1.0.0", 1..=1), Some("s1".into()));
+        // Another copy of the same version matches by version.
+        assert_eq!(of("1.0.0-ccc", "1.0.0", 1..=1), Some("s1".into()));
+        // Data at a schema the release does not read never matches.
+        assert_eq!(of("1.0.0-aaa", "1.0.0", 2..=3), None);
+        assert_eq!(of("3.0.0-ddd", "3.0.0", 1..=3), None);
+    }
+
+    #[test]
     fn a_damaged_snapshot_is_refused_before_anything_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("p");
