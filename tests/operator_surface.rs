@@ -28,7 +28,7 @@ fn completions_name_every_subcommand() -> Result<()> {
         (
             slipway()?,
             &[
-                "install", "update", "rollback", "status", "history", "units",
+                "install", "update", "rollback", "status", "history", "units", "backups", "restore",
             ][..],
         ),
         (

@@ -12,6 +12,11 @@ use crate::journal::Step;
 /// process dies (`SLIPWAY_FAULT_AFTER=Switch`).
 pub const FAULT_ENV: &str = "SLIPWAY_FAULT_AFTER";
 
+/// The environment variable naming a point inside a step after which the
+/// process dies (`SLIPWAY_FAULT_AT=restore-moved-aside`): for the steps
+/// whose own work has crash windows of its own.
+pub const FAULT_POINT_ENV: &str = "SLIPWAY_FAULT_AT";
+
 /// Whether this binary was built with the crash-test hooks.
 pub const ENABLED: bool = cfg!(feature = "fault-injection");
 
@@ -30,6 +35,24 @@ pub fn after_journal(step: Step) {
         std::process::abort();
     }
 }
+
+/// Called at the named points inside a step (see [`FAULT_POINT_ENV`]).
+#[cfg(feature = "fault-injection")]
+pub fn at_point(point: &str) {
+    let wanted = std::env::var(FAULT_POINT_ENV).unwrap_or_default();
+    if wanted.trim() == point {
+        eprintln!("slipway: fault injection: SIGKILL at {point}");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort();
+    }
+}
+
+/// Called at the named points inside a step; a no-op in builds without
+/// `fault-injection`.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn at_point(_point: &str) {}
 
 /// Called by [`crate::journal::record`] right after the journal naming `step`
 /// is durably written; a no-op in builds without `fault-injection`.

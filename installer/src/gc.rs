@@ -7,8 +7,11 @@
 //!   transaction lock, so no stage is in flight and any staging directory is
 //!   the debris of a killed run.
 //! - `backups/`: removes `*.partial` snapshots (killed mid-archive) and keeps
-//!   `keep_snapshots` snapshots in all, protected ones first, then the newest
-//!   by name (names are timestamps).
+//!   `keep_snapshots` snapshots in all, whatever they were taken for
+//!   (`pre-update`, `paused`, `pre-restore`, `kept-aside`, ...): protected
+//!   ones first, then the newest by the time their record says they were
+//!   taken (by name when two agree; an entry without a readable record is
+//!   the oldest).
 //! - `downloads/`: removes entries older than [`DOWNLOAD_MAX_AGE`].
 //! - `state/` and the root: removes temporary files a killed atomic write
 //!   left behind (`.<name>.tmp.<pid>`, `.<name>.link.<pid>`).
@@ -151,7 +154,13 @@ pub fn collect_at(
             snapshots.push((path, name));
         }
     }
-    snapshots.sort_by(|a, b| b.1.cmp(&a.1));
+    let taken: std::collections::HashMap<String, u64> =
+        crate::snapshot::list_snapshot_infos(&layout.backups_dir())
+            .into_iter()
+            .map(|i| (i.name, i.created_unix))
+            .collect();
+    let when = |name: &String| taken.get(name).copied().unwrap_or(0);
+    snapshots.sort_by(|a, b| when(&b.1).cmp(&when(&a.1)).then_with(|| b.1.cmp(&a.1)));
     keep_newest(
         snapshots.into_iter().map(|(p, _)| p).collect(),
         keep_snapshots,

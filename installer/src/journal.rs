@@ -55,7 +55,9 @@ pub enum Step {
     Snapshot,
     /// Ask the app to pause its work loops and wait for the acknowledgement.
     Quiesce,
-    /// Run the release's migrate hook when its schema is above the data's.
+    /// Run the release's migrate hook when its schema is above the data's;
+    /// or, when the journal names a backup (`restore_from`), copy it over
+    /// the data instead.
     Migrate,
     /// `previous` → old current, `current` → the new release.
     Switch,
@@ -195,6 +197,9 @@ pub enum Operation {
     Apply,
     /// `slipway rollback`: back to `previous`.
     Rollback,
+    /// `slipway restore BACKUP`: the running release stays, its data is
+    /// replaced by a snapshot from `backups/`.
+    Restore,
     /// `slipway check`: discovery and verification only; never journaled.
     Check,
 }
@@ -207,14 +212,16 @@ impl Operation {
             Operation::Update => "update",
             Operation::Apply => "apply",
             Operation::Rollback => "rollback",
+            Operation::Restore => "restore",
             Operation::Check => "check",
         }
     }
 
     /// Whether a failure of the target release puts it on the bad list
-    /// (a rollback's target is the operator's choice, never bad-listed).
+    /// (a rollback's target is the operator's choice, never bad-listed; a
+    /// restore installs no release at all).
     pub fn installs_new_release(self) -> bool {
-        !matches!(self, Operation::Rollback)
+        !matches!(self, Operation::Rollback | Operation::Restore)
     }
 }
 
@@ -273,7 +280,14 @@ pub struct Journal {
     pub schema_from: Option<u32>,
     pub schema_to: Option<u32>,
     pub snapshot: Option<Snapshot>,
-    /// The migrate hook ran (or started).
+    /// The backup that step `Migrate` copies over the data instead of
+    /// running the migrate hook: `slipway restore BACKUP`, and `slipway
+    /// rollback --restore-data` across a migration. `snapshot` stays the
+    /// transaction's own copy of the data before it, which every undo
+    /// puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<Snapshot>,
+    /// The migrate hook ran (or started), or the restore of `restore_from`.
     pub data_changed: bool,
     /// The app acknowledged a quiesce and was not resumed or restarted since.
     pub quiesced: bool,
@@ -315,6 +329,7 @@ impl Journal {
             schema_from: None,
             schema_to: None,
             snapshot: None,
+            restore_from: None,
             data_changed: false,
             quiesced: false,
             failure: None,
@@ -460,6 +475,9 @@ pub fn check_paths(layout: &Layout, j: &Journal) -> Result<(), String> {
     if let Some(s) = &j.snapshot {
         under(&s.dir, &layout.backups_dir(), "snapshot")?;
     }
+    if let Some(s) = &j.restore_from {
+        under(&s.dir, &layout.backups_dir(), "restore_from")?;
+    }
     Ok(())
 }
 
@@ -545,6 +563,7 @@ mod tests {
             Operation::Update,
             Operation::Apply,
             Operation::Rollback,
+            Operation::Restore,
         ] {
             let json = serde_json::to_string(&op).expect("json");
             assert_eq!(json, format!("\"{}\"", op.name()));
@@ -566,7 +585,14 @@ mod tests {
         dotdot.release_dir = Some(layout.releases_dir().join("../state"));
         let mut old = good.clone();
         old.old_release = Some("../../etc".into());
-        for bad in [empty_txn, outside, dotdot, old] {
+        let mut backup = good.clone();
+        backup.restore_from = Some(Snapshot {
+            dir: layout.root().join("state"),
+            digest: String::new(),
+            files: 0,
+            bytes: 0,
+        });
+        for bad in [empty_txn, outside, dotdot, old, backup] {
             record(&layout, &bad).expect("record");
             assert!(
                 matches!(load(&layout), Err(JournalError::Corrupt { .. })),

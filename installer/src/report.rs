@@ -659,6 +659,7 @@ pub fn banner_line(
     let mut line = match attempt.result {
         AttemptResult::Updated => {
             let how = match (&attempt.from_version, attempt.op.as_str()) {
+                (_, "restore") => "its data restored from a backup".to_string(),
                 (Some(from), "rollback") => format!("rolled back from {from}"),
                 (Some(from), _) => format!("updated from {from}"),
                 (None, _) => "installed".to_string(),

@@ -82,6 +82,8 @@ pub enum SnapshotError {
     Exists { dir: PathBuf },
     #[error("snapshot name {stamp:?} is not a plain file name")]
     BadStamp { stamp: String },
+    #[error("there is no complete snapshot {name:?} in {}; `slipway backups` lists them", dir.display())]
+    NotFound { name: String, dir: PathBuf },
     #[error("snapshot {} cannot be used: {message}; restore from another snapshot in the same backups directory", dir.display())]
     Corrupt { dir: PathBuf, message: String },
     #[error("snapshot {} is damaged: its data digests to {actual} but it recorded {expected}; nothing was changed; restore from another snapshot", dir.display())]
@@ -153,10 +155,11 @@ struct SnapshotRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotAbout {
-    /// Why it was taken: `pre-update` (before the migration of an update),
-    /// `paused` (again after the quiesce, when the app saved), `kept-aside`
-    /// (the data a flip back or a restore replaced), `pre-restore` (before
-    /// `slipway restore`), `manual`.
+    /// Why it was taken: `pre-update` (before the data step of an update or
+    /// a rollback; taken again as `<txn>-paused` after the quiesce when
+    /// the app saved), `pre-restore` (the same, before `slipway restore`),
+    /// `kept-aside` (the data a flip back or a restore replaced), `manual`;
+    /// `paused` in snapshots of earlier versions.
     pub reason: String,
     /// The release that wrote the data (the one running when it was taken).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -246,12 +249,7 @@ pub fn take_snapshot_about(
     stamp: &str,
     about: &SnapshotAbout,
 ) -> Result<Snapshot, SnapshotError> {
-    if stamp.is_empty()
-        || stamp.starts_with('.')
-        || stamp.contains('/')
-        || stamp.contains('\0')
-        || stamp.ends_with(PARTIAL_SUFFIX)
-    {
+    if !is_plain_name(stamp) {
         return Err(SnapshotError::BadStamp {
             stamp: stamp.to_string(),
         });
@@ -379,38 +377,86 @@ pub fn list_snapshot_infos(backups_dir: &Path) -> Vec<SnapshotInfo> {
     let Ok(entries) = fs::read_dir(backups_dir) else {
         return Vec::new();
     };
-    let mut found: Vec<SnapshotInfo> = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        if name.as_bytes().ends_with(PARTIAL_SUFFIX.as_bytes()) || !path.is_dir() {
-            continue;
-        }
-        let Some(record) = fs::read_to_string(path.join(RECORD_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<SnapshotRecord>(&t).ok())
-        else {
-            continue;
-        };
-        if !path.join(DATA_DIR).is_dir() {
-            continue;
-        }
-        found.push(SnapshotInfo {
-            name: name.to_string_lossy().into_owned(),
-            dir: path,
-            created_unix: record.created_unix,
-            files: record.files,
-            bytes: record.bytes,
-            digest: record.digest,
-            about: record.about,
-        });
-    }
+    let mut found: Vec<SnapshotInfo> = entries
+        .flatten()
+        .filter_map(|entry| read_info(&entry.path(), &entry.file_name().to_string_lossy()))
+        .collect();
     found.sort_by(|a, b| {
         b.created_unix
             .cmp(&a.created_unix)
             .then_with(|| b.name.cmp(&a.name))
     });
     found
+}
+
+/// The snapshot `dir` (named `name`) with its record, when it is complete:
+/// a real directory (not a link, not `.partial`) with a readable
+/// `snapshot.json` and a `data/` directory.
+fn read_info(dir: &Path, name: &str) -> Option<SnapshotInfo> {
+    if name.ends_with(PARTIAL_SUFFIX) || name.starts_with('.') {
+        return None;
+    }
+    if !fs::symlink_metadata(dir).ok()?.is_dir() {
+        return None;
+    }
+    let record = fs::read_to_string(dir.join(RECORD_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<SnapshotRecord>(&t).ok())?;
+    if !fs::symlink_metadata(dir.join(DATA_DIR)).ok()?.is_dir() {
+        return None;
+    }
+    Some(SnapshotInfo {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        created_unix: record.created_unix,
+        files: record.files,
+        bytes: record.bytes,
+        digest: record.digest,
+        about: record.about,
+    })
+}
+
+/// The complete snapshot called `name` in `backups_dir` (what `slipway
+/// restore NAME` takes): [`SnapshotError::BadStamp`] for a name that is not
+/// a plain file name, [`SnapshotError::NotFound`] when there is no complete
+/// snapshot of that name.
+pub fn find_snapshot(backups_dir: &Path, name: &str) -> Result<SnapshotInfo, SnapshotError> {
+    if !is_plain_name(name) {
+        return Err(SnapshotError::BadStamp {
+            stamp: name.to_string(),
+        });
+    }
+    read_info(&backups_dir.join(name), name).ok_or_else(|| SnapshotError::NotFound {
+        name: name.to_string(),
+        dir: backups_dir.to_path_buf(),
+    })
+}
+
+/// The newest of `newest_first` that holds data written by the release in
+/// `releases/<release_dir>` (or another copy of the same `version`) at a
+/// schema in `schemas`: the data that release can run on again. What
+/// `slipway rollback --restore-data` restores, and what `gc` keeps for it.
+/// A snapshot that does not record its release and schema never matches.
+pub fn newest_data_of<'a>(
+    newest_first: &'a [SnapshotInfo],
+    release_dir: &str,
+    version: &str,
+    schemas: std::ops::RangeInclusive<u32>,
+) -> Option<&'a SnapshotInfo> {
+    newest_first.iter().find(|s| {
+        let same_release = s.about.release.as_deref() == Some(release_dir)
+            || s.about.version.as_deref() == Some(version);
+        same_release && s.about.schema.is_some_and(|v| schemas.contains(&v))
+    })
+}
+
+/// A name that stays one entry of `backups/`.
+fn is_plain_name(name: &str) -> bool {
+    !(name.is_empty()
+        || name.starts_with('.')
+        || name.contains('/')
+        || name.contains('\0')
+        || name.ends_with(PARTIAL_SUFFIX))
 }
 
 /// SHA-256 over the sorted entries of `dir` (path, type, mode, size, and the
@@ -591,6 +637,8 @@ pub fn restore_snapshot(snapshot: &Snapshot, persistence: &Path) -> Result<(), S
         parent.rename(&p, parent, &o)?;
         parent.sync()?;
     }
+    // The crash tests' window with no persistence directory at all.
+    crate::fault::at_point("restore-moved-aside");
 
     // Step 3: the switch.
     parent.rename(&r, parent, &p)?;
@@ -908,6 +956,51 @@ mod tests {
                 "{stamp}"
             );
         }
+    }
+
+    #[test]
+    fn backups_are_found_by_name_and_by_the_release_and_schema_of_their_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("p");
+        fs::create_dir(&p).expect("mkdir");
+        let backups = dir.path().join("backups");
+        let about = |release: &str, version: &str, schema: Option<u32>| SnapshotAbout {
+            reason: "pre-update".into(),
+            version: Some(version.into()),
+            release: Some(release.into()),
+            schema,
+        };
+        take_snapshot_about(&p, &backups, "s1", &about("1.0.0-aaa", "1.0.0", Some(1))).expect("s1");
+        take_snapshot_about(&p, &backups, "s2", &about("2.0.0-bbb", "2.0.0", Some(2))).expect("s2");
+        take_snapshot(&p, &backups, "s3").expect("s3, recording nothing");
+        fs::create_dir_all(backups.join("s4.partial/data")).expect("partial");
+
+        assert_eq!(find_snapshot(&backups, "s1").expect("s1").name, "s1");
+        for bad in ["../p", ".s1", "", "s4.partial"] {
+            assert!(
+                matches!(
+                    find_snapshot(&backups, bad),
+                    Err(SnapshotError::BadStamp { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            find_snapshot(&backups, "nope"),
+            Err(SnapshotError::NotFound { .. })
+        ));
+
+        let infos = list_snapshot_infos(&backups);
+        assert_eq!(infos.len(), 3, "{infos:?}");
+        let of = |dir: &str, version: &str, schemas| {
+            newest_data_of(&infos, dir, version, schemas).map(|s| s.name.clone())
+        };
+        assert_eq!(of("1.0.0-aaa", "1.0.0", 1..=1), Some("s1".into()));
+        // Another copy of the same version matches by version.
+        assert_eq!(of("1.0.0-ccc", "1.0.0", 1..=1), Some("s1".into()));
+        // Data at a schema the release does not read never matches.
+        assert_eq!(of("1.0.0-aaa", "1.0.0", 2..=3), None);
+        assert_eq!(of("3.0.0-ddd", "3.0.0", 1..=3), None);
     }
 
     #[test]

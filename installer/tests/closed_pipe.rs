@@ -48,6 +48,8 @@ fn no_command_panics_on_a_closed_pipe() {
         vec!["status", "--json"],
         vec!["history"],
         vec!["history", "--json"],
+        vec!["backups"],
+        vec!["backups", "--json"],
         vec!["units"],
         vec!["verify"],
         vec!["check"],

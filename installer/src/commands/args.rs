@@ -110,6 +110,34 @@ pub enum Command {
     },
     /// Go back to the previous release, with the same health gate.
     Rollback {
+        /// Across a migration the previous release cannot read: restore the
+        /// newest backup of its data instead of refusing (the data rolled
+        /// back from is kept in a new backup).
+        #[arg(long)]
+        restore_data: bool,
+        #[command(flatten)]
+        lock: LockArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the persistence backups: name, when, why, release, schema, size.
+    Backups {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a backup's data back under the running release: snapshot the
+    /// data, quiesce, restore, restart, health gate (and put the data back
+    /// if the service is not healthy on it).
+    Restore {
+        /// The backup's name, as `slipway backups` lists it.
+        backup: String,
+        /// Do not ask for a "y" on stdin.
+        #[arg(long, short)]
+        yes: bool,
+        /// Restore a backup whose data schema the running release does not
+        /// say it reads (or that does not record its schema).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         lock: LockArgs,
         #[arg(long)]
@@ -228,6 +256,19 @@ mod tests {
         ));
         assert!(Cli::try_parse_from(["slipway", "disable", "--reason", "maintenance"]).is_ok());
         assert!(Cli::try_parse_from(["slipway", "units", "--write", "/tmp"]).is_ok());
+        let cli = Cli::try_parse_from(["slipway", "rollback", "--restore-data"]).expect("rollback");
+        assert!(matches!(
+            cli.command,
+            Command::Rollback {
+                restore_data: true,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["slipway", "restore", "20260301T102030Z-42", "--yes"])
+            .expect("restore");
+        assert!(matches!(cli.command, Command::Restore { yes: true, .. }));
+        assert!(Cli::try_parse_from(["slipway", "restore"]).is_err());
+        assert!(Cli::try_parse_from(["slipway", "backups", "--json"]).is_ok());
         assert!(Cli::try_parse_from(["slipway", "frobnicate"]).is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::Exit;
 use serde::Serialize;
 
 use super::args::{Cli, Command, LockArgs, WAIT_FOR_LOCK};
+use super::backups::{backups, restore_cmd};
 use super::discover::{auto_precheck, configured_source, open_bundle_tar, source_error};
 use super::install::{dry_run_cmd, install_from, install_interactive};
 use super::units::units;
@@ -199,10 +200,25 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
             let o = transaction::apply(&host)?;
             Ok(emit(&host, &o, *json))
         }
-        Command::Rollback { lock, json } => {
+        Command::Rollback {
+            restore_data,
+            lock,
+            json,
+        } => {
             let _lock = lock_and_recover(&host, *lock)?;
-            let o = transaction::rollback(&host)?;
+            let o = transaction::rollback(&host, *restore_data)?;
             Ok(emit(&host, &o, *json))
+        }
+        Command::Backups { json } => backups(&host, *json),
+        Command::Restore {
+            backup,
+            yes,
+            force,
+            lock,
+            json,
+        } => {
+            let _lock = lock_and_recover(&host, *lock)?;
+            restore_cmd(&host, backup, *yes, *force, *json)
         }
         Command::Status { json } => status(&host, *json),
         Command::History { json, limit } => history(&host, *json, *limit),

@@ -118,7 +118,7 @@ pub(super) fn install_interactive(
 
 /// Asks `question` on stderr and reads one line from stdin: true only for
 /// `y` or `yes` (any case). End of input is a no.
-fn ask_yes(question: &str) -> bool {
+pub(super) fn ask_yes(question: &str) -> bool {
     let mut err = std::io::stderr().lock();
     let _ = write!(err, "{question}");
     let _ = err.flush();

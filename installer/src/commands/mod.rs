@@ -11,10 +11,10 @@
 //! | 5 | locked by another run (the message names its pid) |
 //! | 143 | stopped by SIGTERM mid-run; the journal stays and `recover` finishes or undoes it (docs/transaction.md) |
 //!
-//! Mutating commands (`install`, `update`, `apply`, `rollback`, `recover`,
-//! `gc`, `enable`, `disable`) take the transaction lock and run
+//! Mutating commands (`install`, `update`, `apply`, `rollback`, `restore`,
+//! `recover`, `gc`, `enable`, `disable`) take the transaction lock and run
 //! [`transaction::recover`](crate::transaction::recover) first. Read-only
-//! commands (`status`, `history`, `check`, `verify`, `units`, and
+//! commands (`status`, `history`, `backups`, `check`, `verify`, `units`, and
 //! `--dry-run`) take no lock and write nothing. Errors go to stderr as
 //! `slipway: error: <what>: <why>` and a `  hint: <what to do>` line;
 //! results go to stdout (JSON with `--json`).
@@ -27,10 +27,12 @@
 //! | `dispatch.rs` | running a command: configuration, lock, recovery first, output, exit codes |
 //! | `discover.rs` | which release a source offers this host (SPEC §4 step 1) |
 //! | `install.rs` | `install` / `update`: plain, `--interactive` and `--dry-run` |
+//! | `backups.rs` | `backups` (the list) and `restore` (the checks, the question, the transaction) |
 //! | `views.rs` | what the reporting commands print: `check`, `status`, `history`, `verify`, `gc` |
 //! | `units.rs` | `slipway units`: the systemd units that run `update --auto` and `recover` |
 
 mod args;
+mod backups;
 mod discover;
 mod dispatch;
 mod install;

@@ -664,8 +664,9 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
 }
 
 pub(super) fn gc_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
-    let state = load_state(host)?;
-    let protected: Vec<PathBuf> = state.pending.iter().map(|p| p.dir.clone()).collect();
+    // Fails early on a state file slipway cannot read.
+    load_state(host)?;
+    let protected = transaction::gc_protected(host);
     let cfg = &host.config.update;
     match crate::gc::collect(
         &host.layout,

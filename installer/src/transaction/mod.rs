@@ -70,6 +70,7 @@ mod outcome;
 mod preview;
 mod query;
 mod recover;
+mod restore;
 mod undo;
 
 pub use outcome::{Failure, InstallOptions, Outcome, TxnError};
@@ -79,6 +80,8 @@ pub use query::{
     ReleaseRecords,
 };
 pub use recover::recover;
+use restore::*;
+pub use restore::{check_restore, gc_protected, restore, RestorePlan};
 use undo::*;
 
 // ---------------------------------------------------------------------------
@@ -526,7 +529,10 @@ fn record_and_report(
 ) -> Result<(), TxnError> {
     let mut state = HostState::load_at(&host.layout, host.clock.now())?;
     let cause = attempt.cause();
-    if cause.bad_lists() && attempt.op != Operation::Rollback.name() {
+    let operators_choice = [Operation::Rollback, Operation::Restore]
+        .iter()
+        .any(|op| op.name() == attempt.op);
+    if cause.bad_lists() && !operators_choice {
         if let (Some(id), Some(version)) = (attempt.release_id, attempt.version.clone()) {
             let reason = bad_reason.unwrap_or_else(|| attempt.message.clone());
             state.mark_bad(
@@ -1091,7 +1097,12 @@ fn clear_pending_and_fail(t: Txn, cause: Cause, f: Failure) -> Result<Outcome, T
 /// restart and health gate as an update. The release rolled back from goes
 /// on the bad list (so auto-update does not reinstall it); on failure the
 /// links flip forward again and the command exits 1.
-pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
+///
+/// When `previous` cannot read the data (a rollback across a migration),
+/// it is refused, unless `restore_data`: then the newest backup of data
+/// `previous` wrote, at a schema it reads, is restored in step `Migrate`
+/// (the data rolled back from stays in the transaction's own snapshot).
+pub fn rollback(host: &Host, restore_data: bool) -> Result<Outcome, TxnError> {
     let links = switch::read_links(&host.layout)?;
     let Some(prev) = links.previous.clone() else {
         // Nothing was tried: not recorded, no cause.
@@ -1153,14 +1164,54 @@ pub fn rollback(host: &Host) -> Result<Outcome, TxnError> {
         t.journal.schema_from,
         true,
     ) {
-        return t.fail(
-            failure_model::of_verify_error(&e),
-            Failure::new(
-                format!("cannot roll back to {}", installed.manifest.version),
-                e,
-                "restore the snapshot in backups/ taken before the update that migrated the data, then roll back",
-            ),
+        let across_migration = matches!(
+            e,
+            verify::VerifyError::DataTooNew { .. } | verify::VerifyError::DataTooOld { .. }
         );
+        let backup = across_migration
+            .then(|| backup_for_rollback(host, &dir, &installed.manifest))
+            .flatten();
+        match backup {
+            Some(backup) if restore_data => {
+                t.host.log.info(format!(
+                    "the data is at schema {}, which {} cannot read: its data from {} will be restored",
+                    t.journal.schema_from.map_or_else(|| "?".to_string(), |s| s.to_string()),
+                    installed.manifest.version,
+                    backup.dir.display()
+                ));
+                t.journal.restore_from = Some(backup);
+            }
+            _ => {
+                let what = format!("cannot roll back to {}", installed.manifest.version);
+                let hint = match (&backup, restore_data, across_migration) {
+                    (Some(b), _, _) => format!(
+                        "nothing was changed; `slipway rollback --restore-data` rolls back with the data of {} from backup {} (what was written since is kept in a new backup)",
+                        installed.manifest.version,
+                        b.dir.display()
+                    ),
+                    (None, true, true) => format!(
+                        "nothing was changed; --restore-data needs a backup of data {} wrote at a schema it reads ({} to {}), and backups/ holds none (`slipway backups` lists them): ship a fix forward instead",
+                        installed.manifest.version,
+                        installed.manifest.schema_min_compatible,
+                        installed.manifest.schema_version
+                    ),
+                    (None, false, true) => format!(
+                        "nothing was changed; no backup of data {} wrote is left for `slipway rollback --restore-data` (`slipway backups` lists them): ship a fix forward instead",
+                        installed.manifest.version
+                    ),
+                    (None, _, false) => "nothing was changed".to_string(),
+                };
+                return t.fail(
+                    failure_model::of_verify_error(&e),
+                    Failure::new(what, e, hint),
+                );
+            }
+        }
+    } else if restore_data {
+        t.host.log.info(format!(
+            "{} reads the data as it is: no backup to restore (`slipway restore` puts one back by name)",
+            installed.manifest.version
+        ));
     }
     let target = Target {
         dir,
@@ -1213,7 +1264,7 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         host.persistence(),
         &host.layout.backups_dir(),
         &t.journal.txn,
-        &running_data_about(&t.journal, "pre-update"),
+        &running_data_about(&t.journal, snapshot_reason(t.journal.op)),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -1275,10 +1326,13 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         }
     }
 
-    // Step 9: Migrate.
+    // Step 9: Migrate, or restore the backup the journal names instead
+    // (`restore`, `rollback --restore-data`).
     let schema_from = t.journal.schema_from;
     let schema_to = target.manifest.schema_version;
+    let restore_from = t.journal.restore_from.clone();
     let migrate = match (schema_from, &target.manifest.hooks.migrate) {
+        _ if restore_from.is_some() => None,
         (Some(from), Some(argv)) if schema_to > from => Some((from, argv.clone())),
         (Some(from), None) if schema_to > from => {
             log.warn(format!(
@@ -1288,13 +1342,17 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         }
         _ => None,
     };
-    t.journal.data_changed = migrate.is_some();
+    t.journal.data_changed = migrate.is_some() || restore_from.is_some();
     t.enter(Step::Migrate)?;
     // The host's, not the release's: the app is paused by now.
     if let Err(failure) = ensure_app_dirs(host) {
         return t.abort(Cause::HostServicePaused, failure);
     }
-    if let Some((from, argv)) = migrate {
+    if let Some(backup) = &restore_from {
+        if let Err(failure) = restore_backup(host, backup) {
+            return t.abort(Cause::HostServicePaused, failure);
+        }
+    } else if let Some((from, argv)) = migrate {
         let user = match host.app_user() {
             Ok(user) => user,
             Err(failure) => return t.abort(Cause::HostServicePaused, failure),
@@ -1346,37 +1404,40 @@ fn from_save(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
         }
     }
 
-    // Step 10: Switch. The data as the new release finds it: what a flip
-    // back may replace without keeping it aside.
+    // Step 10: Switch (a restore keeps the release it runs). The data as
+    // the new release finds it: what a flip back may replace without
+    // keeping it aside.
     t.journal.found_digest = if t.journal.data_changed {
         snapshot::tree_digest(host.persistence()).ok()
     } else {
         t.journal.snapshot.as_ref().map(|s| s.digest.clone())
     };
-    t.enter(Step::Switch)?;
-    let switched = if target.reinstall {
-        switch::replace_current(&host.layout, &target.dir)
-    } else {
-        switch::switch_to(&host.layout, &target.dir)
-    };
-    match switched {
-        Ok(timing) => {
-            t.switch_latency = Some(timing.current_swap);
-            log.info(format!(
-                "switched current to {} in {} µs (rename; the directory fsync took {} µs more)",
-                target.dir.display(),
-                us(timing.current_swap),
-                us(timing.fsync)
-            ));
-        }
-        Err(e) => {
-            // The undo of Switch is the flip back: links back, data back if
-            // it changed, the old release restarted (unpaused) and gated.
-            return t.abort(Cause::HostServicePaused, Failure::new(
-                "cannot switch to the new release",
-                e,
-                "the old release is still current; check the install root's permissions and free space",
-            ));
+    if t.journal.op != Operation::Restore {
+        t.enter(Step::Switch)?;
+        let switched = if target.reinstall {
+            switch::replace_current(&host.layout, &target.dir)
+        } else {
+            switch::switch_to(&host.layout, &target.dir)
+        };
+        match switched {
+            Ok(timing) => {
+                t.switch_latency = Some(timing.current_swap);
+                log.info(format!(
+                    "switched current to {} in {} µs (rename; the directory fsync took {} µs more)",
+                    target.dir.display(),
+                    us(timing.current_swap),
+                    us(timing.fsync)
+                ));
+            }
+            Err(e) => {
+                // The undo of Switch is the flip back: links back, data back if
+                // it changed, the old release restarted (unpaused) and gated.
+                return t.abort(Cause::HostServicePaused, Failure::new(
+                    "cannot switch to the new release",
+                    e,
+                    "the old release is still current; check the install root's permissions and free space",
+                ));
+            }
         }
     }
 
@@ -1519,7 +1580,7 @@ fn refresh_snapshot(t: &mut Txn) -> Result<Option<Failure>, TxnError> {
         host.persistence(),
         &host.layout.backups_dir(),
         &stamp,
-        &running_data_about(&t.journal, "paused"),
+        &running_data_about(&t.journal, snapshot_reason(t.journal.op)),
     ) {
         Ok(fresh) => fresh,
         Err(e) => {
@@ -1562,7 +1623,9 @@ fn running_data_about(j: &Journal, reason: &str) -> snapshot::SnapshotAbout {
 fn commit(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
     let host = t.host;
     let now = host.clock.now();
-    let message = if target.reinstall {
+    let message = if let Some(m) = restored_message(&t.journal, target, ms(t.started.elapsed())) {
+        m
+    } else if target.reinstall {
         format!(
             "reinstalled {} {} from its archive into {} ({} ms; switch {} µs)",
             target.manifest.app,
@@ -1605,6 +1668,10 @@ fn commit(mut t: Txn, target: &Target) -> Result<Outcome, TxnError> {
 /// release off the bad list (`--force`), stamp its install time. For a
 /// rollback, the release rolled back from goes on the bad list.
 fn finish_commit(host: &Host, j: &Journal) -> Result<(), TxnError> {
+    if j.op == Operation::Restore {
+        // The release it ran stays as it was: nothing to record.
+        return Ok(());
+    }
     let now = j.decision.as_ref().map_or(host.clock.now(), |d| d.at);
     let mut state = HostState::load_at(&host.layout, now)?;
     if let Some(id) = j.release_id {
@@ -1690,11 +1757,7 @@ fn report_decision(host: &Host, j: &Journal, duration_ms: u64) -> Result<(), Txn
 
 /// Step 15: keep the newest releases and snapshots.
 fn collect(host: &Host) {
-    let protected: Vec<PathBuf> = HostState::load(&host.layout)
-        .ok()
-        .and_then(|s| s.pending)
-        .map(|p| vec![p.dir])
-        .unwrap_or_default();
+    let protected = gc_protected(host);
     let cfg = &host.config.update;
     match gc::collect(
         &host.layout,
@@ -1774,6 +1837,9 @@ fn flip_back_message(
     reason: &str,
     result: &FlippedBack,
 ) -> (String, Failure) {
+    if j.op == Operation::Restore {
+        return restore_flip_back_message(j, reason, result);
+    }
     let version = j
         .version
         .as_ref()

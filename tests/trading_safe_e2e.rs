@@ -9,7 +9,10 @@
 //!   under `backups/kept-<txn>/` before the snapshot is restored
 //!   (`restore_data = "always"`), and the run's message and `status` name
 //!   it; with the default `restore_data`, a release that did not change the
-//!   schema leaves its data in place.
+//!   schema leaves its data in place;
+//! - `slipway rollback --restore-data` goes back across a migration with
+//!   the old release's own data, and `slipway restore` puts an older backup
+//!   back while the service runs.
 //!
 //! Runs as root only; without root it prints why it skips, and under
 //! `CI=true` it fails instead.
@@ -331,6 +334,114 @@ fn without_probation_the_data_a_bad_release_wrote_is_kept_aside_and_named() -> R
         "{after}"
     );
     wait_trading(&c, "1.0.0")?;
+    c.shutdown()?;
+    Ok(())
+}
+
+/// The digest of a tree inside the container, without slipway's `meta/` and
+/// the bot's pause marker (what the restore compares).
+fn data_digest(c: &Container, dir: &str) -> Result<String> {
+    let out = c.sh_ok(&format!(
+        "cd '{dir}' && find . -path ./meta -prune -o -type f ! -name paused -print | sort | xargs -r sha256sum | sha256sum"
+    ))?;
+    Ok(out.stdout_text().trim().to_string())
+}
+
+#[test]
+fn rollback_restore_data_crosses_a_migration_and_restore_works_while_the_service_runs() -> Result<()>
+{
+    if !Container::available_or_skip()? {
+        return Ok(());
+    }
+    let shared = shared_tempdir("backups")?;
+    let dir = shared.path();
+    keys(dir)?;
+    let v1 = build(dir, "1.0.0", 1, false)?;
+    let v2 = build(dir, "2.0.0", 2, false)?;
+    let c = boot("slipway-backups", dir, "")?;
+    let out = slipway(&c, &["install", &v1])?;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    wait_trading(&c, "1.0.0")?;
+    let out = slipway(&c, &["install", &v2])?;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    wait_trading(&c, "2.0.0")?;
+
+    // The update's snapshot is listed as a backup of 1.0.0's data.
+    let out = slipway(&c, &["backups", "--json"])?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let of_v1 = list
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["version"] == "1.0.0"))
+        .cloned()
+        .context(format!("no backup of 1.0.0's data: {list}"))?;
+    assert_eq!(of_v1["schema"], 1, "{of_v1}");
+    let v1_dir = of_v1["dir"].as_str().context("dir")?.to_string();
+    let v1_digest = data_digest(&c, &format!("{v1_dir}/data"))?;
+
+    // A plain rollback cannot cross the migration, and says what can.
+    let out = slipway(&c, &["rollback"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("--restore-data"),
+        "{}",
+        out.stderr_text()
+    );
+
+    let out = slipway(&c, &["rollback", "--restore-data"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    wait_trading(&c, "1.0.0")?;
+    // Byte for byte (the bot saves again only ten seconds after its start).
+    assert_eq!(data_digest(&c, DATA)?, v1_digest, "1.0.0's data is back");
+    assert_eq!(
+        c.read_to_string(format!("{DATA}/schema_version"))?.trim(),
+        "1"
+    );
+    // 1.0.0 came back on its own data: the bot started on the trade count
+    // of that backup.
+    let journal = c.journal(BOT_UNIT)?;
+    let back = journal
+        .rfind("starting version=1.0.0")
+        .context("1.0.0 back")?;
+    let backup_state: serde_json::Value =
+        serde_json::from_str(&c.read_to_string(format!("{v1_dir}/data/state.json"))?)?;
+    assert_eq!(
+        field(&journal[back..], "starting version=1.0.0", "trades"),
+        backup_state["trades"].as_u64().map(|t| t.to_string()),
+        "{}",
+        &journal[back..]
+    );
+
+    // restore: an older backup while the service runs.
+    let out = slipway(
+        &c,
+        &["restore", of_v1["name"].as_str().context("name")?, "--yes"],
+    )?;
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    wait_trading(&c, "1.0.0")?;
+    let journal = c.journal(BOT_UNIT)?;
+    let again = journal
+        .rfind("starting version=1.0.0")
+        .context("restarted")?;
+    assert!(
+        again > back,
+        "the service was restarted on the restored data"
+    );
+    assert_eq!(
+        data_digest(&c, DATA)?,
+        v1_digest,
+        "the backup's data is back"
+    );
+    assert_eq!(
+        field(&journal[again..], "starting version=1.0.0", "trades"),
+        backup_state["trades"].as_u64().map(|t| t.to_string()),
+    );
+    let out = slipway(&c, &["backups", "--json"])?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|b| b["reason"] == "pre-restore")),
+        "the data before the restore is kept: {list}"
+    );
     c.shutdown()?;
     Ok(())
 }
