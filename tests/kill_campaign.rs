@@ -95,6 +95,11 @@ fn build_release(dir: &Path, key: &Path, marker: &str, f: &Flavor) -> Result<Rel
         }
         toml = toml.replace(default, &format!("migrate = {}", slow.hook(marker)));
     }
+    if f.fail_health {
+        // The failing release starts under probation (docs/probation.md):
+        // kills land in a probation gate too.
+        toml.push_str("\n[health]\nprobation = true\n");
+    }
     fs::write(src.join("slipway.toml"), toml)?;
     fs::write(
         src.join("app/bot/settings.json"),

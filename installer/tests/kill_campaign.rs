@@ -93,6 +93,9 @@ impl CommandHost {
                 schema: Some(2),
                 migrate_hook: Some(SlowMigrate::Shell.hook(&migrate_marker)),
                 fail_health: true,
+                // Started paused (docs/probation.md): kills land in a
+                // probation gate too.
+                probation: true,
                 ..Flavor::default()
             },
         );

@@ -13,8 +13,8 @@
 //!   tracks (`bot-ctl status` / systemd's `MainPID`), healthy with
 //!   `current`'s version and not paused;
 //! - no hook or restart command outlived the transaction;
-//! - no journal, `.partial` snapshot, `.staging-*` directory or temporary
-//!   file is left;
+//! - no journal, `.partial` snapshot, `.staging-*` directory, probation
+//!   file or temporary file is left;
 //! - the lock is free (a second `slipway recover` does not exit 5);
 //! - a second or two later, the data and the service still hold (an
 //!   orphaned migrate hook finishing late is exactly what this catches).
@@ -463,7 +463,8 @@ impl Releases {
 pub enum Scenario {
     /// v1 → v2: migrates (slowly) and passes its health gate.
     Migrate,
-    /// v1 → v3: migrates (slowly), fails its health gate, is flipped back.
+    /// v1 → v3: migrates (slowly), starts under probation (paused), fails
+    /// its health gate, is flipped back.
     FailedHealth,
 }
 
@@ -473,7 +474,7 @@ impl Scenario {
     pub fn label(self) -> &'static str {
         match self {
             Scenario::Migrate => "v1->v2 (slow migrate)",
-            Scenario::FailedHealth => "v1->v3 (migrate, fails health)",
+            Scenario::FailedHealth => "v1->v3 (migrate, probation, fails health)",
         }
     }
 
@@ -1683,6 +1684,11 @@ fn debris(root: &Path, data: &Path, releases: &Releases) -> (Vec<String>, Vec<St
                 temporary.push(dir.join(name).display().to_string());
             }
         }
+    }
+    // A probation file left behind would start the next release paused:
+    // after recovery no release is on probation.
+    if data.join("meta/probation.json").exists() {
+        found.push(data.join("meta/probation.json").display().to_string());
     }
     if let Some(parent) = data.parent() {
         for name in names(parent) {

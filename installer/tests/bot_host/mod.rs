@@ -104,6 +104,9 @@ pub struct Flavor {
     /// one (the kill campaign's slow hooks); not together with
     /// `slow_migrate` or `late_migrate`.
     pub migrate_hook: Option<String>,
+    /// `[health] probation = true`: the release asks to start paused until
+    /// its health gate passes.
+    pub probation: bool,
 }
 
 /// A built release.
@@ -329,6 +332,9 @@ impl TestHost {
             let default = "migrate = [\"python3\", \"app/bot/migrate.py\"]";
             assert!(toml.contains(default), "slipway.toml changed shape");
             toml = toml.replace(default, &format!("migrate = {hook}"));
+        }
+        if flavor.probation {
+            toml.push_str("\n[health]\nprobation = true\n");
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
         fs::write(
