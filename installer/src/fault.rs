@@ -36,3 +36,26 @@ pub fn after_journal(step: Step) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn after_journal(_step: Step) {}
+
+/// The environment variable naming a point inside a step where the process
+/// dies (`SLIPWAY_FAULT_DURING=hardlink`: right after staging linked its
+/// first file from the running release).
+pub const FAULT_DURING_ENV: &str = "SLIPWAY_FAULT_DURING";
+
+/// Called at the named point inside a step; kills the process with SIGKILL
+/// when [`FAULT_DURING_ENV`] names it.
+#[cfg(feature = "fault-injection")]
+pub fn during(point: &str) {
+    let wanted = std::env::var(FAULT_DURING_ENV).unwrap_or_default();
+    if wanted.trim() == point {
+        eprintln!("slipway: fault injection: SIGKILL during {point}");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort();
+    }
+}
+
+/// A no-op in builds without `fault-injection`.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn during(_point: &str) {}

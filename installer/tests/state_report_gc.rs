@@ -122,6 +122,7 @@ fn input<'a>(
         needed_bytes: 0,
         auto,
         now,
+        clean: Default::default(),
     }
 }
 

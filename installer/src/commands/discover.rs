@@ -104,6 +104,7 @@ pub(super) fn auto_precheck(host: &Host) -> Result<Option<Outcome>, CommandError
         needed_bytes: 0,
         auto: true,
         now: host.clock.now(),
+        clean: Default::default(),
     };
     match check_eligibility(&input) {
         Ok(()) => Ok(None),

@@ -788,11 +788,26 @@ pub fn install(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Unchanged files are hardlinked from the running release (never into
+    // a reinstall, which is a fresh copy of the running one).
+    let link_from = t
+        .running
+        .as_ref()
+        .filter(|_| !reinstall)
+        .and_then(|r| stage::LinkSource::of_release(&host.layout, &r.dir, &r.manifest));
+    log.debug(format!(
+        "{} files of the running release may be hardlinked",
+        link_from.as_ref().map_or(0, stage::LinkSource::len)
+    ));
     let staged = match stage::stage_release_into(
         &mut verified,
         &host.layout.releases_dir(),
         &dir_name,
-        stage::StageOptions::default(),
+        stage::StageOptions {
+            link_from: link_from.as_ref(),
+            records: Some(&host.layout),
+            ..Default::default()
+        },
     ) {
         Ok(dir) => dir,
         Err(e) => {
@@ -879,6 +894,11 @@ fn eligibility(
         needed_bytes: needed,
         auto: opts.auto,
         now: host.clock.now(),
+        clean: crate::clean::CleanRule {
+            deep: host.config.update.deep_clean_check,
+            record: true,
+            log: Some(host.log),
+        },
     })
 }
 

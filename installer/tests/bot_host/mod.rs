@@ -389,7 +389,8 @@ impl TestHost {
         cmd.arg("--config").arg(&self.config_path).args(args);
         cmd.env_remove("SLIPWAY_CONFIG")
             .env_remove("BOT_AUTO_UPDATE")
-            .env_remove("SLIPWAY_FAULT_AFTER");
+            .env_remove("SLIPWAY_FAULT_AFTER")
+            .env_remove("SLIPWAY_FAULT_DURING");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
