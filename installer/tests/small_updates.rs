@@ -337,3 +337,22 @@ fn a_kill_during_hardlinked_staging_is_recovered_without_debris() {
     );
     host.run_expect(&["verify"], 0);
 }
+
+#[test]
+fn an_idle_poll_reads_no_manifest() {
+    let (host, v1) = host_with_v1(&[]);
+    // Unreadable: a poll that opened it would fail.
+    let manifest = release_dir(&host, &v1).join(MANIFEST_PATH);
+    fs::set_permissions(&manifest, fs::Permissions::from_mode(0o000)).unwrap();
+    let o = host.json(&["update", "--auto"], 0);
+    fs::set_permissions(&manifest, fs::Permissions::from_mode(0o444)).unwrap();
+    assert!(
+        o["message"].as_str().unwrap().starts_with("up to date"),
+        "{o}"
+    );
+    assert_eq!(o["from_version"], "1.0.0", "{o}");
+    // A newer release is offered: now the manifest is read.
+    host.release("2.0.0", &v2_flavor());
+    host.run_expect(&["update", "--auto"], 0);
+    host.wait_healthy("2.0.0");
+}

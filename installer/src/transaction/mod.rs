@@ -75,8 +75,8 @@ mod undo;
 pub use outcome::{Failure, InstallOptions, Outcome, TxnError};
 pub use preview::{preview, Preview};
 pub use query::{
-    data_schema, read_installed, records_file, running_release, Installed, ReleaseRecord,
-    ReleaseRecords,
+    data_schema, read_installed, records_file, running_release, running_summary, Installed,
+    ReleaseRecord, ReleaseRecords, RunningSummary,
 };
 pub use recover::recover;
 use undo::*;
@@ -552,18 +552,20 @@ fn record_and_report(
     Ok(())
 }
 
-/// Reports `attempt` with whatever `current` now points at.
+/// Reports `attempt` with whatever `current` now points at, from the
+/// release records where they know it (no manifest is read).
 fn report_with_current(host: &Host, state: &HostState, attempt: &Attempt) {
-    let running = running_release(&host.layout).ok().flatten();
+    let records = ReleaseRecords::load(&host.layout);
+    let running = running_summary(&host.layout).ok().flatten();
     let previous_version = switch::read_links(&host.layout)
         .ok()
         .and_then(|l| l.previous)
         .map(|t| switch::resolve_target(&host.layout, &t))
-        .and_then(|d| read_installed(&host.layout, &d).ok())
-        .map(|r| r.manifest.version);
+        .and_then(|d| query::summary_of(&host.layout, &records, &d).ok())
+        .map(|r| r.facts.version);
     let current = running.as_ref().and_then(|r| {
         Some(report::Current {
-            manifest: &r.manifest,
+            release: r.facts.clone(),
             id: r.id?,
             dir: &r.dir,
             installed_at: r.installed_at.unwrap_or(attempt.at),
@@ -828,6 +830,9 @@ pub fn install(
     ReleaseRecords::update(&host.layout, &staged, |old| {
         Some(ReleaseRecord {
             id,
+            app: Some(verified.release.manifest.app.clone()),
+            channel: Some(verified.release.manifest.channel.clone()),
+            schema_version: Some(verified.release.manifest.schema_version),
             version: verified.release.manifest.version.clone(),
             staged_at: old.as_ref().map_or(now, |o| o.staged_at),
             installed_at: old.and_then(|o| o.installed_at),
