@@ -224,28 +224,61 @@ impl ChannelIndex {
         }
     }
 
-    /// Parses and validates an index. Type and format are checked before the
-    /// strict parse, so each gets its own clear message.
+    /// Parses and validates an index, straight into its types. When the
+    /// strict parse fails, type and format are looked at first, so each
+    /// gets its own clear message.
     pub fn parse(bytes: &[u8]) -> Result<ChannelIndex, ChannelError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| ChannelError::Json(e.to_string()))?;
-        let kind = value
-            .get("type")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        if kind != CHANNEL_TYPE {
+        let index: ChannelIndex = match serde_json::from_slice(bytes) {
+            Ok(i) => i,
+            Err(strict) => return Err(Self::diagnose(bytes, strict)),
+        };
+        if index.kind != CHANNEL_TYPE {
             return Err(ChannelError::WrongType {
-                found: kind.to_string(),
+                found: index.kind.clone(),
             });
         }
-        let format = value.get("format").and_then(|v| v.as_u64()).unwrap_or(0);
-        if format != u64::from(CHANNEL_FORMAT) {
-            return Err(ChannelError::UnsupportedFormat { found: format });
+        if index.format != CHANNEL_FORMAT {
+            return Err(ChannelError::UnsupportedFormat {
+                found: u64::from(index.format),
+            });
         }
-        let index: ChannelIndex =
-            serde_json::from_value(value).map_err(|e| ChannelError::Schema(e.to_string()))?;
         index.validate()?;
         Ok(index)
+    }
+
+    /// Why `bytes` are not an index of this format, `strict` being the
+    /// strict parse's complaint.
+    fn diagnose(bytes: &[u8], strict: serde_json::Error) -> ChannelError {
+        #[derive(Deserialize)]
+        struct Head {
+            #[serde(default, rename = "type")]
+            kind: Option<serde_json::Value>,
+            #[serde(default)]
+            format: Option<serde_json::Value>,
+        }
+        let head: Head = match serde_json::from_slice(bytes) {
+            Ok(h) => h,
+            Err(e) => return ChannelError::Json(e.to_string()),
+        };
+        let kind = head
+            .kind
+            .as_ref()
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        if kind != CHANNEL_TYPE {
+            return ChannelError::WrongType {
+                found: kind.to_string(),
+            };
+        }
+        let format = head
+            .format
+            .as_ref()
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        if format != u64::from(CHANNEL_FORMAT) {
+            return ChannelError::UnsupportedFormat { found: format };
+        }
+        ChannelError::Schema(strict.to_string())
     }
 
     /// Canonical bytes: pretty JSON and a trailing newline.

@@ -135,6 +135,7 @@ fuzz_target!(|input: &[u8]| {
                 &releases,
                 StageOptions {
                     sync: SyncMode::Filesystem,
+                    ..StageOptions::default()
                 },
             )
             .ok()

@@ -87,6 +87,9 @@ pub struct UpdateConfig {
     pub interval_seconds: Option<u32>,
     /// Seconds a second run waits for the lock before exiting 5.
     pub lock_wait_seconds: u64,
+    /// The clean-tree rule re-hashes every file of the running release
+    /// instead of only those whose identity record differs.
+    pub deep_clean_check: bool,
     /// Hours automatic updates may fail to install an offered newer release
     /// (for any reason) before status, the banner, journald and the metrics
     /// say updates have stalled.
@@ -134,6 +137,7 @@ impl Default for UpdateConfig {
             run_deadline_seconds: 1800,
             interval_seconds: None,
             lock_wait_seconds: 0,
+            deep_clean_check: false,
             stalled_after_hours: 24,
             expiry_warning_days: 7,
             run_as: UpdaterUser::Root,
@@ -801,7 +805,11 @@ fn check_env_value(
 /// Reads an environment value as TOML (numbers, booleans, arrays), the
 /// seed's `0`/`1` for booleans, or else as a plain string.
 fn env_value(var: &str, raw: &str, key: &str) -> Result<toml::Value, ConfigError> {
-    if key == "enabled" || key.ends_with("auto_restart") || key == "canary" {
+    if key == "enabled"
+        || key.ends_with("auto_restart")
+        || key == "canary"
+        || key == "deep_clean_check"
+    {
         return match raw.trim() {
             "1" | "true" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
             "0" | "false" | "no" | "off" => Ok(toml::Value::Boolean(false)),

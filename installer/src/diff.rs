@@ -26,6 +26,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slipway_formats::{EntryType, Manifest, MANIFEST_PATH};
 
+use crate::identity::{FileIdentity, TreeRecord};
+
 /// One way an installed release differs from its manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "drift", rename_all = "snake_case")]
@@ -167,6 +169,33 @@ impl fmt::Display for Drift {
 /// An `Err` is an I/O failure other than "not found" (permissions, a read
 /// error): the tree could not be checked.
 pub fn verify_installed(dir: &Path, manifest: &Manifest) -> io::Result<Vec<Drift>> {
+    check_tree(dir, manifest, None).map(|c| c.drift)
+}
+
+/// What [`check_tree`] found.
+#[derive(Debug, Default)]
+pub struct TreeCheck {
+    /// Every difference, in path order, as [`verify_installed`] returns it.
+    pub drift: Vec<Drift>,
+    /// How many files were read and hashed.
+    pub hashed: usize,
+    /// The files that were hashed and found as the manifest says, with
+    /// their identity as seen just before they were read.
+    pub proven: Vec<(String, FileIdentity)>,
+}
+
+/// [`verify_installed`], trusting `known` (the release's identity record,
+/// [`crate::identity`]) for the content of every file whose identity is
+/// still the recorded one: only the others are read and hashed. Types,
+/// modes, symlink targets, missing and stray paths are checked as by
+/// [`verify_installed`], whatever the record says.
+pub fn check_tree(
+    dir: &Path,
+    manifest: &Manifest,
+    known: Option<&TreeRecord>,
+) -> io::Result<TreeCheck> {
+    let mut hashed = 0;
+    let mut proven = Vec::new();
     let mut drift = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
     // Directories whose contents cannot be trusted to be what they seem.
@@ -224,9 +253,16 @@ pub fn verify_installed(dir: &Path, manifest: &Manifest) -> io::Result<Vec<Drift
                 continue;
             }
             EntryType::File => {
-                let same_size = Some(meta.len()) == entry.size;
-                if !same_size || !same_content(&full, entry.sha256.as_deref(), &mut buf)? {
-                    drift.push(Drift::Modified { path: path() });
+                let identity = FileIdentity::of(&meta);
+                let recorded = known.and_then(|r| r.get(&entry.path)) == Some(&identity);
+                if !recorded {
+                    hashed += 1;
+                    let same_size = Some(meta.len()) == entry.size;
+                    if !same_size || !same_content(&full, entry.sha256.as_deref(), &mut buf)? {
+                        drift.push(Drift::Modified { path: path() });
+                    } else {
+                        proven.push((entry.path.clone(), identity));
+                    }
                 }
             }
             EntryType::Dir => {}
@@ -283,7 +319,11 @@ pub fn verify_installed(dir: &Path, manifest: &Manifest) -> io::Result<Vec<Drift
     }
 
     drift.sort_by(|a, b| a.path().as_bytes().cmp(b.path().as_bytes()));
-    Ok(drift)
+    Ok(TreeCheck {
+        drift,
+        hashed,
+        proven,
+    })
 }
 
 /// Whether `slipway/manifest.json` is in place as a regular file, looked up

@@ -10,7 +10,7 @@
 //! | `auto_update_disabled` | `--auto` only | `[update] enabled = false` (`BOT_AUTO_UPDATE=0`), or disabled by the operator or by repeated failures |
 //! | `max_attempts` | `--auto` only | attempts today ≥ `max_attempts_per_day` |
 //! | `max_failures` | `--auto` only | failures today ≥ `max_failures_per_day` |
-//! | `dirty_release` | always | the running release no longer matches its manifest (the tarball world's dirty git tree); stray paths matching the release's `runtime_paths` do not count |
+//! | `dirty_release` | always | the running release no longer matches its manifest (the tarball world's dirty git tree); stray paths matching the release's `runtime_paths` do not count; files whose identity record still matches are not re-hashed unless `[update] deep_clean_check` ([`crate::clean`]) |
 //! | `stale_save` | always, when `max_save_age_minutes > 0` and the persistence directory holds data | the newest file under it (outside `meta/`) is older than `max_save_age_minutes` |
 //! | `disk_space` | always | free space on the root's file system < what the update needs + `min_free_mib` |
 //!
@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use slipway_formats::channel::Timestamp;
 use slipway_formats::Manifest;
 
+use crate::clean::CleanRule;
 use crate::config::Config;
 use crate::failure_model::Cause;
 use crate::layout::Layout;
@@ -85,6 +86,9 @@ pub struct EligibilityInput<'a> {
     /// `slipway update --auto` (the timer): the auto-only rules apply.
     pub auto: bool,
     pub now: Timestamp,
+    /// How the `dirty_release` rule checks the running release
+    /// ([`crate::clean`]); the default is the quick check, writing nothing.
+    pub clean: CleanRule,
 }
 
 /// Applies the rules in order (see the module docs); `Ok` means go ahead.
@@ -93,7 +97,7 @@ pub fn check_eligibility(input: &EligibilityInput) -> Result<(), Ineligible> {
         check_auto_rules(input)?;
     }
     if let Some((dir, manifest)) = input.running {
-        check_clean(dir, manifest)?;
+        check_clean(input, dir, manifest)?;
     }
     check_save_age(input)?;
     check_disk(input)
@@ -160,9 +164,13 @@ fn check_auto_rules(input: &EligibilityInput) -> Result<(), Ineligible> {
     Ok(())
 }
 
-fn check_clean(dir: &Path, manifest: &Manifest) -> Result<(), Ineligible> {
-    let drifts = match crate::diff::verify_installed(dir, manifest) {
-        Ok(d) => d,
+fn check_clean(
+    input: &EligibilityInput,
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<(), Ineligible> {
+    let drifts = match crate::clean::check_release(input.layout, dir, manifest, input.clean) {
+        Ok(c) => c.drift,
         Err(e) => {
             return Err(ineligible(
                 RULE_DIRTY_RELEASE,

@@ -13,8 +13,9 @@ use crate::journal::Step;
 pub const FAULT_ENV: &str = "SLIPWAY_FAULT_AFTER";
 
 /// The environment variable naming a point inside a step after which the
-/// process dies (`SLIPWAY_FAULT_AT=restore-moved-aside`): for the steps
-/// whose own work has crash windows of its own.
+/// process dies, for the steps whose own work has crash windows of its own:
+/// `restore-moved-aside` (a restore has moved the live data aside) and
+/// `hardlink` (staging has linked its first file from the running release).
 pub const FAULT_POINT_ENV: &str = "SLIPWAY_FAULT_AT";
 
 /// Whether this binary was built with the crash-test hooks.

@@ -14,7 +14,14 @@
 //!   the oldest).
 //! - `downloads/`: removes entries older than [`DOWNLOAD_MAX_AGE`].
 //! - `state/` and the root: removes temporary files a killed atomic write
-//!   left behind (`.<name>.tmp.<pid>`, `.<name>.link.<pid>`).
+//!   left behind (`.<name>.tmp.<pid>`, `.<name>.link.<pid>`), and the
+//!   identity records (`state/releases/*.stat`) of releases no longer there.
+//!
+//! Releases share the inodes of unchanged files (staging hardlinks them):
+//! removing one only unlinks its directory entries, never truncates or
+//! chmods a file, so the releases kept are untouched; the ctime those
+//! unlinks move is carried over to their identity records
+//! ([`crate::identity::remove_release_tree`]).
 //!
 //! Nothing is followed through a symlink: entries are judged by their own
 //! metadata, a symlink is removed as a link, and a top-level directory that
@@ -193,7 +200,13 @@ pub fn collect_at(
 
     let mut failures = Vec::new();
     for (path, bucket) in doomed {
-        match durable::remove_tree(&path) {
+        let removed = match bucket {
+            // Files shared with the releases kept are unlinked here, never
+            // truncated or chmodded; their identity records follow.
+            Bucket::Release => crate::identity::remove_release_tree(layout, &path),
+            _ => durable::remove_tree(&path),
+        };
+        match removed {
             Ok(()) => match bucket {
                 Bucket::Release => report.removed_releases.push(path),
                 Bucket::Snapshot => report.removed_snapshots.push(path),
@@ -202,6 +215,13 @@ pub fn collect_at(
             },
             Err(source) => failures.push(RemoveFailure { path, source }),
         }
+    }
+    // Identity records of releases removed by other means.
+    if let Err(source) = crate::identity::remove_orphans(layout) {
+        failures.push(RemoveFailure {
+            path: crate::identity::records_dir(layout),
+            source,
+        });
     }
     for dir in [
         layout.releases_dir(),

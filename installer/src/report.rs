@@ -127,10 +127,32 @@ pub enum ReportError {
     Journald { socket: PathBuf, source: io::Error },
 }
 
+/// What the reports say of a release: its manifest's head, which the
+/// release records keep too, so that reporting an idle poll reads no
+/// manifest ([`crate::transaction::RunningSummary`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseFacts {
+    pub app: String,
+    pub version: Version,
+    pub channel: String,
+    pub schema_version: u32,
+}
+
+impl From<&Manifest> for ReleaseFacts {
+    fn from(m: &Manifest) -> ReleaseFacts {
+        ReleaseFacts {
+            app: m.app.clone(),
+            version: m.version.clone(),
+            channel: m.channel.clone(),
+            schema_version: m.schema_version,
+        }
+    }
+}
+
 /// The release running after the attempt, when there is one.
 #[derive(Debug, Clone)]
 pub struct Current<'a> {
-    pub manifest: &'a Manifest,
+    pub release: ReleaseFacts,
     pub id: ReleaseId,
     pub dir: &'a Path,
     /// When it was switched to.
@@ -392,11 +414,11 @@ fn write_meta_files(
 /// `version.json`: what runs now.
 fn version_file(cur: &Current<'_>) -> VersionFile {
     VersionFile {
-        app: cur.manifest.app.clone(),
-        version: cur.manifest.version.clone(),
+        app: cur.release.app.clone(),
+        version: cur.release.version.clone(),
         release_id: cur.id,
-        channel: cur.manifest.channel.clone(),
-        schema_version: cur.manifest.schema_version,
+        channel: cur.release.channel.clone(),
+        schema_version: cur.release.schema_version,
         installed_at: cur.installed_at,
         previous_version: cur.previous_version.clone(),
     }
@@ -555,7 +577,7 @@ pub fn update_state_file(
 /// The version running after the attempt, as best known.
 fn running_version(attempt: &Attempt, current: Option<&Current<'_>>) -> Option<Version> {
     match current {
-        Some(c) => Some(c.manifest.version.clone()),
+        Some(c) => Some(c.release.version.clone()),
         None if attempt.result == AttemptResult::Updated => attempt.version.clone(),
         None => attempt.from_version.clone(),
     }
@@ -853,8 +875,8 @@ pub fn metrics_text(
             &[(
                 format!(
                     "{{app=\"{}\",version=\"{}\",release_id=\"{}\"}}",
-                    label(&c.manifest.app),
-                    label(&c.manifest.version.to_string()),
+                    label(&c.release.app),
+                    label(&c.release.version.to_string()),
                     label(&c.id.to_string())
                 ),
                 "1".to_string(),
@@ -1039,8 +1061,8 @@ pub fn journald_fields(
         fields.push(("SLIPWAY_RELEASE_ID", id.to_string()));
     }
     if let Some(c) = current {
-        fields.push(("SLIPWAY_APP", c.manifest.app.clone()));
-        fields.push(("SLIPWAY_CURRENT_VERSION", c.manifest.version.to_string()));
+        fields.push(("SLIPWAY_APP", c.release.app.clone()));
+        fields.push(("SLIPWAY_CURRENT_VERSION", c.release.version.to_string()));
     }
     fields
 }

@@ -32,6 +32,7 @@
 //! place. On any error the staging directory is removed: a refused release
 //! leaves nothing behind but the error the caller logs.
 
+use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -49,6 +50,8 @@ use thiserror::Error;
 
 use crate::diff::verify_installed;
 use crate::durable;
+use crate::identity::FileIdentity;
+use crate::layout::Layout;
 use crate::verify::{VerifiedArchive, ZSTD_WINDOW_LOG_MAX};
 
 /// How the staged tree is made durable before it is renamed into place.
@@ -68,8 +71,65 @@ pub enum SyncMode {
 
 /// Knobs of [`stage_release_with`]. [`stage_release`] uses the defaults.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StageOptions {
+pub struct StageOptions<'a> {
     pub sync: SyncMode,
+    /// The running release, to hardlink unchanged files from.
+    pub link_from: Option<&'a LinkSource>,
+    /// The host whose identity records ([`crate::identity`]) staging
+    /// writes for the new release and carries over for releases whose
+    /// files it linked; `None` (a scratch stage) writes none.
+    pub records: Option<&'a Layout>,
+}
+
+/// The files of the running release that staging may hardlink instead of
+/// writing: every regular file with an identity record, by content digest
+/// and mode. A file is linked only if, right before, its `lstat` identity
+/// is still the recorded one (so its content is still the one its
+/// manifest entry, verified when that release was staged, says), and only
+/// if it has the manifest's mode: a shared inode is never chmodded.
+#[derive(Debug, Default)]
+pub struct LinkSource {
+    by_content: HashMap<(String, u32), (PathBuf, FileIdentity)>,
+}
+
+impl LinkSource {
+    /// The linkable files of the release in `dir`, or `None` when it has no
+    /// usable identity record (then everything is written).
+    pub fn of_release(layout: &Layout, dir: &Path, manifest: &Manifest) -> Option<LinkSource> {
+        let record = crate::identity::load(layout, dir).filter(|r| r.manifest_unchanged(dir))?;
+        let mut by_content = HashMap::new();
+        for e in &manifest.files {
+            let (EntryType::File, Some(sha)) = (e.kind, e.sha256.as_ref()) else {
+                continue;
+            };
+            if let Some(id) = record.get(&e.path) {
+                by_content
+                    .entry((sha.clone(), read_only(e.mode.0)))
+                    .or_insert_with(|| (dir.join(&e.path), *id));
+            }
+        }
+        Some(LinkSource { by_content })
+    }
+
+    /// How many files could be linked.
+    pub fn len(&self) -> usize {
+        self.by_content.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_content.is_empty()
+    }
+
+    /// The file to link for `entry`, if one has its content and mode and is
+    /// still as recorded.
+    fn source_for(&self, entry: &FileEntry) -> Option<(&Path, FileIdentity)> {
+        let sha = entry.sha256.as_ref()?;
+        let (path, recorded) = self
+            .by_content
+            .get(&(sha.clone(), read_only(entry.mode.0)))?;
+        let now = FileIdentity::of_path(path).ok()?;
+        (now == *recorded && now.size == entry.size.unwrap_or(0)).then_some((path.as_path(), now))
+    }
 }
 
 /// Why a release could not be staged. Every refusal names the release and,
@@ -208,7 +268,7 @@ pub fn stage_release(
 pub fn stage_release_with(
     verified: &mut VerifiedArchive,
     releases_dir: &Path,
-    options: StageOptions,
+    options: StageOptions<'_>,
 ) -> Result<PathBuf, StageError> {
     let name = verified
         .release
@@ -226,7 +286,7 @@ pub fn stage_release_into(
     verified: &mut VerifiedArchive,
     releases_dir: &Path,
     dir_name: &str,
-    options: StageOptions,
+    options: StageOptions<'_>,
 ) -> Result<PathBuf, StageError> {
     let result = stage_inner(verified, releases_dir, dir_name, options);
     // Best effort: a later reader of the same descriptor starts from 0.
@@ -238,7 +298,7 @@ fn stage_inner(
     verified: &mut VerifiedArchive,
     releases_dir: &Path,
     dir_name: &str,
-    options: StageOptions,
+    options: StageOptions<'_>,
 ) -> Result<PathBuf, StageError> {
     let id = verified.release.id;
     let final_dir = releases_dir.join(dir_name);
@@ -264,6 +324,14 @@ fn stage_inner(
 
     let existing = fs::symlink_metadata(&final_dir).ok();
     if existing.as_ref().is_some_and(|m| m.is_dir()) && is_clean(&final_dir, verified) {
+        if let Some(layout) = options.records {
+            record_identities(
+                layout,
+                &final_dir,
+                &verified.release.manifest,
+                &HashMap::new(),
+            );
+        }
         return Ok(final_dir);
     }
 
@@ -280,12 +348,21 @@ fn stage_inner(
     let staged = File::open(&staging)
         .map_err(io_at("open", &staging))
         .and_then(|root| {
-            unpack(verified, &staging, options)?;
-            seal(&staging, &root, &verified.release.manifest, options)
+            let linked = unpack(verified, &staging, options)?;
+            seal(&staging, &root, &verified.release.manifest, options)?;
+            Ok(linked)
         })
-        .and_then(|()| move_into_place(&staging, &final_dir, existing.is_some(), releases_dir));
+        .and_then(|linked| {
+            move_into_place(&staging, &final_dir, existing.is_some(), releases_dir)?;
+            Ok(linked)
+        });
     match staged {
-        Ok(()) => Ok(final_dir),
+        Ok(linked) => {
+            if let Some(layout) = options.records {
+                record_identities(layout, &final_dir, &verified.release.manifest, &linked);
+            }
+            Ok(final_dir)
+        }
         Err(cause) => match durable::remove_tree(&staging) {
             Ok(()) => Err(cause),
             Err(source) => Err(StageError::Cleanup {
@@ -294,6 +371,33 @@ fn stage_inner(
                 cause: Box::new(cause),
             }),
         },
+    }
+}
+
+/// Records the identity of every file of the release just staged in
+/// `final_dir`, and carries the ctime this run's links gave to shared
+/// inodes over to the records of the releases they came from
+/// ([`crate::identity::Records::carry_over`]). Best effort: a release
+/// without a record, or with a stale one, is only checked by a full
+/// re-hash, so a failure here costs time, never safety.
+fn record_identities(
+    layout: &Layout,
+    final_dir: &Path,
+    manifest: &Manifest,
+    linked: &HashMap<FileIdentity, FileIdentity>,
+) {
+    let mut others = crate::identity::Records::load_all(layout, Some(final_dir));
+    others.carry_over(linked);
+    let _ = others.save_changed(layout);
+    match crate::identity::take(final_dir, manifest) {
+        Ok(record) => {
+            if crate::identity::save(layout, final_dir, &record).is_err() {
+                let _ = crate::identity::remove(layout, final_dir);
+            }
+        }
+        Err(_) => {
+            let _ = crate::identity::remove(layout, final_dir);
+        }
     }
 }
 
@@ -326,8 +430,8 @@ fn is_clean(dir: &Path, verified: &VerifiedArchive) -> bool {
 fn unpack(
     verified: &mut VerifiedArchive,
     staging: &Path,
-    options: StageOptions,
-) -> Result<(), StageError> {
+    options: StageOptions<'_>,
+) -> Result<HashMap<FileIdentity, FileIdentity>, StageError> {
     let archive = verified.path.clone();
     verified
         .file
@@ -466,8 +570,8 @@ fn check_and_write(
     release: &VerifiedRelease,
     archive: &Path,
     staging: &Path,
-    options: StageOptions,
-) -> Result<(), StageError> {
+    options: StageOptions<'_>,
+) -> Result<HashMap<FileIdentity, FileIdentity>, StageError> {
     let id = release.id;
     let manifest = &release.manifest;
     let failed = AtomicBool::new(false);
@@ -497,6 +601,7 @@ fn check_and_write(
             nudge,
             unsynced: 0,
             open: None,
+            linked: HashMap::new(),
         };
         let writer_thread = scope.spawn(move || write_batches(files, batch_rx, written_tx, failed));
         let hasher = scope.spawn(move || hash_batches(manifest, written_rx, free_tx, failed));
@@ -507,12 +612,14 @@ fn check_and_write(
             free_batches: free_rx,
             failed,
             sync: options.sync,
+            link_from: options.link_from,
+            drain: Vec::new(),
         };
         let walked = walk_release(&mut *file, release, &mut writer);
         // The last, partly filled batch; then the threads see the end.
         let shipped = writer.ship();
         drop(writer);
-        let write_failure = writer_thread.join().map_err(|_| hashing_stopped(staging))?;
+        let (write_failure, linked) = writer_thread.join().map_err(|_| hashing_stopped(staging))?;
         let mismatch = hasher
             .join()
             .map_err(|_| hashing_stopped(staging))?
@@ -532,7 +639,7 @@ fn check_and_write(
             Some(Err(_)) => return Err(sync_error(io::Error::other("the thread panicked"))),
             Some(Ok(Ok(()))) | None => {}
         }
-        Ok(())
+        Ok(linked)
     })
 }
 
@@ -581,6 +688,9 @@ struct Batch {
     buf: Vec<u8>,
     filled: usize,
     ops: Vec<Op>,
+    /// The files `Op::Link` orders link from, with their identity when
+    /// the order was queued.
+    sources: Vec<(PathBuf, FileIdentity)>,
 }
 
 /// One order of a [`Batch`]; `usize`s are manifest entry indexes.
@@ -595,6 +705,9 @@ enum Op {
     Data { start: usize, end: usize },
     /// The open file is complete: give it its mode, hash it.
     Close(usize),
+    /// Hardlink the file from `Batch::sources[source]`, whose identity
+    /// was checked against its record when this order was queued.
+    Link { index: usize, source: usize },
 }
 
 impl Batch {
@@ -603,12 +716,14 @@ impl Batch {
             buf: vec![0u8; BATCH_BYTES],
             filled: 0,
             ops: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
     fn clear(&mut self) {
         self.filled = 0;
         self.ops.clear();
+        self.sources.clear();
     }
 }
 
@@ -639,7 +754,7 @@ fn hash_batches(
                             break;
                         }
                     }
-                    Op::Dir(_) | Op::Symlink(_) | Op::Open(_) => {}
+                    Op::Dir(_) | Op::Symlink(_) | Op::Open(_) | Op::Link { .. } => {}
                 }
             }
         }
@@ -661,6 +776,8 @@ struct FileWriter<'a> {
     unsynced: u64,
     /// The file `Data` goes to, with its path and entry.
     open: Option<(File, PathBuf, usize)>,
+    /// Identity before → after of every inode this run linked.
+    linked: HashMap<FileIdentity, FileIdentity>,
 }
 
 /// The writing thread: carries out every order of every batch, in order,
@@ -672,22 +789,26 @@ fn write_batches(
     batches: mpsc::Receiver<Batch>,
     to_hash: mpsc::SyncSender<Batch>,
     failed: &AtomicBool,
-) -> Option<(usize, StageError)> {
+) -> (
+    Option<(usize, StageError)>,
+    HashMap<FileIdentity, FileIdentity>,
+) {
     let mut error = None;
     for mut batch in batches {
         if error.is_some() {
             batch.clear();
         } else {
-            let failed_at = batch
-                .ops
-                .iter()
-                .position(|op| match files.apply(op, &batch.buf) {
-                    Ok(()) => false,
-                    Err(e) => {
-                        error = Some(e);
-                        true
-                    }
-                });
+            let failed_at =
+                batch
+                    .ops
+                    .iter()
+                    .position(|op| match files.apply(op, &batch.buf, &batch.sources) {
+                        Ok(()) => false,
+                        Err(e) => {
+                            error = Some(e);
+                            true
+                        }
+                    });
             if let Some(k) = failed_at {
                 failed.store(true, Ordering::Relaxed);
                 // The hashing thread still checks every file completed
@@ -699,11 +820,16 @@ fn write_batches(
             break;
         }
     }
-    error
+    (error, files.linked)
 }
 
 impl FileWriter<'_> {
-    fn apply(&mut self, op: &Op, buf: &[u8]) -> Result<(), (usize, StageError)> {
+    fn apply(
+        &mut self,
+        op: &Op,
+        buf: &[u8],
+        sources: &[(PathBuf, FileIdentity)],
+    ) -> Result<(), (usize, StageError)> {
         let entry_io = |i: usize, action: &'static str, path: &Path| {
             let to_error = io_at(action, path);
             move |source| (i, to_error(source))
@@ -738,6 +864,45 @@ impl FileWriter<'_> {
                     .map_err(entry_io(*i, "write", path)),
                 None => Ok(()),
             },
+            Op::Link { index, source } => {
+                let path = self.staging.join(&self.manifest.files[index].path);
+                let Some((from, before)) = sources.get(source) else {
+                    return Err((index, hashing_stopped(self.staging)));
+                };
+                let linked = match fs::hard_link(from, &path) {
+                    Ok(()) => true,
+                    // A file system or a policy that refuses the link
+                    // (EXDEV, EMLINK, EPERM under protected_hardlinks):
+                    // the same bytes, copied, with the entry's mode.
+                    Err(_) => {
+                        copy_unchanged(from, &path, self.manifest.files[index].mode.0, self.sync)
+                            .map_err(|e| (index, e))?;
+                        false
+                    }
+                };
+                let after = FileIdentity::of_path(from).map_err(entry_io(index, "stat", from))?;
+                if !before.same_but_ctime(&after) {
+                    return Err((
+                        index,
+                        StageError::Io {
+                            action: "hardlink",
+                            path: from.clone(),
+                            source: io::Error::other(
+                                "the running release's file changed while it was linked; \
+                                 run `slipway verify` and try again",
+                            ),
+                        },
+                    ));
+                }
+                if !linked {
+                    return Ok(());
+                }
+                if self.linked.is_empty() {
+                    crate::fault::at_point("hardlink");
+                }
+                self.linked.insert(*before, after);
+                Ok(())
+            }
             Op::Close(i) => {
                 let Some((file, path, _)) = self.open.take() else {
                     return Ok(());
@@ -756,6 +921,19 @@ impl FileWriter<'_> {
             }
         }
     }
+}
+
+/// Copies an unchanged file of the running release (its identity still the
+/// recorded one, so its bytes are the manifest's) when it cannot be linked.
+fn copy_unchanged(from: &Path, to: &Path, mode: u32, sync: SyncMode) -> Result<(), StageError> {
+    let mut src = File::open(from).map_err(io_at("open", from))?;
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(io_at("create", to))?;
+    io::copy(&mut src, &mut dst).map_err(io_at("copy into", to))?;
+    finish_file(dst, to, mode, sync)
 }
 
 /// Gives a written file its final read-only mode (independent of the
@@ -782,6 +960,10 @@ struct Writer<'a> {
     /// Raised by the writing or hashing thread at the first error.
     failed: &'a AtomicBool,
     sync: SyncMode,
+    /// The running release's files, to link instead of write.
+    link_from: Option<&'a LinkSource>,
+    /// Where the archive's bytes of a linked file are read to and dropped.
+    drain: Vec<u8>,
 }
 
 impl EntrySink for Writer<'_> {
@@ -811,7 +993,13 @@ impl EntrySink for Writer<'_> {
         match expected.kind {
             EntryType::Dir => self.push(Op::Dir(index))?,
             EntryType::Symlink => self.push(Op::Symlink(index))?,
-            EntryType::File => self.write_file(expected, index, content)?,
+            EntryType::File => match self.link_from.and_then(|l| l.source_for(expected)) {
+                Some((from, identity)) => {
+                    let from = from.to_path_buf();
+                    self.link_file(expected, index, from, identity, content)?
+                }
+                None => self.write_file(expected, index, content)?,
+            },
         }
         Ok(())
     }
@@ -843,6 +1031,52 @@ impl Writer<'_> {
             self.ship()?;
         }
         self.batch.ops.push(op);
+        Ok(())
+    }
+
+    /// Queues a hardlink of `from` (checked just now: its identity is the
+    /// recorded one, so its content is the manifest's) for a file whose
+    /// digest and mode are unchanged. The archive's bytes of the file are
+    /// still read, for the walk verifies the stream as a whole, but they
+    /// are neither written nor hashed: the linked content is proven by the
+    /// running release's manifest entry, which has this digest.
+    fn link_file(
+        &mut self,
+        expected: &FileEntry,
+        index: usize,
+        from: PathBuf,
+        identity: FileIdentity,
+        content: &mut impl Read,
+    ) -> Result<(), SinkError<StageError>> {
+        let size = expected.size.unwrap_or(0);
+        if self.drain.is_empty() {
+            self.drain = vec![0u8; 256 * 1024];
+        }
+        let mut read: u64 = 0;
+        while read < size {
+            let want = self
+                .drain
+                .len()
+                .min(usize::try_from(size - read).unwrap_or(usize::MAX));
+            let n = match content.read(&mut self.drain[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SinkError::Read(e)),
+            };
+            read += n as u64;
+        }
+        if read < size {
+            // Cut short: the walk reports it.
+            return Ok(());
+        }
+        // The order and its source go in one batch.
+        if self.batch.ops.len() >= BATCH_OPS {
+            self.ship()?;
+        }
+        self.batch.sources.push((from, identity));
+        let source = self.batch.sources.len() - 1;
+        self.batch.ops.push(Op::Link { index, source });
         Ok(())
     }
 
@@ -1050,8 +1284,11 @@ mod tests {
             nudge: None,
             unsynced: 0,
             open: None,
+            linked: HashMap::new(),
         };
-        let (i, e) = write_batches(files, batch_rx, written_tx, &failed).expect("write failure");
+        let (i, e) = write_batches(files, batch_rx, written_tx, &failed)
+            .0
+            .expect("write failure");
         assert_eq!(i, 2);
         assert!(
             matches!(

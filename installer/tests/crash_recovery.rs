@@ -177,6 +177,18 @@ fn assert_consistent(case: &Case, expect: &Release) {
     ];
     for e in fs::read_dir(root.join("state")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "releases" {
+            // The identity records of the releases there.
+            for e in fs::read_dir(root.join("state/releases")).unwrap() {
+                let record = e.unwrap().file_name().to_string_lossy().into_owned();
+                let release = record.strip_suffix(".stat").unwrap_or(&record);
+                assert!(
+                    root.join("releases").join(release).is_dir(),
+                    "a record of no release in state/releases/: {record}"
+                );
+            }
+            continue;
+        }
         if name == "hook-output" {
             // The kept output of the hooks of the last transactions.
             continue;

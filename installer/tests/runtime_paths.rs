@@ -159,11 +159,30 @@ fn install_force_of_the_running_release_reinstalls_a_clean_copy() {
     // Plain `install` of the same release now finds it running again.
     let o = host.json(&["install", &v2.archive.to_string_lossy()], 0);
     assert_eq!(o["result"], "up_to_date", "{o}");
-    assert_eq!(host.link("current"), Some(copy));
+    assert_eq!(host.link("current"), Some(copy.clone()));
 
-    // `rollback` still goes back a version, not to the dirty copy.
-    let o = host.json(&["rollback"], 0);
+    // 1.0.0 was staged before 2.0.0, which linked its unchanged files
+    // (hardlinked staging): the edit in place changed 1.0.0's copy too,
+    // one file in two releases. `rollback` refuses it and says how to
+    // repair it, rather than go back to a release that is not what it
+    // was signed as.
+    let out = host.run_expect(&["rollback"], 1);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("modified app/bot/__main__.py"), "{text}");
+    assert!(text.contains("--force"), "{text}");
+    assert_eq!(host.link("current"), Some(copy));
+    // The repair it names: a clean copy of 1.0.0, switched to.
+    let o = host.json(
+        &[
+            "install",
+            "--allow-downgrade",
+            "--force",
+            &v1.archive.to_string_lossy(),
+        ],
+        0,
+    );
     assert_eq!(o["result"], "updated", "{o}");
-    assert_eq!(host.link("current"), Some(v1.dir_name()));
     host.wait_healthy("1.0.0");
+    let out = host.run_expect(&["verify"], 0);
+    assert!(stdout(&out).contains("clean"), "{}", stdout(&out));
 }

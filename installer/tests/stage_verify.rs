@@ -96,6 +96,7 @@ fn per_file_sync_mode_stages_the_same_tree() {
         &world.releases(),
         StageOptions {
             sync: SyncMode::PerFile,
+            ..StageOptions::default()
         },
     )
     .unwrap();
@@ -925,7 +926,15 @@ fn stage_throughput_against_zstd_and_tar() {
             &Expectations::default(),
         )
         .unwrap();
-        let dir = stage_release_with(&mut verified, &releases, StageOptions { sync }).unwrap();
+        let dir = stage_release_with(
+            &mut verified,
+            &releases,
+            StageOptions {
+                sync,
+                ..StageOptions::default()
+            },
+        )
+        .unwrap();
         let wall = t.elapsed().as_secs_f64();
         let cpu = cpu_seconds().0 - cpu.0;
         slipway::durable::remove_tree(&dir).unwrap();

@@ -122,6 +122,7 @@ fn input<'a>(
         needed_bytes: 0,
         auto,
         now,
+        clean: Default::default(),
     }
 }
 
@@ -338,7 +339,7 @@ fn report_writes_version_update_state_and_banner_into_a_new_meta_dir() {
         staged_at: ts("2026-03-01T10:30:00Z"),
     });
     let current = Current {
-        manifest: &manifest,
+        release: (&manifest).into(),
         id,
         dir: &rel,
         installed_at: a.at,
@@ -405,7 +406,7 @@ fn report_writes_version_update_state_and_banner_into_a_new_meta_dir() {
         b.at,
     );
     let current = Current {
-        manifest: &manifest,
+        release: (&manifest).into(),
         id,
         dir: &rel,
         installed_at: a.at,
@@ -476,7 +477,7 @@ fn metrics_file_parses_as_prometheus_text_with_one_hot_result() {
     let a = attempt(AttemptResult::RolledBack, "2026-03-01T10:00:00Z");
     state.record(a.clone(), 1);
     let current = Current {
-        manifest: &manifest,
+        release: (&manifest).into(),
         id: ReleaseId::of_bytes(b"release 1.1.0"),
         dir: &rel,
         installed_at: a.at,
@@ -592,7 +593,7 @@ fn journald_rollback_entry_is_critical_with_its_message_id_and_binary_safe() {
     };
     state.record(a.clone(), 2);
     let current = Current {
-        manifest: &manifest,
+        release: (&manifest).into(),
         id: ReleaseId::of_bytes(b"release 1.1.0"),
         dir: &rel,
         installed_at: a.at,

@@ -160,6 +160,12 @@ pub enum Command {
     Verify {
         #[arg(long)]
         json: bool,
+        /// Hash only the files whose identity (inode, size, mtime, ctime,
+        /// mode) differs from the one recorded when they were last proven,
+        /// as the update's clean-tree rule does; without it every file is
+        /// hashed.
+        #[arg(long)]
+        quick: bool,
     },
     /// Finish or undo a transaction a killed run left behind.
     Recover {

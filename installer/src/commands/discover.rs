@@ -104,6 +104,7 @@ pub(super) fn auto_precheck(host: &Host) -> Result<Option<Outcome>, CommandError
         needed_bytes: 0,
         auto: true,
         now: host.clock.now(),
+        clean: Default::default(),
     };
     match check_eligibility(&input) {
         Ok(()) => Ok(None),
@@ -141,11 +142,13 @@ pub(super) fn resolve(
     allow_expired: bool,
     persist_trust: bool,
 ) -> Result<Resolved, CommandError> {
-    let running = transaction::running_release(&host.layout).map_err(|f| CommandError {
+    // The app and version only: the manifest is read by the transaction,
+    // once a newer release is offered.
+    let running = transaction::running_summary(&host.layout).map_err(|f| CommandError {
         exit: Exit::Failed,
         failure: f,
     })?;
-    let app = running.as_ref().map(|r| r.manifest.app.clone());
+    let app = running.as_ref().map(|r| r.app().to_string());
     let channel = host.config.update.channel.clone();
     match src {
         Source::Archive { archive, signature } => {
@@ -265,12 +268,13 @@ fn resolve_listed(
     host: &Host,
     repo: &Repository,
     keys: &slipway_formats::TrustedKeys,
-    running: Option<transaction::Installed>,
+    running: Option<transaction::RunningSummary>,
     opts: &InstallOptions,
     allow_expired: bool,
     persist_trust: bool,
 ) -> Result<Resolved, CommandError> {
-    let app = running.as_ref().map(|r| r.manifest.app.clone());
+    let started = std::time::Instant::now();
+    let app = running.as_ref().map(|r| r.app().to_string());
     let channel = host.config.update.channel.clone();
     let revoked = revoked_keys(host)?;
     let options = source::ReadOptions {
@@ -335,7 +339,12 @@ fn resolve_listed(
             .map_err(|e| CommandError::from(transaction::TxnError::from(e)))?;
     }
     let machine = source::machine_id(host.config.update.machine_id.as_deref());
-    let running_version = running.as_ref().map(|r| r.manifest.version.clone());
+    host.log.debug(format!(
+        "channel index {} read and verified in {} ms",
+        verified.location,
+        started.elapsed().as_millis()
+    ));
+    let running_version = running.as_ref().map(|r| r.version().clone());
     let sel = Selection {
         running: running_version.as_ref(),
         state: &state,

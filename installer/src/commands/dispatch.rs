@@ -222,7 +222,7 @@ fn dispatch(cli: &Cli, log: Log) -> Result<Exit, CommandError> {
         }
         Command::Status { json } => status(&host, *json),
         Command::History { json, limit } => history(&host, *json, *limit),
-        Command::Verify { json } => verify_cmd(&host, *json),
+        Command::Verify { json, quick } => verify_cmd(&host, *json, *quick),
         Command::Recover { lock, json } => {
             let _lock = take_lock(&host, *lock)?;
             match transaction::recover(&host)? {

@@ -10,7 +10,7 @@ use slipway_formats::channel::Timestamp;
 use slipway_formats::state::AttemptResult;
 use slipway_formats::{ReleaseId, Version};
 
-use crate::diff::{verify_installed, Drift};
+use crate::diff::Drift;
 use crate::journal;
 use crate::layout::Layout;
 use crate::report;
@@ -597,7 +597,7 @@ struct VerifyView<'a> {
     drift: &'a [Drift],
 }
 
-pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> {
+pub(super) fn verify_cmd(host: &Host, json: bool, quick: bool) -> Result<Exit, CommandError> {
     let running = transaction::running_release(&host.layout)
         .map_err(|f| CommandError {
             exit: Exit::Failed,
@@ -611,14 +611,22 @@ pub(super) fn verify_cmd(host: &Host, json: bool) -> Result<Exit, CommandError> 
                 "install a release first: `slipway install SOURCE`",
             )
         })?;
-    let drift = verify_installed(&running.dir, &running.manifest).map_err(|e| {
-        CommandError::new(
-            Exit::Failed,
-            format!("cannot check {}", running.dir.display()),
-            e,
-            "check the permissions of the install root",
-        )
-    })?;
+    // Read-only: the quick check trusts the records but writes none.
+    let rule = crate::clean::CleanRule {
+        deep: !quick,
+        record: false,
+        log: Some(host.log),
+    };
+    let drift = crate::clean::check_release(&host.layout, &running.dir, &running.manifest, rule)
+        .map(|c| c.drift)
+        .map_err(|e| {
+            CommandError::new(
+                Exit::Failed,
+                format!("cannot check {}", running.dir.display()),
+                e,
+                "check the permissions of the install root",
+            )
+        })?;
     if json {
         print_json(&VerifyView {
             dir: &running.dir,

@@ -76,8 +76,8 @@ mod undo;
 pub use outcome::{Failure, InstallOptions, Outcome, TxnError};
 pub use preview::{preview, Preview};
 pub use query::{
-    data_schema, read_installed, records_file, running_release, Installed, ReleaseRecord,
-    ReleaseRecords,
+    data_schema, read_installed, records_file, running_release, running_summary, Installed,
+    ReleaseRecord, ReleaseRecords, RunningSummary,
 };
 pub use recover::recover;
 use restore::*;
@@ -558,18 +558,20 @@ fn record_and_report(
     Ok(())
 }
 
-/// Reports `attempt` with whatever `current` now points at.
+/// Reports `attempt` with whatever `current` now points at, from the
+/// release records where they know it (no manifest is read).
 fn report_with_current(host: &Host, state: &HostState, attempt: &Attempt) {
-    let running = running_release(&host.layout).ok().flatten();
+    let records = ReleaseRecords::load(&host.layout);
+    let running = running_summary(&host.layout).ok().flatten();
     let previous_version = switch::read_links(&host.layout)
         .ok()
         .and_then(|l| l.previous)
         .map(|t| switch::resolve_target(&host.layout, &t))
-        .and_then(|d| read_installed(&host.layout, &d).ok())
-        .map(|r| r.manifest.version);
+        .and_then(|d| query::summary_of(&host.layout, &records, &d).ok())
+        .map(|r| r.facts.version);
     let current = running.as_ref().and_then(|r| {
         Some(report::Current {
-            manifest: &r.manifest,
+            release: r.facts.clone(),
             id: r.id?,
             dir: &r.dir,
             installed_at: r.installed_at.unwrap_or(attempt.at),
@@ -794,11 +796,26 @@ pub fn install(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Unchanged files are hardlinked from the running release (never into
+    // a reinstall, which is a fresh copy of the running one).
+    let link_from = t
+        .running
+        .as_ref()
+        .filter(|_| !reinstall)
+        .and_then(|r| stage::LinkSource::of_release(&host.layout, &r.dir, &r.manifest));
+    log.debug(format!(
+        "{} files of the running release may be hardlinked",
+        link_from.as_ref().map_or(0, stage::LinkSource::len)
+    ));
     let staged = match stage::stage_release_into(
         &mut verified,
         &host.layout.releases_dir(),
         &dir_name,
-        stage::StageOptions::default(),
+        stage::StageOptions {
+            link_from: link_from.as_ref(),
+            records: Some(&host.layout),
+            ..Default::default()
+        },
     ) {
         Ok(dir) => dir,
         Err(e) => {
@@ -819,6 +836,9 @@ pub fn install(
     ReleaseRecords::update(&host.layout, &staged, |old| {
         Some(ReleaseRecord {
             id,
+            app: Some(verified.release.manifest.app.clone()),
+            channel: Some(verified.release.manifest.channel.clone()),
+            schema_version: Some(verified.release.manifest.schema_version),
             version: verified.release.manifest.version.clone(),
             staged_at: old.as_ref().map_or(now, |o| o.staged_at),
             installed_at: old.and_then(|o| o.installed_at),
@@ -885,6 +905,11 @@ fn eligibility(
         needed_bytes: needed,
         auto: opts.auto,
         now: host.clock.now(),
+        clean: crate::clean::CleanRule {
+            deep: host.config.update.deep_clean_check,
+            record: true,
+            log: Some(host.log),
+        },
     })
 }
 

@@ -141,6 +141,11 @@ pub fn preview(
         needed_bytes: needed,
         auto: opts.auto,
         now: host.clock.now(),
+        clean: crate::clean::CleanRule {
+            deep: host.config.update.deep_clean_check,
+            record: false,
+            log: Some(host.log),
+        },
     })
     .err()
     .map(|i| format!("{} ({})", i.reason, i.rule));

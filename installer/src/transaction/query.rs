@@ -13,7 +13,17 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRecord {
     pub id: ReleaseId,
+    /// The release's app, so that an idle poll learns what runs without
+    /// reading its manifest ([`running_summary`]); absent in records
+    /// written by an older slipway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub version: Version,
+    /// The manifest's channel and schema version, for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
     pub staged_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_at: Option<Timestamp>,
@@ -136,6 +146,86 @@ pub fn running_release(layout: &Layout) -> Result<Option<Installed>, Failure> {
         Some(dir) => read_installed(layout, &dir).map(Some),
         None => Ok(None),
     }
+}
+
+/// What discovery and the reports need to know of an installed release.
+#[derive(Debug, Clone)]
+pub struct RunningSummary {
+    pub dir: PathBuf,
+    pub facts: crate::report::ReleaseFacts,
+    pub id: Option<ReleaseId>,
+    pub installed_at: Option<Timestamp>,
+}
+
+impl RunningSummary {
+    pub fn app(&self) -> &str {
+        &self.facts.app
+    }
+
+    pub fn version(&self) -> &Version {
+        &self.facts.version
+    }
+}
+
+/// [`summary_of`] the release `current` names, if any.
+pub fn running_summary(layout: &Layout) -> Result<Option<RunningSummary>, Failure> {
+    let dir = switch::current_dir(layout).map_err(|e| {
+        Failure::new(
+            "cannot read the current release",
+            e,
+            "check the install root",
+        )
+    })?;
+    match dir {
+        Some(dir) => summary_of(layout, &ReleaseRecords::load(layout), &dir).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The app, version, channel and schema of the release in `dir`, from the
+/// release records (`state/releases.json`), without opening its manifest:
+/// an idle poll reads a manifest of 20,000 entries only when a newer
+/// release is offered. Falls back to the manifest for a release whose
+/// record lacks them (written by an older slipway).
+pub fn summary_of(
+    layout: &Layout,
+    records: &ReleaseRecords,
+    dir: &Path,
+) -> Result<RunningSummary, Failure> {
+    if let Some(r) = records.get(dir) {
+        if let (Some(app), Some(channel), Some(schema_version)) =
+            (&r.app, &r.channel, r.schema_version)
+        {
+            let installed_at = r.installed_at.or_else(|| link_time(layout));
+            return Ok(RunningSummary {
+                dir: dir.to_path_buf(),
+                facts: crate::report::ReleaseFacts {
+                    app: app.clone(),
+                    version: r.version.clone(),
+                    channel: channel.clone(),
+                    schema_version,
+                },
+                id: Some(r.id),
+                installed_at,
+            });
+        }
+    }
+    let installed = read_installed(layout, dir)?;
+    Ok(RunningSummary {
+        dir: dir.to_path_buf(),
+        facts: (&installed.manifest).into(),
+        id: installed.id,
+        installed_at: installed.installed_at,
+    })
+}
+
+/// When the switch made `current` (the link's own mtime).
+fn link_time(layout: &Layout) -> Option<Timestamp> {
+    std::fs::symlink_metadata(layout.current_link())
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| Timestamp::from_unix(d.as_secs() as i64))
 }
 
 /// The largest `schema_version` file read (it holds one small integer).

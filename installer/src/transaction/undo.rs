@@ -19,7 +19,9 @@ pub(super) fn discard_release_dir(host: &Host, dir: &Path) {
     if pinned || pending {
         return;
     }
-    match durable::remove_tree(dir) {
+    // Unlinks only (files may be shared with the running release), and
+    // removes the release's identity record.
+    match crate::identity::remove_release_tree(&host.layout, dir) {
         Ok(()) => host.log.debug(format!("removed {}", dir.display())),
         Err(e) => host.log.warn(format!(
             "cannot remove {}: {e}; `slipway gc` retries",
@@ -371,7 +373,7 @@ pub(super) fn cleanup_abandoned(host: &Host, j: &Journal, drop_snapshot: bool) {
                 .to_string_lossy()
                 .starts_with(gc::STAGING_PREFIX)
             {
-                if let Err(err) = durable::remove_tree(&e.path()) {
+                if let Err(err) = crate::identity::remove_release_tree(&host.layout, &e.path()) {
                     log.warn(format!("cannot remove {}: {err}", e.path().display()));
                 }
             }

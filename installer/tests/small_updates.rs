@@ -1,0 +1,358 @@
+//! Small updates: unchanged files hardlinked from the running release, the
+//! identity records that let the clean-tree rule skip re-reading the tree,
+//! and `slipway verify --quick`.
+//!
+//! Each case installs v1 of the example bot through the command backend,
+//! then works on the running release or installs v2 (which raises the data
+//! schema, so `schema/VERSION` changes and every `app/` file does not).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+mod bot_host;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+
+use bot_host::{stderr, Flavor, Release, TestHost};
+use slipway_formats::{Manifest, MANIFEST_PATH};
+
+/// A host running v1, healthy.
+fn host_with_v1(extra: &[(&str, &str)]) -> (TestHost, Release) {
+    let host = TestHost::new(extra);
+    let v1 = host.release("1.0.0", &Flavor::default());
+    host.run_expect(&["update"], 0);
+    host.wait_healthy("1.0.0");
+    (host, v1)
+}
+
+fn v2_flavor() -> Flavor {
+    Flavor {
+        schema: Some(2),
+        ..Flavor::default()
+    }
+}
+
+fn release_dir(host: &TestHost, r: &Release) -> PathBuf {
+    host.root().join("releases").join(r.dir_name())
+}
+
+fn record_of(host: &TestHost, r: &Release) -> PathBuf {
+    host.root()
+        .join("state/releases")
+        .join(format!("{}.stat", r.dir_name()))
+}
+
+fn ino(path: &Path) -> u64 {
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+/// The drift of the release in `dir` by the library's full check.
+fn drift_of(dir: &Path) -> Vec<slipway::diff::Drift> {
+    let manifest = Manifest::parse(&fs::read(dir.join(MANIFEST_PATH)).unwrap()).unwrap();
+    slipway::diff::verify_installed(dir, &manifest).unwrap()
+}
+
+/// `slipway verify [--quick] --json`: exit code and the drift list.
+fn verify(host: &TestHost, quick: bool) -> (i32, serde_json::Value) {
+    let mut args = vec!["verify", "--json"];
+    if quick {
+        args.push("--quick");
+    }
+    let out = host.run(&args);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): {}", stderr(&out)));
+    (out.status.code().unwrap(), v["drift"].clone())
+}
+
+/// `verify --quick` says exactly what `verify` says.
+fn assert_quick_agrees(host: &TestHost, what: &str) -> serde_json::Value {
+    let full = verify(host, false);
+    let quick = verify(host, true);
+    assert_eq!(quick, full, "{what}: verify --quick disagrees with verify");
+    full.1
+}
+
+/// Runs `f` on `path` with its directory (and the file itself) writable,
+/// then puts the read-only modes back, as an operator editing a release
+/// would.
+fn with_writable(path: &Path, f: impl FnOnce()) {
+    let dir = path.parent().unwrap();
+    let dir_mode = fs::metadata(dir).unwrap().permissions().mode();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let file_mode = fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.permissions().mode());
+    if file_mode.is_some() {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    f();
+    if let Some(mode) = file_mode {
+        if path.is_file() {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(dir_mode)).unwrap();
+}
+
+/// Rewrites a file in place with other bytes of the same length, and
+/// puts its mtime back: only its ctime tells.
+fn edit_in_place(path: &Path) {
+    let meta = fs::metadata(path).unwrap();
+    let mtime = meta.modified().unwrap();
+    with_writable(path, || {
+        let mut bytes = fs::read(path).unwrap();
+        bytes[0] ^= 0x20;
+        fs::write(path, &bytes).unwrap();
+        let f = fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(mtime).unwrap();
+    });
+    assert_eq!(fs::metadata(path).unwrap().modified().unwrap(), mtime);
+}
+
+#[test]
+fn unchanged_files_are_hardlinked_and_both_releases_verify() {
+    let (host, v1) = host_with_v1(&[("update", "keep_releases = 2")]);
+    let v2 = host.release("2.0.0", &v2_flavor());
+    let out = host.run_expect(&["-v", "update"], 0);
+    host.wait_healthy("2.0.0");
+    let (d1, d2) = (release_dir(&host, &v1), release_dir(&host, &v2));
+    for same in [
+        "app/bot/__main__.py",
+        "app/bot/save.py",
+        "app/bot/migrate.py",
+    ] {
+        assert_eq!(
+            ino(&d1.join(same)),
+            ino(&d2.join(same)),
+            "{same} was not hardlinked\n{}",
+            stderr(&out)
+        );
+    }
+    for changed in ["schema/VERSION", MANIFEST_PATH] {
+        assert_ne!(ino(&d1.join(changed)), ino(&d2.join(changed)), "{changed}");
+    }
+    assert_eq!(
+        fs::read_to_string(d2.join("schema/VERSION"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    // Both releases are as their manifests say.
+    host.run_expect(&["verify"], 0);
+    host.run_expect(&["verify", "--quick"], 0);
+    assert_eq!(drift_of(&d1), vec![]);
+    assert!(record_of(&host, &v1).is_file() && record_of(&host, &v2).is_file());
+
+    // v3: v1 is neither current nor previous any more, and goes.
+    let v3 = host.release("3.0.0", &v2_flavor());
+    host.run_expect(&["update"], 0);
+    host.wait_healthy("3.0.0");
+    assert!(!d1.exists(), "gc kept v1");
+    assert!(!record_of(&host, &v1).exists(), "gc kept v1's record");
+    assert_eq!(drift_of(&d2), vec![]);
+    let d3 = release_dir(&host, &v3);
+    assert_eq!(
+        ino(&d2.join("app/bot/save.py")),
+        ino(&d3.join("app/bot/save.py"))
+    );
+    host.run_expect(&["verify"], 0);
+    // The unlinks of gc moved the ctime of the shared files; their records
+    // followed, so the quick check hashes nothing.
+    let out = host.run_expect(&["-v", "verify", "--quick"], 0);
+    assert!(
+        stderr(&out).contains(" 0 of "),
+        "the quick check re-hashed files after gc:\n{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_file_changed_in_place_is_caught_and_the_update_refused() {
+    let (host, v1) = host_with_v1(&[]);
+    edit_in_place(&release_dir(&host, &v1).join("app/bot/save.py"));
+    let drift = assert_quick_agrees(&host, "a file edited in place");
+    assert_eq!(drift[0]["drift"], "modified", "{drift}");
+    assert_eq!(drift[0]["path"], "app/bot/save.py", "{drift}");
+
+    host.release("2.0.0", &v2_flavor());
+    let o = host.json(&["update"], 4);
+    assert_eq!(o["rule"], "dirty_release", "{o}");
+    assert_eq!(host.link("current"), Some(v1.dir_name()));
+}
+
+#[test]
+fn a_stray_file_is_caught_and_the_update_refused() {
+    let (host, v1) = host_with_v1(&[]);
+    let stray = release_dir(&host, &v1).join("app/bot/notes.txt");
+    with_writable(&stray, || fs::write(&stray, "hello\n").unwrap());
+    let drift = assert_quick_agrees(&host, "a stray file");
+    assert_eq!(drift[0]["drift"], "extra", "{drift}");
+
+    host.release("2.0.0", &v2_flavor());
+    let o = host.json(&["update"], 4);
+    assert_eq!(o["rule"], "dirty_release", "{o}");
+}
+
+#[test]
+fn verify_quick_agrees_with_verify_on_every_kind_of_drift() {
+    let (host, v1) = host_with_v1(&[]);
+    let dir = release_dir(&host, &v1);
+    assert_eq!(
+        assert_quick_agrees(&host, "a clean tree"),
+        serde_json::json!([])
+    );
+
+    // A mode change (write bits are ignored; the execute bit is not).
+    let main = dir.join("app/bot/__main__.py");
+    with_writable(&main, || {});
+    fs::set_permissions(&main, fs::Permissions::from_mode(0o555)).unwrap();
+    let drift = assert_quick_agrees(&host, "a mode change");
+    assert_eq!(drift[0]["drift"], "mode_changed", "{drift}");
+    fs::set_permissions(&main, fs::Permissions::from_mode(0o444)).unwrap();
+    assert_eq!(
+        assert_quick_agrees(&host, "the mode back"),
+        serde_json::json!([])
+    );
+
+    // A missing file.
+    let save = dir.join("app/bot/save.py");
+    let kept = fs::read(&save).unwrap();
+    with_writable(&save, || fs::remove_file(&save).unwrap());
+    let drift = assert_quick_agrees(&host, "a missing file");
+    assert_eq!(drift[0]["drift"], "missing", "{drift}");
+
+    // A file replaced by another with the same content: a new inode.
+    with_writable(&save, || {
+        fs::write(&save, &kept).unwrap();
+        fs::set_permissions(&save, fs::Permissions::from_mode(0o444)).unwrap();
+    });
+    assert_eq!(
+        assert_quick_agrees(&host, "a file put back"),
+        serde_json::json!([])
+    );
+
+    // A file replaced by a directory.
+    with_writable(&save, || {
+        fs::remove_file(&save).unwrap();
+        fs::create_dir(&save).unwrap();
+    });
+    let drift = assert_quick_agrees(&host, "a file replaced by a directory");
+    assert_eq!(drift[0]["drift"], "type_changed", "{drift}");
+    with_writable(&save, || {
+        fs::remove_dir(&save).unwrap();
+        fs::write(&save, &kept).unwrap();
+        fs::set_permissions(&save, fs::Permissions::from_mode(0o444)).unwrap();
+    });
+
+    // Content changed, size kept, mtime restored.
+    edit_in_place(&main);
+    let drift = assert_quick_agrees(&host, "an edit in place");
+    assert_eq!(drift[0]["drift"], "modified", "{drift}");
+}
+
+#[test]
+fn a_release_without_a_record_is_checked_fully_once_then_recorded() {
+    let (host, v1) = host_with_v1(&[]);
+    let record = record_of(&host, &v1);
+    assert!(record.is_file(), "staging records the identities");
+    fs::remove_file(&record).unwrap();
+    // Read-only commands use no record and write none.
+    host.run_expect(&["verify", "--quick"], 0);
+    assert!(!record.exists());
+
+    let v2 = host.release("2.0.0", &v2_flavor());
+    let out = host.run_expect(&["-v", "update"], 0);
+    let log = stderr(&out);
+    assert!(
+        log.contains("no identity record: full re-hash") && log.contains("identities recorded"),
+        "{log}"
+    );
+    assert!(record.is_file(), "the full check recorded v1");
+    // ... in time for staging to link from it.
+    let (d1, d2) = (release_dir(&host, &v1), release_dir(&host, &v2));
+    assert_eq!(
+        ino(&d1.join("app/bot/save.py")),
+        ino(&d2.join("app/bot/save.py"))
+    );
+
+    // With deep_clean_check the update hashes every file.
+    host.write_config(&[("update", "deep_clean_check = true")]);
+    host.release("3.0.0", &v2_flavor());
+    let out = host.run_expect(&["-v", "update"], 0);
+    assert!(stderr(&out).contains("deep check"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_kill_during_hardlinked_staging_is_recovered_without_debris() {
+    let probe = std::process::Command::new(bot_host::slipway_bin())
+        .arg("debug-features")
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&probe.stdout).contains("fault-injection=on") {
+        eprintln!(
+            "SKIP: run `cargo test -p slipway --features fault-injection --test small_updates`"
+        );
+        return;
+    }
+    let (host, v1) = host_with_v1(&[]);
+    let v2 = host.build("2.0.0", &v2_flavor());
+    let mut cmd = host.slipway(&["install", &v2.archive.to_string_lossy()]);
+    cmd.env("SLIPWAY_FAULT_AT", "hardlink");
+    let out = bot_host::run_with_deadline(cmd, std::time::Duration::from_secs(120));
+    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+    let releases = host.root().join("releases");
+    let staging = || {
+        fs::read_dir(&releases)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging-"))
+            .count()
+    };
+    assert_eq!(staging(), 1, "the kill came during staging");
+
+    host.run_expect(&["recover"], 0);
+    assert_eq!(staging(), 0, "recover left the staging directory");
+    assert!(!host.root().join("state/journal.json").exists());
+    assert_eq!(host.link("current"), Some(v1.dir_name()));
+    let names: Vec<String> = fs::read_dir(&releases)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec![v1.dir_name()]);
+    assert_eq!(
+        assert_quick_agrees(&host, "after recover"),
+        serde_json::json!([])
+    );
+
+    // The links moved ctimes the record did not follow: the next check
+    // re-hashes those files, then the update goes through, linking again.
+    host.run_expect(&["install", &v2.archive.to_string_lossy()], 0);
+    host.wait_healthy("2.0.0");
+    let (d1, d2) = (release_dir(&host, &v1), release_dir(&host, &v2));
+    assert_eq!(
+        ino(&d1.join("app/bot/save.py")),
+        ino(&d2.join("app/bot/save.py"))
+    );
+    host.run_expect(&["verify"], 0);
+}
+
+#[test]
+fn an_idle_poll_reads_no_manifest() {
+    let (host, v1) = host_with_v1(&[]);
+    // Unreadable: a poll that opened it would fail.
+    let manifest = release_dir(&host, &v1).join(MANIFEST_PATH);
+    fs::set_permissions(&manifest, fs::Permissions::from_mode(0o000)).unwrap();
+    let o = host.json(&["update", "--auto"], 0);
+    fs::set_permissions(&manifest, fs::Permissions::from_mode(0o444)).unwrap();
+    assert!(
+        o["message"].as_str().unwrap().starts_with("up to date"),
+        "{o}"
+    );
+    assert_eq!(o["from_version"], "1.0.0", "{o}");
+    // A newer release is offered: now the manifest is read.
+    host.release("2.0.0", &v2_flavor());
+    host.run_expect(&["update", "--auto"], 0);
+    host.wait_healthy("2.0.0");
+}
