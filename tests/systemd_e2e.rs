@@ -156,6 +156,9 @@ fn boot(label: &str, releases: &Releases) -> Result<Container> {
              quiesce_url = \"http://127.0.0.1:8080/admin/quiesce\"\n\
              save_url = \"http://127.0.0.1:8080/admin/save\"\n\
              \n\
+             [health]\n\
+             restore_data = \"always\"\n\
+             \n\
              [report]\n\
              journald = true\n",
             key = releases.pub_key.display()
@@ -354,6 +357,9 @@ fn systemd_update_restarts_the_unit_then_flips_back_an_unhealthy_release() -> Re
         tree(&c.host_path(Path::new(snapshot).join("data")))?,
         "the persistence is byte-identical to the snapshot of the paused v2"
     );
+    // What v3 wrote before it was flipped back is kept aside, and named.
+    let message = o["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is kept in /opt/"), "{o}");
     let status = slipway_json(&c, &["status"], 0)?;
     assert_eq!(
         status["bad_releases"].as_array().map(Vec::len),
