@@ -29,7 +29,7 @@ use slipway_e2e::campaign::{
     self, kill_pid, processes, Host, Managed, Proc, Release, Releases, Settings, SlowMigrate,
     Spawned, TAG_ENV,
 };
-use slipway_e2e::{bot_unit, shared_tempdir, Container, OutputExt, BOT_UNIT};
+use slipway_e2e::{bot_unit, run_ok, shared_tempdir, Container, OutputExt, BOT_UNIT};
 
 /// Kills when `KILL_CAMPAIGN_KILLS` is not set.
 const SHORT_KILLS: usize = 40;
@@ -60,18 +60,6 @@ struct Flavor {
     schema: u32,
     fail_health: bool,
     slow_migrate: Option<SlowMigrate>,
-}
-
-fn run_ok(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
 }
 
 /// Builds a release of the example bot into `repo`, signed with `key`.

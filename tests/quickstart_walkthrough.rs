@@ -19,8 +19,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use slipway_e2e::{shared_tempdir, Container, ContainerOptions, Nginx, NginxOptions, OutputExt};
+use anyhow::{Context, Result};
+use slipway_e2e::{
+    build_bot, run_ok, shared_tempdir, BotFlavor, Container, ContainerOptions, Nginx, NginxOptions,
+    OutputExt,
+};
 
 const DOC: &str = "docs/quickstart.md";
 const CONFIG: &str = "/etc/slipway/update.toml";
@@ -47,51 +50,21 @@ fn blocks(doc: &str, from: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn run_ok(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
 /// Builds the example bot as `version` (data schema `schema`; `/health`
-/// failing when `unhealthy`) into `repo`; returns its release id.
+/// failing when `unhealthy`) into the repository; returns its release id.
 fn build(dir: &Path, version: &str, schema: u32, unhealthy: bool) -> Result<String> {
-    let src = dir.join(format!("src-{version}"));
-    run_ok(
-        Command::new("cp")
-            .arg("-r")
-            .arg(slipway_e2e::workspace_root().join("examples/bot"))
-            .arg(&src),
+    let bot = build_bot(
+        dir,
+        &dir.join("keys/slipway.key"),
+        &dir.join("repo"),
+        version,
+        BotFlavor {
+            schema,
+            fail_health: unhealthy,
+        },
+        Ok,
     )?;
-    let _ = fs::remove_dir_all(src.join("app/bot/__pycache__"));
-    fs::write(src.join("schema/VERSION"), format!("{schema}\n"))?;
-    let toml = fs::read_to_string(src.join("slipway.toml"))?
-        .replace("version = 1\n", &format!("version = {schema}\n"));
-    fs::write(src.join("slipway.toml"), toml)?;
-    fs::write(
-        src.join("app/bot/settings.json"),
-        format!("{{\"fail_health\": {unhealthy}, \"crash_on_start\": false}}\n"),
-    )?;
-    let out = run_ok(
-        Command::new(slipway_e2e::slipway_pack()?)
-            .arg("build")
-            .arg(&src)
-            .args(["--version", version, "--json", "--key"])
-            .arg(dir.join("keys/slipway.key"))
-            .arg("--out")
-            .arg(dir.join("repo")),
-    )?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v["id"]
-        .as_str()
-        .context("build --json has no id")?
-        .to_string())
+    Ok(bot.id)
 }
 
 fn publish(dir: &Path, id: &str) -> Result<()> {

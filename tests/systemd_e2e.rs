@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use slipway_e2e::{bot_unit, shared_tempdir, Container, OutputExt, BOT_UNIT};
+use slipway_e2e::{bot_unit, run_ok, shared_tempdir, Container, OutputExt, BOT_UNIT};
 
 const UNIT: &str = BOT_UNIT;
 const ROOT: &str = "/opt/e2e/root";
@@ -53,18 +53,6 @@ impl Flavor {
             failing_check: false,
         }
     }
-}
-
-fn run_ok(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
 }
 
 fn build_releases(label: &str, flavors: &[Flavor]) -> Result<Releases> {

@@ -26,25 +26,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use slipway_e2e::{
-    bot_unit, shared_tempdir, Container, ContainerOptions, Nginx, NginxOptions, OutputExt, BOT_UNIT,
+    bot_unit, run_ok, shared_tempdir, Container, ContainerOptions, Nginx, NginxOptions, OutputExt,
+    BOT_UNIT,
 };
 
 const UNIT: &str = BOT_UNIT;
 const ROOT: &str = "/opt/e2e/root";
 const DATA: &str = "/opt/e2e/data";
 const CONFIG: &str = "/etc/slipway/update.toml";
-
-fn run_ok(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
 
 /// Builds the example bot as `version` into `repo`; returns the release id.
 fn build(dir: &Path, repo: &Path, version: &str) -> Result<String> {

@@ -22,3 +22,76 @@ pub fn bot_unit(root: &str, data: &str) -> String {
          WantedBy=multi-user.target\n"
     )
 }
+
+/// How a test build of the example bot behaves (`app/bot/settings.json`)
+/// and which data schema it ships.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BotFlavor {
+    /// Data schema (`schema/VERSION` and `[schema] version`); 0 means 1.
+    pub schema: u32,
+    /// `/health` answers 503.
+    pub fail_health: bool,
+}
+
+/// A release of the example bot built by the real `slipway-pack`.
+#[derive(Debug, Clone)]
+pub struct BuiltBot {
+    /// `sha256:<hex>`.
+    pub id: String,
+    /// `<repo>/releases/<hex>.tar.zst`.
+    pub archive: std::path::PathBuf,
+}
+
+/// Copies examples/bot to `<work>/src-<version>`, gives it `flavor`, lets
+/// `edit_toml` change its `slipway.toml`, and builds it as `version`, signed
+/// with `key`, into `repo` (not published).
+pub fn build_bot(
+    work: &std::path::Path,
+    key: &std::path::Path,
+    repo: &std::path::Path,
+    version: &str,
+    flavor: BotFlavor,
+    edit_toml: impl FnOnce(String) -> anyhow::Result<String>,
+) -> anyhow::Result<BuiltBot> {
+    use anyhow::Context;
+    use std::fs;
+    use std::process::Command;
+    let src = work.join(format!("src-{version}"));
+    crate::run::run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(crate::workspace_root().join("examples/bot"))
+            .arg(&src),
+    )?;
+    let _ = fs::remove_dir_all(src.join("app/bot/__pycache__"));
+    let schema = flavor.schema.max(1);
+    fs::write(src.join("schema/VERSION"), format!("{schema}\n"))?;
+    let toml = fs::read_to_string(src.join("slipway.toml"))?
+        .replace("version = 1\n", &format!("version = {schema}\n"));
+    fs::write(src.join("slipway.toml"), edit_toml(toml)?)?;
+    fs::write(
+        src.join("app/bot/settings.json"),
+        format!(
+            "{{\"fail_health\": {}, \"crash_on_start\": false}}\n",
+            flavor.fail_health
+        ),
+    )?;
+    let out = crate::run::run_ok(
+        Command::new(crate::slipway_pack()?)
+            .arg("build")
+            .arg(&src)
+            .args(["--version", version, "--json", "--key"])
+            .arg(key)
+            .arg("--out")
+            .arg(repo),
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = v["id"]
+        .as_str()
+        .context("build --json has no id")?
+        .to_string();
+    let archive = repo
+        .join("releases")
+        .join(format!("{}.tar.zst", id.trim_start_matches("sha256:")));
+    Ok(BuiltBot { id, archive })
+}

@@ -34,6 +34,20 @@ pub fn run(cmd: Command, timeout: Duration) -> Result<Output> {
     run_with_input(cmd, None, timeout)
 }
 
+/// Runs `cmd` (no deadline: a local tool such as `cp` or `slipway-pack`)
+/// and fails with its stderr unless it exits 0.
+pub fn run_ok(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
 /// Like [`run`], with `input` written to the child's stdin (then closed).
 pub fn run_with_input(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let description = describe(&cmd);
