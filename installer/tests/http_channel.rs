@@ -77,6 +77,7 @@ impl Built {
             yanked: false,
             rollout: 100,
             notes: String::new(),
+            deltas: Vec::new(),
         }
     }
 }
