@@ -395,3 +395,69 @@ fn delta_bytes_are_deterministic_and_verified_by_stock_minisign() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("slipway-delta"));
     }
 }
+
+/// Whether the binary has the crash hooks (`--features slipway/fault-injection`).
+fn fault_injection() -> bool {
+    let out = std::process::Command::new(bot_host::slipway_bin())
+        .arg("debug-features")
+        .output()
+        .expect("slipway debug-features");
+    let on = String::from_utf8_lossy(&out.stdout).contains("fault-injection=on");
+    if !on {
+        eprintln!("SKIP: slipway was built without the fault-injection feature");
+        assert!(std::env::var("CI").is_err(), "CI runs with fault injection");
+    }
+    on
+}
+
+#[test]
+fn a_kill_during_a_delta_install_recovers_and_the_next_run_takes_the_delta() {
+    use std::os::unix::process::ExitStatusExt;
+    if !fault_injection() {
+        return;
+    }
+    // A local repository as the source: the delta is read in place.
+    let host = TestHost::new(&[]);
+    let v1 = host.release("1.0.0", &flavor());
+    host.run_expect(&["update"], 0);
+    host.wait_healthy("1.0.0");
+    let v2 = host.release(
+        "2.0.0",
+        &Flavor {
+            schema: Some(2),
+            ..flavor()
+        },
+    );
+    for (var, at) in [
+        ("SLIPWAY_FAULT_AFTER", "Stage"),
+        ("SLIPWAY_FAULT_AT", "hardlink"),
+    ] {
+        let mut cmd = host.slipway(&["update"]);
+        cmd.env(var, at);
+        let out = bot_host::run_with_deadline(cmd, std::time::Duration::from_secs(120));
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{var}={at} did not kill the run: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("using the delta"), "{}", stderr(&out));
+        let o = host.json(&["recover"], 0);
+        assert!(!o["message"].as_str().unwrap_or("").is_empty(), "{o}");
+        assert!(!host.root().join("state/journal.json").exists());
+        assert_eq!(host.link("current"), Some(v1.dir_name()));
+        host.run_expect(&["verify"], 0);
+        let stray: Vec<_> = fs::read_dir(host.root().join("releases"))
+            .expect("releases")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".staging") || n == &v2.dir_name())
+            .collect();
+        assert!(stray.is_empty(), "left behind: {stray:?}");
+    }
+    let out = host.run_expect(&["update"], 0);
+    assert!(stderr(&out).contains("using the delta"), "{}", stderr(&out));
+    host.wait_healthy("2.0.0");
+    assert_eq!(host.link("current"), Some(v2.dir_name()));
+    host.run_expect(&["verify"], 0);
+}
