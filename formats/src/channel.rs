@@ -48,6 +48,8 @@ pub enum ChannelError {
     DuplicateId(ReleaseId),
     #[error("channel index release {version}: rollout {rollout} is above 100 percent")]
     Rollout { version: Version, rollout: u8 },
+    #[error("channel index release {version}: {reason}")]
+    Delta { version: Version, reason: String },
 }
 
 /// Why a channel index failed authentication ([`authenticate_index`]).
@@ -180,6 +182,31 @@ pub struct ChannelRelease {
     pub rollout: u8,
     #[serde(default)]
     pub notes: String,
+    /// Delta archives that turn an older release into this one
+    /// (`deltas/<from-hex>-<to-hex>.tar.zst`, see docs/formats.md). Absent
+    /// from indexes written before deltas existed, and from releases
+    /// published with `--deltas 0`: such an entry is byte for byte what an
+    /// older slipway wrote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<ChannelDelta>,
+}
+
+/// The most deltas one release may list: `publish --deltas K` writes K.
+pub const MAX_DELTAS_PER_RELEASE: usize = 16;
+
+/// A delta archive as a channel index lists it. The index is signed, so
+/// its size (the download's cap) and digest are authenticated before a
+/// byte of the delta is fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDelta {
+    /// The release the delta starts from: a host uses it only when it runs
+    /// exactly that release.
+    pub from: ReleaseId,
+    /// The delta file's size in bytes: the download is capped at it.
+    pub size: u64,
+    /// The SHA-256 of the delta file, spelled like a release id.
+    pub sha256: ReleaseId,
 }
 
 fn full_rollout() -> u8 {
@@ -330,6 +357,7 @@ impl ChannelIndex {
                     rollout: release.rollout,
                 });
             }
+            validate_deltas(release)?;
         }
         for pair in self.releases.windows(2) {
             if pair[0].version <= pair[1].version {
@@ -340,6 +368,11 @@ impl ChannelIndex {
             }
         }
         Ok(())
+    }
+
+    /// The delta listed with `to` that starts from `from`, if any.
+    pub fn delta(&self, to: &ReleaseId, from: &ReleaseId) -> Option<&ChannelDelta> {
+        self.release(to)?.deltas.iter().find(|d| &d.from == from)
     }
 
     /// Refuses an index meant for another app or channel.
@@ -391,6 +424,34 @@ impl ChannelIndex {
     }
 }
 
+/// A release's delta list: at most [`MAX_DELTAS_PER_RELEASE`], each from
+/// another release than itself, no base twice.
+fn validate_deltas(release: &ChannelRelease) -> Result<(), ChannelError> {
+    let refuse = |reason: String| ChannelError::Delta {
+        version: release.version.clone(),
+        reason,
+    };
+    if release.deltas.len() > MAX_DELTAS_PER_RELEASE {
+        return Err(refuse(format!(
+            "lists {} deltas, more than {MAX_DELTAS_PER_RELEASE}",
+            release.deltas.len()
+        )));
+    }
+    let mut bases = HashSet::new();
+    for delta in &release.deltas {
+        if delta.from == release.id {
+            return Err(refuse(format!(
+                "lists a delta from itself ({})",
+                delta.from
+            )));
+        }
+        if !bases.insert(delta.from) {
+            return Err(refuse(format!("lists two deltas from {}", delta.from)));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +465,7 @@ mod tests {
             yanked: false,
             rollout: 100,
             notes: String::new(),
+            deltas: Vec::new(),
         }
     }
 
@@ -477,6 +539,50 @@ mod tests {
                 field: "published",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn deltas_are_optional_bounded_and_never_from_the_release_itself() {
+        let mut idx = sample();
+        assert!(
+            !String::from_utf8_lossy(&idx.to_bytes()).contains("deltas"),
+            "a release without deltas is written as before"
+        );
+        let to = idx.releases[0].id;
+        let from = idx.releases[1].id;
+        idx.releases[0].deltas.push(ChannelDelta {
+            from,
+            size: 42,
+            sha256: ReleaseId::of_bytes(b"delta"),
+        });
+        let parsed = ChannelIndex::parse(&idx.to_bytes()).expect("parse");
+        assert_eq!(parsed, idx);
+        assert_eq!(parsed.delta(&to, &from).map(|d| d.size), Some(42));
+        assert!(parsed.delta(&to, &to).is_none());
+
+        let mut twice = idx.clone();
+        let again = twice.releases[0].deltas[0].clone();
+        twice.releases[0].deltas.push(again);
+        assert!(matches!(twice.validate(), Err(ChannelError::Delta { .. })));
+        let mut itself = idx.clone();
+        itself.releases[0].deltas[0].from = to;
+        assert!(matches!(itself.validate(), Err(ChannelError::Delta { .. })));
+        let mut many = idx.clone();
+        many.releases[0].deltas = (0..=MAX_DELTAS_PER_RELEASE)
+            .map(|i| ChannelDelta {
+                from: ReleaseId::of_bytes(&i.to_le_bytes()),
+                size: 1,
+                sha256: ReleaseId::of_bytes(b"d"),
+            })
+            .collect();
+        assert!(matches!(many.validate(), Err(ChannelError::Delta { .. })));
+        let text = String::from_utf8(idx.to_bytes())
+            .expect("utf-8")
+            .replace("\"size\": 42,", "\"size\": 42, \"extra\": 1,");
+        assert!(matches!(
+            ChannelIndex::parse(text.as_bytes()),
+            Err(ChannelError::Schema(_))
         ));
     }
 

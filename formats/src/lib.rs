@@ -13,6 +13,7 @@
 //! - [`runtime_paths`]: paths a release's app writes into its own tree.
 //! - [`diff`]: what changes between two releases, from their manifests.
 //! - [`channel`]: `channels/<channel>.json`, the signed channel index.
+//! - [`delta`]: delta archives between two releases, signed for the pair.
 //! - [`signature`]: minisign public keys, detached signatures, trusted comments.
 //! - [`state`]: the files slipway writes on a host for itself and the app.
 //! - [`rollout`]: the stable per-host bucket for staged rollouts.
@@ -24,6 +25,7 @@
 pub mod archive;
 pub mod bundle;
 pub mod channel;
+pub mod delta;
 pub mod diff;
 pub mod id;
 pub mod manifest;

@@ -416,6 +416,8 @@ pub struct TrustedComment {
 pub const RELEASE_COMMENT: &str = "slipway-release";
 /// The kind word of a channel index's trusted comment.
 pub const CHANNEL_COMMENT: &str = "slipway-channel";
+/// The kind word of a delta archive's trusted comment.
+pub const DELTA_COMMENT: &str = "slipway-delta";
 
 impl TrustedComment {
     /// The comment signed with a release archive.
@@ -427,6 +429,27 @@ impl TrustedComment {
         fields.insert("id".into(), id.to_string());
         TrustedComment {
             kind: RELEASE_COMMENT.into(),
+            fields,
+        }
+    }
+
+    /// The comment signed with a delta archive: it turns release `from`
+    /// into release `to` (app, version and channel are `to`'s).
+    pub fn for_delta(
+        app: &str,
+        version: &str,
+        channel: &str,
+        from: &ReleaseId,
+        to: &ReleaseId,
+    ) -> Self {
+        let mut fields = BTreeMap::new();
+        fields.insert("app".into(), app.into());
+        fields.insert("version".into(), version.into());
+        fields.insert("channel".into(), channel.into());
+        fields.insert("from".into(), from.to_string());
+        fields.insert("to".into(), to.to_string());
+        TrustedComment {
+            kind: DELTA_COMMENT.into(),
             fields,
         }
     }

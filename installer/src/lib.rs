@@ -10,6 +10,7 @@ pub mod children;
 pub mod clean;
 pub mod commands;
 pub mod config;
+pub mod delta;
 pub mod diff;
 pub mod eligibility;
 pub mod failure_model;

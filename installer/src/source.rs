@@ -355,6 +355,8 @@ pub struct Candidate {
     /// For an HTTP repository: fetch `archive` and `signature` from here
     /// first (SPEC §4 step 3).
     pub remote: Option<RemoteArchive>,
+    /// The deltas the index lists to this release ([`crate::delta`]).
+    pub deltas: Vec<crate::delta::DeltaCandidate>,
 }
 
 impl Candidate {
@@ -1044,6 +1046,18 @@ pub fn listed_candidate(
             }),
         ),
     };
+    let location = |rel: &str| repo.location(rel);
+    let dir = match repo {
+        Repository::Dir(dir) => Some(*dir),
+        Repository::Http { .. } => None,
+    };
+    let deltas = crate::delta::DeltaCandidate::listed(
+        &release.id,
+        &release.deltas,
+        &location,
+        dir,
+        downloads,
+    );
     Candidate {
         archive,
         signature,
@@ -1056,6 +1070,7 @@ pub fn listed_candidate(
         listed: Some(release.clone()),
         keys: keys.clone(),
         remote,
+        deltas,
     }
 }
 
@@ -1077,6 +1092,7 @@ mod tests {
             yanked: false,
             rollout,
             notes: String::new(),
+            deltas: Vec::new(),
         }
     }
 

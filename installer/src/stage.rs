@@ -42,7 +42,8 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 use slipway_formats::archive::{
-    check_file_digest, walk_release, EntryError, EntrySink, SinkError, VerifiedRelease, WalkError,
+    check_file_digest, walk_delta, walk_release, EntryError, EntrySink, SinkError, VerifiedRelease,
+    WalkError,
 };
 use slipway_formats::path::PathError;
 use slipway_formats::{EntryType, FileEntry, Manifest, ReleaseId, MANIFEST_PATH};
@@ -75,6 +76,10 @@ pub struct StageOptions<'a> {
     pub sync: SyncMode,
     /// The running release, to hardlink unchanged files from.
     pub link_from: Option<&'a LinkSource>,
+    /// For a delta archive: the running release it starts from, where the
+    /// files it leaves out are copied from when they cannot be linked
+    /// from `link_from`, together with that release's manifest.
+    pub delta_base: Option<(&'a crate::delta::DeltaBase, &'a Manifest)>,
     /// The host whose identity records ([`crate::identity`]) staging
     /// writes for the new release and carries over for releases whose
     /// files it linked; `None` (a scratch stage) writes none.
@@ -239,6 +244,22 @@ pub enum StageError {
     TrailingData { id: ReleaseId },
     #[error("archive {path} changed after it was verified (its bytes are no longer those of release {id}); refused, fetch it again")]
     ArchiveChanged { path: PathBuf, id: ReleaseId },
+    #[error("release {id}: the delta leaves out {path:?}, but the running release has no file with sha256 {sha256} and mode {mode:04o}; refused")]
+    NotInBase {
+        id: ReleaseId,
+        path: String,
+        sha256: String,
+        mode: u32,
+    },
+    #[error("release {id}: the delta starts from release {base}, and staging was given no base release to take the files it leaves out from")]
+    NoDeltaBase { id: ReleaseId, base: ReleaseId },
+    #[error("release {id}: {path:?}, left out of the delta, cannot be taken from the running release ({from}): {source}")]
+    BaseFile {
+        id: ReleaseId,
+        path: String,
+        from: PathBuf,
+        source: io::Error,
+    },
     #[error("{cause}; and the staging directory {staging} could not be removed: {source} (remove it by hand)")]
     Cleanup {
         staging: PathBuf,
@@ -540,6 +561,12 @@ fn refused(id: ReleaseId, archive: &Path, e: EntryError) -> StageError {
             found,
         },
         EntryError::TrailingData => StageError::TrailingData { id },
+        EntryError::NotInBase { path, sha256, mode } => StageError::NotInBase {
+            id,
+            path,
+            sha256,
+            mode,
+        },
     }
 }
 
@@ -614,8 +641,14 @@ fn check_and_write(
             sync: options.sync,
             link_from: options.link_from,
             drain: Vec::new(),
+            delta_base: options.delta_base.map(|(b, _)| b),
+            id,
         };
-        let walked = walk_release(&mut *file, release, &mut writer);
+        let walked = match (release.base, options.delta_base) {
+            (None, _) => walk_release(&mut *file, release, &mut writer),
+            (Some(_), Some((_, base))) => walk_delta(&mut *file, release, base, &mut writer),
+            (Some(base), None) => Err(WalkError::Sink(StageError::NoDeltaBase { id, base })),
+        };
         // The last, partly filled batch; then the threads see the end.
         let shipped = writer.ship();
         drop(writer);
@@ -964,6 +997,9 @@ struct Writer<'a> {
     link_from: Option<&'a LinkSource>,
     /// Where the archive's bytes of a linked file are read to and dropped.
     drain: Vec<u8>,
+    /// For a delta: the running release's files by digest.
+    delta_base: Option<&'a crate::delta::DeltaBase>,
+    id: ReleaseId,
 }
 
 impl EntrySink for Writer<'_> {
@@ -1000,6 +1036,45 @@ impl EntrySink for Writer<'_> {
                 }
                 None => self.write_file(expected, index, content)?,
             },
+        }
+        Ok(())
+    }
+
+    /// A file the delta leaves out: hardlinked from the running release
+    /// when its identity record still holds (as for an unchanged file of a
+    /// full archive), else copied from the running release's file with its
+    /// digest and hashed against the manifest like any written file.
+    fn omitted(&mut self, index: usize, expected: &FileEntry) -> Result<(), SinkError<StageError>> {
+        if let Some((from, identity)) = self.link_from.and_then(|l| l.source_for(expected)) {
+            let from = from.to_path_buf();
+            return Ok(self.queue_link(index, from, identity)?);
+        }
+        let id = self.id;
+        let base_error = |from: PathBuf, source: io::Error| StageError::BaseFile {
+            id,
+            path: expected.path.clone(),
+            from,
+            source,
+        };
+        let Some(base) = self.delta_base else {
+            return Err(SinkError::Sink(base_error(
+                PathBuf::new(),
+                io::Error::other("no base release"),
+            )));
+        };
+        let mut content = base
+            .open(expected)
+            .map_err(|e| SinkError::Sink(base_error(PathBuf::new(), e)))?;
+        self.write_file(expected, index, &mut content)
+            .map_err(|e| match e {
+                SinkError::Read(e) => SinkError::Sink(base_error(content.path.clone(), e)),
+                other => other,
+            })?;
+        if !content.complete() {
+            return Err(SinkError::Sink(base_error(
+                content.path.clone(),
+                io::Error::other("it is shorter than the new manifest says"),
+            )));
         }
         Ok(())
     }
@@ -1070,6 +1145,18 @@ impl Writer<'_> {
             // Cut short: the walk reports it.
             return Ok(());
         }
+        self.queue_link(index, from, identity)?;
+        Ok(())
+    }
+
+    /// Queues the hardlink order of [`Writer::link_file`], for a file
+    /// whose content the archive holds (already drained) or leaves out.
+    fn queue_link(
+        &mut self,
+        index: usize,
+        from: PathBuf,
+        identity: FileIdentity,
+    ) -> Result<(), StageError> {
         // The order and its source go in one batch.
         if self.batch.ops.len() >= BATCH_OPS {
             self.ship()?;

@@ -128,6 +128,8 @@ pub enum VerifyError {
         id: ReleaseId,
         source: ManifestError,
     },
+    #[error("delta {path} refused: {reason}")]
+    Delta { path: PathBuf, reason: String },
     #[error("{app} {version} is already installed")]
     AlreadyInstalled { app: String, version: Version },
     #[error("{app} {new} is older than the running {running}; pass --allow-downgrade to install it anyway")]
@@ -171,6 +173,19 @@ pub fn verify_archive(
     keys: &TrustedKeys,
     expect: &Expectations,
 ) -> Result<VerifiedArchive, VerifyError> {
+    verify_with(archive, signature, |file, sig| {
+        verify_release(file, sig, keys, expect)
+    })
+}
+
+/// Opens `archive` (no symlink, regular file only) and reads `signature`
+/// (capped), then runs `check` (a release's or a delta's first pass) on
+/// them, naming both files in a refusal.
+pub(crate) fn verify_with(
+    archive: &Path,
+    signature: &Path,
+    check: impl FnOnce(&mut File, &str) -> Result<VerifiedRelease, ArchiveError>,
+) -> Result<VerifiedArchive, VerifyError> {
     let mut file = match slipway_fs::open_regular(archive) {
         Ok(f) => f,
         // A symlink is never followed: the open itself fails (ELOOP).
@@ -200,8 +215,7 @@ pub fn verify_archive(
         }
     };
     let sig_text = read_signature(signature)?;
-    let release = verify_release(&mut file, &sig_text, keys, expect)
-        .map_err(|e| refusal(e, archive, signature))?;
+    let release = check(&mut file, &sig_text).map_err(|e| refusal(e, archive, signature))?;
     Ok(VerifiedArchive {
         release,
         file,
@@ -284,6 +298,10 @@ fn refusal(e: ArchiveError, archive: &Path, signature: &Path) -> VerifyError {
             ManifestEntryError::TooLarge { size } => VerifyError::ManifestTooLarge { id, size },
         },
         ArchiveError::Manifest { id, source } => VerifyError::Manifest { id, source },
+        ArchiveError::Delta(e) => VerifyError::Delta {
+            path,
+            reason: e.to_string(),
+        },
     }
 }
 

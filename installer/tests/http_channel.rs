@@ -77,6 +77,7 @@ impl Built {
             yanked: false,
             rollout: 100,
             notes: String::new(),
+            deltas: Vec::new(),
         }
     }
 }
@@ -1151,13 +1152,15 @@ fn update_v1_to_v2_from_nginx_with_the_example_bot() {
     host.wait_healthy("1.0.0");
     assert_eq!(host.link("current"), Some(v1.dir_name()));
 
-    let v2 = host.release(
+    // The full archive's path (deltas are tests/deltas.rs's).
+    let v2 = host.build(
         "2.0.0",
         &bot_host::Flavor {
             schema: Some(2),
             ..bot_host::Flavor::default()
         },
     );
+    host.publish_with(&v2, &["--deltas", "0"]);
     let o = host.json(&["update"], 0);
     assert_eq!(o["result"], "updated", "{o}");
     assert_eq!(o["from_version"], "1.0.0");

@@ -975,7 +975,7 @@ fn write_back(out: &File, kicks: Receiver<()>) -> io::Result<()> {
     Ok(())
 }
 
-fn write_padding(out: &mut impl Write, size: u64) -> io::Result<()> {
+pub(crate) fn write_padding(out: &mut impl Write, size: u64) -> io::Result<()> {
     let rem = (size % BLOCK as u64) as usize;
     if rem != 0 {
         out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
@@ -985,7 +985,7 @@ fn write_padding(out: &mut impl Write, size: u64) -> io::Result<()> {
 
 /// Writes one ustar header, preceded by a PAX extended header when the path,
 /// link target or size does not fit the ustar fields.
-fn write_header(
+pub(crate) fn write_header(
     out: &mut impl Write,
     path: &str,
     kind: tar::EntryType,

@@ -639,6 +639,7 @@ mod tests {
 
     fn rel(v: &str, rollout: u8, yanked: bool) -> ChannelRelease {
         ChannelRelease {
+            deltas: Vec::new(),
             version: v.parse().expect("version"),
             id: ReleaseId::of_bytes(v.as_bytes()),
             size: 1,

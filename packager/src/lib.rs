@@ -10,6 +10,7 @@
 //! - [`build`]: the deterministic, signed archive ([`build_release`]).
 //! - [`repo`]: the repository layout and the channel index commands
 //!   ([`repo::publish`], [`repo::yank`], [`repo::refresh`]).
+//! - [`delta`]: signed deltas between two releases ([`delta::make_delta`]).
 //! - [`verify`]: checking an archive or a repository as a host would.
 //! - [`inspect`]: a release's manifest, and the diff of two.
 //! - [`rotate`]: key rotation statements ([`rotate::rotate_key`]).
@@ -33,6 +34,7 @@
 
 pub mod build;
 pub mod bundle;
+pub mod delta;
 pub mod error;
 pub mod inspect;
 pub mod keys;

@@ -61,8 +61,32 @@ enum Command {
         /// List only the newest N releases in the index (archives stay).
         #[arg(long, value_name = "N")]
         keep: Option<usize>,
+        /// Write deltas to the release from each of the newest K older
+        /// releases of the channel, listed in the index (0: none).
+        #[arg(long, value_name = "K", default_value_t = repo::DEFAULT_DELTAS)]
+        deltas: usize,
         /// Release id (sha256:<hex>), bare hex, or archive path.
         release: String,
+    },
+    /// Write a signed delta archive that turns release FROM into release TO
+    /// (REPO_DIR/deltas/<from>-<to>.tar.zst): the new manifest and only
+    /// the files FROM does not have.
+    Delta {
+        /// The release repository holding both releases.
+        #[arg(long, value_name = "REPO_DIR")]
+        repo: PathBuf,
+        /// The release the delta starts from (id or bare hex).
+        #[arg(long, value_name = "ID")]
+        from: String,
+        /// The release the delta produces (id or bare hex).
+        #[arg(long, value_name = "ID")]
+        to: String,
+        /// Secret key file (password from SLIPWAY_KEY_PASSWORD or a prompt).
+        #[arg(long, value_name = "SECRET_KEY")]
+        key: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Mark a release yanked in a channel: hosts never install it again.
     Yank {
@@ -289,6 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rollout,
             notes,
             keep,
+            deltas,
             release,
         } => {
             let key = load_key(&index.key)?;
@@ -297,11 +322,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 rollout,
                 notes,
                 keep,
+                deltas,
             };
             let repo = Repo::new(&index.repo);
             let update = repo::publish(&repo, &key, &release, &opts)
                 .with_context(|| format!("publishing {release} to channel {:?}", index.channel))?;
             report_update("published", &update, index.json)?;
+        }
+        Command::Delta {
+            repo: repo_dir,
+            from,
+            to,
+            key,
+            json,
+        } => {
+            let key = load_key(&key)?;
+            let from = ReleaseId::parse_loose(&from)?;
+            let to = ReleaseId::parse_loose(&to)?;
+            let built = slipway_pack::delta::make_delta(&Repo::new(&repo_dir), &key, &from, &to)
+                .with_context(|| format!("making the delta from {from} to {to}"))?;
+            if json {
+                slipway_fs::outln!("{}", serde_json::to_string_pretty(&built)?);
+            } else {
+                slipway_fs::outln!(
+                    "wrote {} ({} bytes, {} for the full archive; {} files carried, {} left out)",
+                    built.path.display(),
+                    built.size,
+                    built.full_size,
+                    built.files,
+                    built.omitted
+                );
+            }
         }
         Command::Yank { index, release } => {
             let key = load_key(&index.key)?;
@@ -547,6 +598,8 @@ fn report_update(what: &str, update: &IndexUpdate, json: bool) -> Result<()> {
             "version": update.index.version,
             "expires": update.index.expires,
             "release": update.release,
+            "deltas": update.deltas,
+            "delta_notes": update.delta_notes,
         });
         slipway_fs::outln!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -568,6 +621,17 @@ fn report_update(what: &str, update: &IndexUpdate, json: bool) -> Result<()> {
             update.index.version,
             update.index.expires
         ),
+    }
+    for d in &update.deltas {
+        slipway_fs::outln!(
+            "delta from {}: {} bytes ({} for the full archive)",
+            d.from.short(),
+            d.size,
+            d.full_size
+        );
+    }
+    for note in &update.delta_notes {
+        eprintln!("note: {note}");
     }
     Ok(())
 }

@@ -428,6 +428,11 @@ pub struct IndexUpdate {
     pub changed: bool,
     /// The release concerned (none for `refresh`).
     pub release: Option<ChannelRelease>,
+    /// The deltas `publish` wrote for the release.
+    pub deltas: Vec<crate::delta::BuiltDelta>,
+    /// Deltas `publish` could not write, each with why (the release is
+    /// published without them: a host then takes the full archive).
+    pub delta_notes: Vec<String>,
 }
 
 /// What to publish.
@@ -441,7 +446,13 @@ pub struct PublishOptions {
     /// List only the newest `keep` releases afterwards (their archives stay
     /// in `releases/`); `None` keeps them all.
     pub keep: Option<usize>,
+    /// Write deltas to the release from each of the newest `deltas` older
+    /// releases the channel lists, and list them with it; 0 writes none.
+    pub deltas: usize,
 }
+
+/// How many older releases `publish` makes deltas from by default.
+pub const DEFAULT_DELTAS: usize = 3;
 
 impl PublishOptions {
     /// Full rollout, no notes, the default expiry.
@@ -451,6 +462,7 @@ impl PublishOptions {
             rollout: 100,
             notes: None,
             keep: None,
+            deltas: DEFAULT_DELTAS,
         }
     }
 }
@@ -551,6 +563,7 @@ pub fn publish(
             yanked: false,
             rollout: opts.rollout,
             notes: opts.notes.clone().unwrap_or_default(),
+            deltas: Vec::new(),
         };
         index
             .insert_release(entry.clone())
@@ -571,6 +584,8 @@ pub fn publish(
             });
         }
     }
+    let (deltas, delta_notes) = publish_deltas(repo, key, &mut index, &id, opts.deltas);
+    let entry = index.release(&id).cloned().unwrap_or(entry);
     index.version += 1;
     opts.index.stamp(&mut index)?;
     let path = repo.write_channel(key, &index)?;
@@ -580,7 +595,48 @@ pub fn publish(
         path,
         changed: true,
         release: Some(entry),
+        deltas,
+        delta_notes,
     })
+}
+
+/// Writes the deltas to release `id` from each of the `count` newest
+/// releases listed below it, and lists them with it (replacing what it
+/// listed). A delta that cannot be written (an older archive no longer in
+/// `releases/`, say) is left out with a note: hosts then take the full
+/// archive.
+fn publish_deltas(
+    repo: &Repo,
+    key: &SigningKey,
+    index: &mut ChannelIndex,
+    id: &ReleaseId,
+    count: usize,
+) -> (Vec<crate::delta::BuiltDelta>, Vec<String>) {
+    let Some(at) = index.releases.iter().position(|r| r.id == *id) else {
+        return (Vec::new(), Vec::new());
+    };
+    let bases: Vec<ReleaseId> = index.releases[at + 1..]
+        .iter()
+        .take(count.min(slipway_formats::channel::MAX_DELTAS_PER_RELEASE))
+        .map(|r| r.id)
+        .collect();
+    let mut built = Vec::new();
+    let mut notes = Vec::new();
+    for from in bases {
+        match crate::delta::make_delta(repo, key, &from, id) {
+            Ok(delta) => built.push(delta),
+            Err(e) => notes.push(format!("no delta from {from}: {e}")),
+        }
+    }
+    index.releases[at].deltas = built
+        .iter()
+        .map(|d| slipway_formats::channel::ChannelDelta {
+            from: d.from,
+            size: d.size,
+            sha256: d.sha256,
+        })
+        .collect();
+    (built, notes)
 }
 
 /// Marks a listed release yanked (hosts never install it again), bumps the
@@ -626,6 +682,8 @@ pub fn yank(
             index,
             changed: false,
             release: Some(release),
+            deltas: Vec::new(),
+            delta_notes: Vec::new(),
         });
     }
     release.yanked = true;
@@ -638,6 +696,8 @@ pub fn yank(
         path,
         changed: true,
         release: Some(release),
+        deltas: Vec::new(),
+        delta_notes: Vec::new(),
     })
 }
 
@@ -663,6 +723,8 @@ pub fn refresh(repo: &Repo, key: &SigningKey, opts: &IndexOptions) -> Result<Ind
         path,
         changed: true,
         release: None,
+        deltas: Vec::new(),
+        delta_notes: Vec::new(),
     })
 }
 

@@ -32,6 +32,7 @@
 //! [`check_file_digest`].
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::io::{self, Read};
 use std::rc::Rc;
 
@@ -130,6 +131,45 @@ pub enum EntryError {
     },
     #[error("non-zero data after the end of the tar stream")]
     TrailingData,
+    #[error("the delta leaves out {path:?}, but its base release has no file with sha256 {sha256} and mode {mode:04o}")]
+    NotInBase {
+        path: String,
+        sha256: String,
+        mode: u32,
+    },
+}
+
+/// The files a delta archive may leave out: the content digest and mode
+/// of every regular file of the release it starts from. A file the new
+/// manifest lists with a digest and mode found here may be absent from
+/// the delta's payload; the sink then takes it from the base release
+/// ([`EntrySink::omitted`]). Paths do not matter: a file moved or copied
+/// is still left out.
+#[derive(Debug, Clone, Default)]
+pub struct BaseFiles {
+    contents: HashSet<(String, u32)>,
+}
+
+impl BaseFiles {
+    /// The regular files of `base`, the manifest of the release a delta
+    /// starts from.
+    pub fn of(base: &Manifest) -> BaseFiles {
+        let contents = base
+            .files
+            .iter()
+            .filter(|e| e.kind == EntryType::File)
+            .filter_map(|e| Some((e.sha256.clone()?, e.mode.0)))
+            .collect();
+        BaseFiles { contents }
+    }
+
+    /// Whether `entry` is a regular file whose digest and mode the base has.
+    pub fn has(&self, entry: &FileEntry) -> bool {
+        match (entry.kind, &entry.sha256) {
+            (EntryType::File, Some(sha)) => self.contents.contains(&(sha.clone(), entry.mode.0)),
+            _ => false,
+        }
+    }
 }
 
 /// A failure inside an [`EntrySink`]: reading the entry's content from the
@@ -182,6 +222,24 @@ pub trait EntrySink {
         expected: &FileEntry,
         content: &mut impl Read,
     ) -> Result<(), SinkError<Self::Error>>;
+
+    /// The entry `manifest.files[index]`, a regular file that a delta
+    /// archive leaves out because its base release has a file with the
+    /// same digest and mode ([`BaseFiles`]). The sink must take it from
+    /// the base release and prove its content against `expected`'s
+    /// digest (a trusted identity record, or a hash). Only walks of a
+    /// delta call it; the default refuses, for sinks that cannot.
+    fn omitted(
+        &mut self,
+        index: usize,
+        expected: &FileEntry,
+    ) -> Result<(), SinkError<Self::Error>> {
+        let _ = index;
+        Err(SinkError::Read(io::Error::other(format!(
+            "{:?} is left out of a delta archive, and this reader has no base release to take it from",
+            expected.path
+        ))))
+    }
 
     /// Whether to stop the walk early, as if it were done: the sink has
     /// failed elsewhere (another thread) and will report that failure
@@ -304,12 +362,16 @@ impl<R: Read> Read for Content<'_, R> {
 /// entry by the policy in the module docs and hands each to `sink`.
 ///
 /// `manifest` and `manifest_bytes` are the verified manifest, parsed and as
-/// it is in the archive. Returns [`Walked::Stopped`] as soon as the sink
-/// asks to stop.
+/// it is in the archive. With `base` (a delta archive), a regular file whose
+/// digest and mode the base has may be absent from the stream: it is handed
+/// to [`EntrySink::omitted`] in its place; everything else (directories,
+/// symlinks, files the base lacks) must be there as in a full release.
+/// Returns [`Walked::Stopped`] as soon as the sink asks to stop.
 pub(crate) fn walk_entries<R: Read, S: EntrySink>(
     decompressed: R,
     manifest: &Manifest,
     manifest_bytes: &[u8],
+    base: Option<&BaseFiles>,
     sink: &mut S,
 ) -> Result<Walked, WalkError<S::Error>> {
     let longest_name = manifest
@@ -400,7 +462,18 @@ pub(crate) fn walk_entries<R: Read, S: EntrySink>(
             let mode = check_header_mode(path, entry.header(), kind)?;
             let expected = match manifest.files.get(next) {
                 Some(e) if e.path == path => e,
-                other => return Err(misplaced(manifest, path, other).into()),
+                other => match (base, later_position(manifest, next, path)) {
+                    (Some(base), Some(at)) => {
+                        for i in next..at {
+                            if omit(manifest, i, base, sink, &sink_error)? == Walked::Stopped {
+                                return Ok(Walked::Stopped);
+                            }
+                        }
+                        next = at;
+                        &manifest.files[at]
+                    }
+                    _ => return Err(misplaced(manifest, path, other).into()),
+                },
             };
             let index = next;
             next += 1;
@@ -437,11 +510,22 @@ pub(crate) fn walk_entries<R: Read, S: EntrySink>(
         }
         .into());
     }
-    if let Some(missing) = manifest.files.get(next) {
-        return Err(EntryError::Missing {
-            path: missing.path.clone(),
+    match base {
+        Some(base) => {
+            for i in next..manifest.files.len() {
+                if omit(manifest, i, base, sink, &sink_error)? == Walked::Stopped {
+                    return Ok(Walked::Stopped);
+                }
+            }
         }
-        .into());
+        None => {
+            if let Some(missing) = manifest.files.get(next) {
+                return Err(EntryError::Missing {
+                    path: missing.path.clone(),
+                }
+                .into());
+            }
+        }
     }
 
     // Whatever follows the end-of-archive blocks must be zeros (record
@@ -462,6 +546,53 @@ pub(crate) fn walk_entries<R: Read, S: EntrySink>(
         }
     }
     Ok(Walked::Complete)
+}
+
+/// The index of `path` in the manifest if it comes after `next` (the
+/// manifest is sorted bytewise by path, so a binary search finds it).
+fn later_position(manifest: &Manifest, next: usize, path: &str) -> Option<usize> {
+    manifest
+        .files
+        .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
+        .ok()
+        .filter(|&at| at > next)
+}
+
+/// How a walk turns a sink's failure into its own error.
+type SinkErrorMap<'a, E> = dyn Fn(SinkError<E>, &str) -> WalkError<E> + 'a;
+
+/// Hands the manifest entry `index`, absent from a delta's stream, to the
+/// sink as taken from the base: only a regular file whose digest and mode
+/// the base release has may be left out.
+fn omit<S: EntrySink>(
+    manifest: &Manifest,
+    index: usize,
+    base: &BaseFiles,
+    sink: &mut S,
+    sink_error: &SinkErrorMap<'_, S::Error>,
+) -> Result<Walked, WalkError<S::Error>> {
+    let entry = &manifest.files[index];
+    if entry.kind != EntryType::File {
+        return Err(EntryError::Missing {
+            path: entry.path.clone(),
+        }
+        .into());
+    }
+    if !base.has(entry) {
+        return Err(EntryError::NotInBase {
+            path: entry.path.clone(),
+            sha256: entry.sha256.clone().unwrap_or_default(),
+            mode: entry.mode.0,
+        }
+        .into());
+    }
+    sink.omitted(index, entry)
+        .map_err(|e| sink_error(e, &entry.path))?;
+    Ok(if sink.stopped() {
+        Walked::Stopped
+    } else {
+        Walked::Complete
+    })
 }
 
 /// An entry's path as the manifest would spell it: UTF-8, one trailing `/`

@@ -25,12 +25,13 @@ mod walk;
 
 use std::io::{self, BufRead};
 
-pub use entries::{check_file_digest, EntryError, EntrySink, SinkError, WalkError};
+pub use entries::{check_file_digest, BaseFiles, EntryError, EntrySink, SinkError, WalkError};
+pub(crate) use verify::{authenticate, check_channel, check_signed_app, read_signed_manifest};
 pub use verify::{
     read_manifest_entry, verify_release, ArchiveError, Expectations, ManifestEntryError, Recheck,
     VerifiedRelease,
 };
-pub use walk::{check_release_contents, walk_release};
+pub use walk::{check_delta_contents, check_release_contents, walk_delta, walk_release};
 
 /// The largest zstd window accepted, as a power of two (128 MiB): it bounds
 /// the decoder's memory. Releases are compressed with far smaller windows.

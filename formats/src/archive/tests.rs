@@ -128,11 +128,16 @@ impl EntrySink for Record {
 
 fn walk(m: &Manifest, entries: &[Raw]) -> Result<Record, EntryError> {
     let mut sink = Record::default();
-    entries::walk_entries(tar_of(entries).as_slice(), m, &m.to_bytes(), &mut sink).map_err(
-        |e| match e {
-            WalkError::Entry(e) | WalkError::Sink(e) => e,
-        },
-    )?;
+    entries::walk_entries(
+        tar_of(entries).as_slice(),
+        m,
+        &m.to_bytes(),
+        None,
+        &mut sink,
+    )
+    .map_err(|e| match e {
+        WalkError::Entry(e) | WalkError::Sink(e) => e,
+    })?;
     Ok(sink)
 }
 
@@ -217,8 +222,8 @@ fn zeros_past_the_budget_are_a_decompression_bomb() {
     let mut stream = tar_of(&entries(&m));
     stream.extend(vec![0u8; 4 << 20]);
     let mut sink = Record::default();
-    let err =
-        entries::walk_entries(stream.as_slice(), &m, &m.to_bytes(), &mut sink).expect_err("bomb");
+    let err = entries::walk_entries(stream.as_slice(), &m, &m.to_bytes(), None, &mut sink)
+        .expect_err("bomb");
     assert!(
         matches!(&err, WalkError::Entry(EntryError::DecompressionBomb { near, .. }) if near == "(end of archive)"),
         "{err:?}"
@@ -228,6 +233,7 @@ fn zeros_past_the_budget_are_a_decompression_bomb() {
 fn verified(m: Manifest, archive: &[u8]) -> VerifiedRelease {
     let id = ReleaseId::of_bytes(archive);
     VerifiedRelease {
+        base: None,
         id,
         comment: TrustedComment::for_release(&m.app, &m.version.to_string(), &m.channel, &id),
         manifest_bytes: m.to_bytes(),

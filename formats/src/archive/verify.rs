@@ -40,18 +40,25 @@ pub struct Expectations {
     pub max_size: Option<u64>,
 }
 
-/// A release archive whose id, signature and manifest checked out.
+/// A release archive whose id, signature and manifest checked out: a
+/// full release ([`verify_release`]) or a delta ([`crate::delta::verify_delta`]).
 #[derive(Debug)]
 pub struct VerifiedRelease {
+    /// The release id: the archive's SHA-256 for a full release; for a
+    /// delta, the release it produces (the `to` of its signed comment).
     pub id: ReleaseId,
+    /// For a delta, the release it starts from (its signed `from`): walk it
+    /// with [`super::walk_delta`] and that release's manifest. `None` for a
+    /// full release.
+    pub base: Option<ReleaseId>,
     pub manifest: Manifest,
     /// The manifest exactly as it appears in the archive.
     pub manifest_bytes: Vec<u8>,
-    /// The archive's size in bytes.
+    /// The archive's (or delta's) size in bytes.
     pub size: u64,
     /// The trusted key that signed it.
     pub signer: KeyId,
-    /// The signed trusted comment (kind `slipway-release`).
+    /// The signed trusted comment (kind `slipway-release` or `slipway-delta`).
     pub comment: TrustedComment,
     /// A keyed hash of the bytes that were verified, to prove that a later
     /// read of the same descriptor gives the same bytes.
@@ -147,6 +154,9 @@ pub enum ArchiveError {
         id: ReleaseId,
         source: ManifestError,
     },
+    /// A delta's signed comment or listing does not hold.
+    #[error("{0}")]
+    Delta(crate::delta::DeltaError),
 }
 
 /// Why the first tar entry is not a manifest ([`read_manifest_entry`]).
@@ -186,13 +196,68 @@ pub fn verify_release<R: Read + Seek>(
     keys: &TrustedKeys,
     expect: &Expectations,
 ) -> Result<VerifiedRelease, ArchiveError> {
-    if let Some(max) = expect.max_size {
+    let exact = expect.id.is_some();
+    let authentic = authenticate(archive, signature, keys, expect.max_size, exact, expect.id)?;
+    let id = authentic.digest;
+
+    let comment_error = |comment: String| {
+        move |source| ArchiveError::Comment {
+            id,
+            comment,
+            source: Box::new(source),
+        }
+    };
+    let comment = check_release_comment(&authentic.comment_text, &id)
+        .map_err(comment_error(authentic.comment_text.clone()))?;
+    check_signed_app(&comment, &id, expect.app.as_deref())?;
+    let (manifest, manifest_bytes) = read_signed_manifest(archive, &id)?;
+    check_release_manifest(&comment, &id, &manifest).map_err(comment_error(comment.to_string()))?;
+    check_channel(&manifest, &id, expect.channel.as_deref())?;
+    archive
+        .seek(SeekFrom::Start(0))
+        .map_err(ArchiveError::Read)?;
+    Ok(VerifiedRelease {
+        id,
+        base: None,
+        manifest,
+        manifest_bytes,
+        size: authentic.size,
+        signer: authentic.signer,
+        comment,
+        recheck: authentic.recheck,
+    })
+}
+
+/// What the first pass over a signed archive established: its digest,
+/// its size, who signed it and what the signed comment says (not yet
+/// interpreted).
+pub(crate) struct Authentic {
+    pub(crate) digest: ReleaseId,
+    pub(crate) size: u64,
+    pub(crate) signer: KeyId,
+    pub(crate) comment_text: String,
+    pub(crate) recheck: Recheck,
+}
+
+/// The first pass shared by releases and deltas: the size against
+/// `max_size` (exact when `exact`), a prehashed signature by a key in
+/// `keys`, one streaming pass computing SHA-256, minisign's prehash and the
+/// [`Recheck`], the digest against `expected_digest`, then the signature.
+pub(crate) fn authenticate<R: Read + Seek>(
+    archive: &mut R,
+    signature: &str,
+    keys: &TrustedKeys,
+    max_size: Option<u64>,
+    exact: bool,
+    expected_digest: Option<ReleaseId>,
+) -> Result<Authentic, ArchiveError> {
+    if let Some(max) = max_size {
         let len = archive.seek(SeekFrom::End(0)).map_err(ArchiveError::Read)?;
         if len > max {
             return Err(ArchiveError::TooLarge { max });
         }
-        // A listed release's size is exact: the index signed it.
-        if expect.id.is_some() && len < max {
+        // A listed archive's size is exact: the index signed it.
+        if exact && len < max {
             return Err(ArchiveError::SizeMismatch {
                 expected: max,
                 found: len,
@@ -221,7 +286,7 @@ pub fn verify_release<R: Read + Seek>(
             }
             check
         });
-        let streamed = hash_stream(archive, &chunks, &spares, expect.max_size, &recheck_key);
+        let streamed = hash_stream(archive, &chunks, &spares, max_size, &recheck_key);
         drop(chunks);
         (streamed, checker.join())
     });
@@ -229,37 +294,71 @@ pub fn verify_release<R: Read + Seek>(
     let check = check.map_err(|_| {
         ArchiveError::Read(io::Error::other("the signature-checking thread panicked"))
     })?;
-    let id = ReleaseId::from_digest(sha.finalize().into());
-    if let Some(expected) = expect.id {
-        if expected != id {
+    let digest = ReleaseId::from_digest(sha.finalize().into());
+    if let Some(expected) = expected_digest {
+        if expected != digest {
             return Err(ArchiveError::IdMismatch {
                 expected,
-                found: id,
+                found: digest,
             });
         }
     }
     let signer = check.finish().map_err(ArchiveError::Signature)?.id();
+    Ok(Authentic {
+        digest,
+        size,
+        signer,
+        comment_text: sig.trusted_comment().to_string(),
+        recheck: Recheck {
+            key: recheck_key,
+            mac,
+        },
+    })
+}
 
-    let comment_error = |comment: String| {
-        move |source| ArchiveError::Comment {
-            id,
-            comment,
-            source: Box::new(source),
-        }
-    };
-    let comment = check_release_comment(sig.trusted_comment(), &id)
-        .map_err(comment_error(sig.trusted_comment().to_string()))?;
+/// The signed comment's `app` against the app the caller expects.
+pub(crate) fn check_signed_app(
+    comment: &TrustedComment,
+    id: &ReleaseId,
+    app: Option<&str>,
+) -> Result<(), ArchiveError> {
     let signed_app = comment.field("app").map_err(ArchiveError::Signature)?;
-    if let Some(app) = &expect.app {
+    if let Some(app) = app {
         if app != signed_app {
             return Err(ArchiveError::WrongApp {
-                id,
-                expected: app.clone(),
+                id: *id,
+                expected: app.to_string(),
                 found: signed_app.to_string(),
             });
         }
     }
+    Ok(())
+}
 
+/// The manifest's channel against the channel the caller expects.
+pub(crate) fn check_channel(
+    manifest: &Manifest,
+    id: &ReleaseId,
+    channel: Option<&str>,
+) -> Result<(), ArchiveError> {
+    if let Some(channel) = channel {
+        if channel != manifest.channel {
+            return Err(ArchiveError::WrongChannel {
+                id: *id,
+                expected: channel.to_string(),
+                found: manifest.channel.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first tar entry of an authenticated archive, parsed strictly.
+pub(crate) fn read_signed_manifest<R: Read + Seek>(
+    archive: &mut R,
+    id: &ReleaseId,
+) -> Result<(Manifest, Vec<u8>), ArchiveError> {
+    let id = *id;
     archive
         .seek(SeekFrom::Start(0))
         .map_err(ArchiveError::Read)?;
@@ -267,32 +366,7 @@ pub fn verify_release<R: Read + Seek>(
         .map_err(|source| ArchiveError::ManifestEntry { id, source })?;
     let manifest =
         Manifest::parse(&manifest_bytes).map_err(|source| ArchiveError::Manifest { id, source })?;
-    check_release_manifest(&comment, &id, &manifest).map_err(comment_error(comment.to_string()))?;
-    if let Some(channel) = &expect.channel {
-        if channel != &manifest.channel {
-            return Err(ArchiveError::WrongChannel {
-                id,
-                expected: channel.clone(),
-                found: manifest.channel.clone(),
-            });
-        }
-    }
-
-    archive
-        .seek(SeekFrom::Start(0))
-        .map_err(ArchiveError::Read)?;
-    Ok(VerifiedRelease {
-        id,
-        manifest,
-        manifest_bytes,
-        size,
-        signer,
-        comment,
-        recheck: Recheck {
-            key: recheck_key,
-            mac,
-        },
-    })
+    Ok((manifest, manifest_bytes))
 }
 
 /// Reads the whole archive once, hashing it with SHA-256 and keyed BLAKE3

@@ -7,12 +7,12 @@ use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
 
-use super::entries::{walk_entries, Walked};
+use super::entries::{walk_entries, BaseFiles, Walked};
 use super::{
     check_file_digest, decoder, EntryError, EntrySink, Recheck, SinkError, VerifiedRelease,
     WalkError,
 };
-use crate::FileEntry;
+use crate::{FileEntry, Manifest};
 
 /// The compressed read buffer.
 const BUFFER: usize = 256 * 1024;
@@ -46,6 +46,31 @@ pub fn walk_release<R: Read + Send, S: EntrySink>(
     release: &VerifiedRelease,
     sink: &mut S,
 ) -> Result<(), WalkError<S::Error>> {
+    walk(archive, release, None, sink)
+}
+
+/// [`walk_release`] for a delta archive ([`crate::delta::verify_delta`]):
+/// `base` is the manifest of the release the delta starts from (the one a
+/// host runs, whose id is `release.base`). Every entry the stream holds is
+/// checked exactly as in a full release; a regular file the stream leaves
+/// out is accepted only if `base` has a file with its digest and mode, and
+/// is handed to [`EntrySink::omitted`], whose job is to prove the base's
+/// copy. Directories, symlinks and every other file must be in the stream.
+pub fn walk_delta<R: Read + Send, S: EntrySink>(
+    archive: R,
+    release: &VerifiedRelease,
+    base: &Manifest,
+    sink: &mut S,
+) -> Result<(), WalkError<S::Error>> {
+    walk(archive, release, Some(&BaseFiles::of(base)), sink)
+}
+
+fn walk<R: Read + Send, S: EntrySink>(
+    archive: R,
+    release: &VerifiedRelease,
+    base: Option<&BaseFiles>,
+    sink: &mut S,
+) -> Result<(), WalkError<S::Error>> {
     let recheck = &release.recheck;
     std::thread::scope(|scope| {
         let (chunks, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
@@ -60,7 +85,13 @@ pub fn walk_release<R: Read + Send, S: EntrySink>(
         };
         // The reader is dropped when this returns, which stops the producer
         // early if the archive was refused half way.
-        let walked = walk_entries(reader, &release.manifest, &release.manifest_bytes, sink);
+        let walked = walk_entries(
+            reader,
+            &release.manifest,
+            &release.manifest_bytes,
+            base,
+            sink,
+        );
         let produced = producer.join();
         if walked? == Walked::Stopped {
             return Ok(());
@@ -103,6 +134,23 @@ pub fn check_release_contents<R: Read + Send>(
     })
 }
 
+/// [`check_release_contents`] for a delta: every entry it holds is checked
+/// and hashed; a file it leaves out must be one `base` (the manifest of the
+/// release it starts from) lists with the same digest and mode, which is
+/// that file's proof.
+pub fn check_delta_contents<R: Read + Send>(
+    archive: R,
+    release: &VerifiedRelease,
+    base: &Manifest,
+) -> Result<(), EntryError> {
+    let mut sink = ContentCheck {
+        buf: vec![0u8; BUFFER],
+    };
+    walk_delta(archive, release, base, &mut sink).map_err(|e| match e {
+        WalkError::Entry(e) | WalkError::Sink(e) => e,
+    })
+}
+
 /// The sink that only hashes.
 struct ContentCheck {
     buf: Vec<u8>,
@@ -133,6 +181,16 @@ impl EntrySink for ContentCheck {
         if expected.kind == crate::EntryType::File {
             check_file_digest(expected, &sha.finalize())?;
         }
+        Ok(())
+    }
+
+    /// The base's manifest lists the file with this digest and mode (the
+    /// walk checked): nothing to read.
+    fn omitted(
+        &mut self,
+        _index: usize,
+        _expected: &FileEntry,
+    ) -> Result<(), SinkError<EntryError>> {
         Ok(())
     }
 }

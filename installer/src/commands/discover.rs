@@ -167,6 +167,7 @@ pub(super) fn resolve(
                 listed: None,
                 keys,
                 remote: None,
+                deltas: Vec::new(),
             })))
         }
         Source::Repo { dir } => {

@@ -603,6 +603,8 @@ pub fn install(
         Err(o) => return Ok(*o),
     };
     let log = t.log();
+    // A delta from the running release, when the index lists one.
+    let mut delta = None;
 
     // Step 3: Fetch (HTTP sources; recorded by begin).
     if let Some(remote) = &candidate.remote {
@@ -628,44 +630,27 @@ pub fn install(
                 )
             }
         };
-        log.info(format!("downloading {}", remote.url));
-        match fetch::fetch_release(&client, remote, &candidate.archive, &candidate.signature) {
-            Ok(d) => log.debug(format!(
-                "{} bytes fetched{}{}",
-                d.fetched,
-                if d.resumed_from > 0 {
-                    format!(", resumed from byte {}", d.resumed_from)
-                } else {
-                    String::new()
-                },
-                if d.reused {
-                    ", a complete earlier download reused"
-                } else {
-                    ""
-                }
-            )),
-            Err(e) => {
-                let cause = failure_model::of_fetch_error(&e);
-                let f = Failure::new(
-                    format!("cannot download release {}", remote.url),
-                    e,
-                    "nothing was installed; the next run resumes the download",
-                );
+        delta = crate::delta::take(&log, candidate, delta_running(&t), Some(&client));
+        if delta.is_none() {
+            if let Err((cause, f)) = fetch_full(&log, &client, remote, candidate) {
                 return t.fail(cause, f);
             }
         }
         t.enter(Step::Verify)?;
+    } else if candidate.listed.is_some() {
+        delta = crate::delta::take(&log, candidate, delta_running(&t), None);
     }
 
-    // Step 4: Verify.
-    log.info(format!("verifying {}", candidate.archive.display()));
-    let keys = &candidate.keys;
-    let mut verified = match verify::verify_archive(
-        &candidate.archive,
-        &candidate.signature,
-        keys,
-        &candidate.expect,
-    ) {
+    // Step 4: Verify (a delta taken above is verified and walked already).
+    let delta_used = delta.as_ref().map(|d| d.candidate.clone());
+    let verifying = match delta {
+        Some(acquired) => Ok(acquired.verified),
+        None => {
+            log.info(format!("verifying {}", candidate.archive.display()));
+            verify_candidate(candidate, delta_running(&t))
+        }
+    };
+    let mut verified = match verifying {
         Ok(v) => v,
         Err(e) => {
             discard_download(host, candidate);
@@ -807,16 +792,52 @@ pub fn install(
         "{} files of the running release may be hardlinked",
         link_from.as_ref().map_or(0, stage::LinkSource::len)
     ));
-    let staged = match stage::stage_release_into(
+    let delta_base = delta_running(&t)
+        .filter(|_| verified.release.base.is_some())
+        .map(|r| {
+            (
+                crate::delta::DeltaBase::of_release(r.dir, r.manifest),
+                r.manifest,
+            )
+        });
+    let mut staging = stage::stage_release_into(
         &mut verified,
         &host.layout.releases_dir(),
         &dir_name,
         stage::StageOptions {
             link_from: link_from.as_ref(),
             records: Some(&host.layout),
+            delta_base: delta_base.as_ref().map(|(b, m)| (b, *m)),
             ..Default::default()
         },
-    ) {
+    );
+    if let (Err(e), Some(used)) = (&staging, &delta_used) {
+        // The delta path failed late (a base file changed under us): the
+        // full archive, fetched and verified as if no delta were listed.
+        log.warn(format!(
+            "staging from the delta failed ({e}); taking the full archive instead"
+        ));
+        t.discard_staged();
+        used.discard_download();
+        match full_after_delta(host, &log, candidate) {
+            Ok(full) => verified = full,
+            Err((cause, f)) => return t.fail(cause, f),
+        }
+        staging = stage::stage_release_into(
+            &mut verified,
+            &host.layout.releases_dir(),
+            &dir_name,
+            stage::StageOptions {
+                link_from: link_from.as_ref(),
+                records: Some(&host.layout),
+                ..Default::default()
+            },
+        );
+    }
+    if let Some(used) = &delta_used {
+        used.discard_download();
+    }
+    let staged = match staging {
         Ok(dir) => dir,
         Err(e) => {
             t.discard_staged();
@@ -881,6 +902,105 @@ fn discard_download(host: &Host, candidate: &Candidate) {
             }
         }
     }
+}
+
+/// The running release as a delta's base, when its id is known.
+fn delta_running<'t>(t: &'t Txn) -> Option<crate::delta::Running<'t>> {
+    let r = t.running.as_ref()?;
+    Some(crate::delta::Running {
+        id: r.id?,
+        dir: &r.dir,
+        manifest: &r.manifest,
+    })
+}
+
+/// Step 4 for an archive that was not taken as a listed delta: a local
+/// file may be a delta from the running release ([`crate::delta::verify_local`]).
+fn verify_candidate(
+    candidate: &Candidate,
+    running: Option<crate::delta::Running<'_>>,
+) -> Result<verify::VerifiedArchive, verify::VerifyError> {
+    if candidate.listed.is_none() {
+        return crate::delta::verify_local(candidate, running);
+    }
+    verify::verify_archive(
+        &candidate.archive,
+        &candidate.signature,
+        &candidate.keys,
+        &candidate.expect,
+    )
+}
+
+/// Step 3 for the full archive (SPEC §4): the resumable, capped download.
+fn fetch_full(
+    log: &Log,
+    client: &HttpClient,
+    remote: &crate::source::RemoteArchive,
+    candidate: &Candidate,
+) -> Result<(), (Cause, Failure)> {
+    log.info(format!("downloading {}", remote.url));
+    match fetch::fetch_release(client, remote, &candidate.archive, &candidate.signature) {
+        Ok(d) => log.debug(format!(
+            "{} bytes fetched{}{}",
+            d.fetched,
+            if d.resumed_from > 0 {
+                format!(", resumed from byte {}", d.resumed_from)
+            } else {
+                String::new()
+            },
+            if d.reused {
+                ", a complete earlier download reused"
+            } else {
+                ""
+            }
+        )),
+        Err(e) => {
+            let cause = failure_model::of_fetch_error(&e);
+            let f = Failure::new(
+                format!("cannot download release {}", remote.url),
+                e,
+                "nothing was installed; the next run resumes the download",
+            );
+            return Err((cause, f));
+        }
+    }
+    Ok(())
+}
+
+/// The full archive after the delta failed at staging: fetched (HTTP) and
+/// verified exactly as when no delta is listed.
+fn full_after_delta(
+    host: &Host,
+    log: &Log,
+    candidate: &Candidate,
+) -> Result<verify::VerifiedArchive, (Cause, Failure)> {
+    if let Some(remote) = &candidate.remote {
+        let client =
+            HttpClient::from_config(&host.config.update, log.verbosity >= Verbosity::Normal)
+                .map_err(|e| {
+                    (
+                        Cause::HostBeforeService,
+                        Failure::new(
+                            "cannot set up the HTTP client",
+                            e,
+                            "fix update.token_file in the configuration",
+                        ),
+                    )
+                })?;
+        fetch_full(log, &client, remote, candidate)?;
+    }
+    log.info(format!("verifying {}", candidate.archive.display()));
+    verify_candidate(candidate, None).map_err(|e| {
+        discard_download(host, candidate);
+        (
+            failure_model::of_verify_error(&e),
+            Failure::new(
+                format!("release {} refused", candidate.archive.display()),
+                e,
+                "nothing was installed; check the source and the trusted keys",
+            ),
+        )
+    })
 }
 
 /// The eligibility rules of SPEC §4 step 2 for this release.

@@ -107,6 +107,9 @@ pub struct Flavor {
     /// `[health] probation = true`: the release asks to start paused until
     /// its health gate passes.
     pub probation: bool,
+    /// Incompressible bytes added as `app/bot/vendor.bin`, the same bytes
+    /// in every version (a vendored dependency that does not change).
+    pub vendored: Option<usize>,
 }
 
 /// A built release.
@@ -337,6 +340,18 @@ impl TestHost {
             toml.push_str("\n[health]\nprobation = true\n");
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
+        if let Some(len) = flavor.vendored {
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            fs::write(src.join("app/bot/vendor.bin"), bytes).expect("vendored bytes");
+        }
         fs::write(
             src.join("app/bot/settings.json"),
             format!(
@@ -370,16 +385,26 @@ impl TestHost {
 
     /// Publishes a built release to the `stable` channel.
     pub fn publish(&self, release: &Release) {
-        run_ok(Command::new(pack_bin()).args([
+        self.publish_with(release, &[]);
+    }
+
+    /// Publishes a built release to the `stable` channel with more
+    /// `slipway-pack publish` flags (`--deltas 0`).
+    pub fn publish_with(&self, release: &Release, extra: &[&str]) {
+        let repo = self.repo().to_string_lossy().into_owned();
+        let key = self.path("keys/slipway.key").to_string_lossy().into_owned();
+        let mut args = vec![
             "publish",
             "--repo",
-            &self.repo().to_string_lossy(),
+            &repo,
             "--channel",
             "stable",
             "--key",
-            &self.path("keys/slipway.key").to_string_lossy(),
-            &release.id,
-        ]));
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&release.id);
+        run_ok(Command::new(pack_bin()).args(args));
     }
 
     /// Builds and publishes.

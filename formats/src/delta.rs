@@ -1,0 +1,198 @@
+//! Delta archives: `deltas/<from-hex>-<to-hex>.tar.zst` (and `.minisig`),
+//! which turn the release `from` into the release `to` on a host that runs
+//! `from`.
+//!
+//! A delta is a release archive with a shorter payload: the same zstd
+//! compressed tar, first `slipway/manifest.json` byte for byte the manifest
+//! of `to`, then every entry of that manifest in order **except** the
+//! regular files whose content digest and mode `from`'s manifest also lists
+//! (wherever the path). Every entry it does hold is checked by the same
+//! entry policy as a full release; a file it leaves out is accepted only if
+//! the base release has that digest and mode ([`crate::archive::BaseFiles`]),
+//! and the host takes it from the running release, proven by its identity
+//! record or a hash ([`crate::archive::EntrySink::omitted`]).
+//!
+//! A delta is signed like a release, with the trusted comment (fields
+//! separated by tabs)
+//!
+//! ```text
+//! slipway-delta app:bot channel:stable from:sha256:<hex> to:sha256:<hex> version:2.0.0
+//! ```
+//!
+//! so a single delta file is authenticated on its own, and a signature for
+//! one pair of releases is never accepted for another pair, nor as a
+//! release signature (the kind word differs). The release id of what a
+//! delta stages is its signed `to`: the id of the full archive that holds
+//! the same manifest.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use thiserror::Error;
+
+use crate::archive::{
+    authenticate, check_channel, check_signed_app, read_signed_manifest, ArchiveError,
+    VerifiedRelease,
+};
+use crate::signature::{TrustedComment, DELTA_COMMENT};
+use crate::{ReleaseId, TrustedKeys};
+
+/// The directory of a repository that holds the deltas.
+pub const DELTAS_DIR: &str = "deltas";
+
+/// The delta's file name: `<from-hex>-<to-hex>.tar.zst`.
+pub fn delta_file_name(from: &ReleaseId, to: &ReleaseId) -> String {
+    format!("{}-{}.tar.zst", from.hex(), to.hex())
+}
+
+/// The delta's signature file name: `<from-hex>-<to-hex>.tar.zst.minisig`.
+pub fn delta_signature_file_name(from: &ReleaseId, to: &ReleaseId) -> String {
+    format!("{}.minisig", delta_file_name(from, to))
+}
+
+/// The delta's path inside a repository: `deltas/<from-hex>-<to-hex>.tar.zst`.
+pub fn delta_rel_path(from: &ReleaseId, to: &ReleaseId) -> String {
+    format!("{DELTAS_DIR}/{}", delta_file_name(from, to))
+}
+
+/// What the caller knows about a delta before verifying it. Every field
+/// given is checked; `None` skips that check.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaExpectations {
+    /// The app this host runs.
+    pub app: Option<String>,
+    /// The channel this host follows.
+    pub channel: Option<String>,
+    /// The release the delta must start from: the one the host runs.
+    pub from: Option<ReleaseId>,
+    /// The release the delta must produce (the one the index offers).
+    pub to: Option<ReleaseId>,
+    /// The signed size from the channel index: exact when `sha256` is
+    /// given too, else a cap.
+    pub size: Option<u64>,
+    /// The delta file's SHA-256 as the signed channel index lists it.
+    pub sha256: Option<ReleaseId>,
+}
+
+/// Why a delta was refused beyond what refuses any archive.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DeltaError {
+    #[error("trusted comment {comment:?} is not a slipway delta comment (a release archive's signature is not a delta's); sign deltas with slipway-pack delta")]
+    NotDelta { comment: String },
+    #[error("the delta's trusted comment {comment:?} {reason}")]
+    Malformed { comment: String, reason: String },
+    #[error("the delta starts from release {signed}, not from {expected} (the release this host runs): it cannot be applied here")]
+    WrongBase {
+        expected: ReleaseId,
+        signed: ReleaseId,
+    },
+    #[error("the delta produces release {signed}, not {expected} (the release the index offers)")]
+    WrongTarget {
+        expected: ReleaseId,
+        signed: ReleaseId,
+    },
+    #[error("the delta's manifest says {field} {manifest:?} but its signature says {signed:?}; it was built or signed wrongly")]
+    ManifestDisagrees {
+        field: String,
+        manifest: String,
+        signed: String,
+    },
+}
+
+/// Verifies a delta archive and its detached signature: the same first
+/// pass as [`crate::archive::verify_release`] (size cap, one streaming
+/// pass for SHA-256, minisign's prehash and the [`crate::archive::Recheck`],
+/// a prehashed signature by a key in `keys`), with the delta's own rules:
+/// the file's SHA-256 is `expect.sha256`; the trusted comment is a
+/// `slipway-delta` comment whose `from` and `to` are the expected ones;
+/// the first entry is a strict manifest, and the comment is exactly
+/// [`TrustedComment::for_delta`] of that manifest and the two ids.
+///
+/// The result's `id` is `to` and its `base` is `from`: walk it with
+/// [`crate::archive::walk_delta`] and `from`'s manifest. On success
+/// `archive` is rewound to offset 0.
+pub fn verify_delta<R: Read + Seek>(
+    archive: &mut R,
+    signature: &str,
+    keys: &TrustedKeys,
+    expect: &DeltaExpectations,
+) -> Result<VerifiedRelease, ArchiveError> {
+    let exact = expect.sha256.is_some();
+    let authentic = authenticate(archive, signature, keys, expect.size, exact, expect.sha256)?;
+    let delta = |e: DeltaError| ArchiveError::Delta(e);
+    let text = authentic.comment_text.clone();
+    let comment = TrustedComment::parse(&text).map_err(|_| {
+        delta(DeltaError::NotDelta {
+            comment: text.clone(),
+        })
+    })?;
+    if comment.kind != DELTA_COMMENT {
+        return Err(delta(DeltaError::NotDelta { comment: text }));
+    }
+    let signed_id = |field: &str| -> Result<ReleaseId, ArchiveError> {
+        let value = comment.field(field).map_err(ArchiveError::Signature)?;
+        value.parse::<ReleaseId>().map_err(|_| {
+            delta(DeltaError::Malformed {
+                comment: text.clone(),
+                reason: format!("has {field} {value:?}, which is not a release id"),
+            })
+        })
+    };
+    let from = signed_id("from")?;
+    let to = signed_id("to")?;
+    if let Some(expected) = expect.from {
+        if expected != from {
+            return Err(delta(DeltaError::WrongBase {
+                expected,
+                signed: from,
+            }));
+        }
+    }
+    if let Some(expected) = expect.to {
+        if expected != to {
+            return Err(delta(DeltaError::WrongTarget {
+                expected,
+                signed: to,
+            }));
+        }
+    }
+    check_signed_app(&comment, &to, expect.app.as_deref())?;
+    let (manifest, manifest_bytes) = read_signed_manifest(archive, &to)?;
+    let version = manifest.version.to_string();
+    let wanted = TrustedComment::for_delta(&manifest.app, &version, &manifest.channel, &from, &to);
+    comment.require(&wanted, "the manifest").map_err(|m| {
+        delta(DeltaError::ManifestDisagrees {
+            manifest: wanted
+                .fields
+                .get(&m.field)
+                .cloned()
+                .unwrap_or_else(|| "(none)".into()),
+            signed: comment
+                .fields
+                .get(&m.field)
+                .cloned()
+                .unwrap_or_else(|| "(none)".into()),
+            field: m.field,
+        })
+    })?;
+    check_channel(&manifest, &to, expect.channel.as_deref())?;
+    archive
+        .seek(SeekFrom::Start(0))
+        .map_err(ArchiveError::Read)?;
+    Ok(VerifiedRelease {
+        id: to,
+        base: Some(from),
+        manifest,
+        manifest_bytes,
+        size: authentic.size,
+        signer: authentic.signer,
+        comment,
+        recheck: authentic.recheck,
+    })
+}
+
+/// Whether a signature's trusted comment is a delta's (`slipway-delta`):
+/// how `slipway install FILE` tells a delta from a release before
+/// verifying it. Only a hint: [`verify_delta`] decides.
+pub fn is_delta_comment(comment: &str) -> bool {
+    comment.split('\t').next() == Some(DELTA_COMMENT)
+}

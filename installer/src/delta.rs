@@ -1,0 +1,371 @@
+//! Deltas on the host: when the channel index offers a delta from the
+//! release this host runs to the release it is about to install, fetch
+//! that instead of the full archive (SPEC §4 steps 3–5; the format is in
+//! [`slipway_formats::delta`]).
+//!
+//! The delta path is an optimisation that never weakens a check:
+//!
+//! - it is taken only when the index (signed) lists a delta whose `from`
+//!   is the running release's id, and the running release has a manifest;
+//! - the delta is fetched like an archive ([`crate::fetch::fetch_release`]:
+//!   resumable, capped at the size the index signs), then verified by
+//!   [`slipway_formats::delta::verify_delta`]: the listed SHA-256, a
+//!   prehashed signature by a trusted key, a `slipway-delta` comment whose
+//!   `from` is the running release and whose `to` is the release the index
+//!   offers, and the new manifest;
+//! - then, still before anything is staged, every entry it carries is
+//!   walked and hashed by the entry policy every archive goes through
+//!   ([`slipway_formats::archive::check_delta_contents`]), so an extra
+//!   entry, a tampered payload or a file left out that the base does not
+//!   have is refused here;
+//! - staging ([`crate::stage`]) takes each file the delta leaves out from
+//!   the running release: hardlinked when its identity record still holds,
+//!   else copied and hashed against the new manifest.
+//!
+//! Any failure on that path (no delta listed, a download error, a refusal,
+//! a base file that changed) is logged in one line and the transaction
+//! falls back to the full archive in the same run. `slipway install
+//! <delta file>` (a USB stick) has no full archive to fall back to: a
+//! refused delta is refused like a hostile archive.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use slipway_formats::archive::check_delta_contents;
+use slipway_formats::delta::{
+    delta_file_name, delta_rel_path, delta_signature_file_name, is_delta_comment, verify_delta,
+    DeltaExpectations,
+};
+use slipway_formats::{
+    EntryType, FileEntry, Manifest, ReleaseId, TrustedKeys, MAX_SIGNATURE_BYTES,
+};
+
+use crate::fetch::{Downloaded, HttpClient};
+use crate::source::{Candidate, RemoteArchive};
+use crate::verify::{VerifiedArchive, VerifyError};
+
+/// A delta the channel index lists for the candidate release, and where
+/// it is (or will be, once fetched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaCandidate {
+    /// The release it starts from.
+    pub from: ReleaseId,
+    /// The delta file (in the repository, or in `downloads/` for HTTP).
+    pub archive: PathBuf,
+    pub signature: PathBuf,
+    /// The size and SHA-256 the signed index gives.
+    pub size: u64,
+    pub sha256: ReleaseId,
+    /// For an HTTP repository: fetch from here first.
+    pub remote: Option<RemoteArchive>,
+}
+
+impl DeltaCandidate {
+    /// The candidates for every delta the index lists with release `to`:
+    /// `dir` is the repository directory (`None` for HTTP, where `base`
+    /// is its URL and the files go to `downloads`).
+    pub fn listed(
+        to: &ReleaseId,
+        deltas: &[slipway_formats::channel::ChannelDelta],
+        location: &dyn Fn(&str) -> String,
+        dir: Option<&Path>,
+        downloads: &Path,
+    ) -> Vec<DeltaCandidate> {
+        deltas
+            .iter()
+            .map(|d| {
+                let rel = delta_rel_path(&d.from, to);
+                let sig_rel = format!("{rel}.minisig");
+                let (archive, signature, remote) = match dir {
+                    Some(dir) => (dir.join(&rel), dir.join(&sig_rel), None),
+                    None => (
+                        downloads.join(delta_file_name(&d.from, to)),
+                        downloads.join(delta_signature_file_name(&d.from, to)),
+                        Some(RemoteArchive {
+                            url: location(&rel),
+                            signature_url: location(&sig_rel),
+                            size: d.size,
+                        }),
+                    ),
+                };
+                DeltaCandidate {
+                    from: d.from,
+                    archive,
+                    signature,
+                    size: d.size,
+                    sha256: d.sha256,
+                    remote,
+                }
+            })
+            .collect()
+    }
+
+    /// Removes a fetched delta and its signature (HTTP only).
+    pub fn discard_download(&self) {
+        if self.remote.is_some() {
+            let _ = fs::remove_file(&self.archive);
+            let _ = fs::remove_file(&self.signature);
+        }
+    }
+}
+
+/// The release this host runs, as a delta's base: its id, directory and
+/// manifest.
+#[derive(Debug, Clone, Copy)]
+pub struct Running<'a> {
+    pub id: ReleaseId,
+    pub dir: &'a Path,
+    pub manifest: &'a Manifest,
+}
+
+/// A delta fetched, verified and walked: ready to stage.
+#[derive(Debug)]
+pub struct AcquiredDelta {
+    pub verified: VerifiedArchive,
+    pub candidate: DeltaCandidate,
+    /// Bytes received over the network (0 for a directory source).
+    pub fetched: u64,
+}
+
+/// Why the delta path was not taken; the caller logs it and fetches the
+/// full archive.
+#[derive(Debug)]
+pub struct NotTaken(pub String);
+
+/// Fetches (HTTP), verifies and walks the delta from `running` to the
+/// candidate release, if the index lists one. `Ok(None)`: none listed.
+pub fn acquire(
+    candidate: &Candidate,
+    running: Running<'_>,
+    client: Option<&HttpClient>,
+) -> Result<Option<AcquiredDelta>, NotTaken> {
+    let Some(to) = candidate.listed.as_ref().map(|r| r.id) else {
+        return Ok(None);
+    };
+    let Some(delta) = candidate.deltas.iter().find(|d| d.from == running.id) else {
+        return Ok(None);
+    };
+    let fetched = match (&delta.remote, client) {
+        (Some(remote), Some(client)) => {
+            match crate::fetch::fetch_release(client, remote, &delta.archive, &delta.signature) {
+                Ok(Downloaded { fetched, .. }) => fetched,
+                Err(e) => {
+                    delta.discard_download();
+                    return Err(NotTaken(format!("cannot download {}: {e}", remote.url)));
+                }
+            }
+        }
+        (Some(remote), None) => {
+            return Err(NotTaken(format!("{} needs an HTTP client", remote.url)))
+        }
+        (None, _) => 0,
+    };
+    let expect = DeltaExpectations {
+        app: candidate.expect.app.clone(),
+        channel: candidate.expect.channel.clone(),
+        from: Some(running.id),
+        to: Some(to),
+        size: Some(delta.size),
+        sha256: Some(delta.sha256),
+    };
+    let refused = |e: String| {
+        delta.discard_download();
+        NotTaken(format!("delta {} refused: {e}", delta.archive.display()))
+    };
+    let mut verified =
+        verify_delta_file(&delta.archive, &delta.signature, &candidate.keys, &expect)
+            .map_err(|e| refused(e.to_string()))?;
+    check_walk(&mut verified, running.manifest).map_err(|e| refused(e.to_string()))?;
+    Ok(Some(AcquiredDelta {
+        verified,
+        candidate: delta.clone(),
+        fetched,
+    }))
+}
+
+/// Verifies a local archive given to `slipway install`: a delta if its
+/// signature says so (then it must start from `running`, and it is walked
+/// before anything is staged), else a release, exactly as before.
+pub fn verify_local(
+    candidate: &Candidate,
+    running: Option<Running<'_>>,
+) -> Result<VerifiedArchive, VerifyError> {
+    let comment = slipway_fs::read_text_capped(&candidate.signature, MAX_SIGNATURE_BYTES)
+        .ok()
+        .and_then(|t| {
+            slipway_formats::SignatureFile::parse(&t)
+                .ok()
+                .map(|s| s.trusted_comment().to_string())
+        });
+    if !comment.as_deref().is_some_and(is_delta_comment) {
+        return crate::verify::verify_archive(
+            &candidate.archive,
+            &candidate.signature,
+            &candidate.keys,
+            &candidate.expect,
+        );
+    }
+    let Some(running) = running else {
+        return Err(VerifyError::Delta {
+            path: candidate.archive.clone(),
+            reason: "it is a delta, and this host runs no release to apply it to; install the full release archive".into(),
+        });
+    };
+    let expect = DeltaExpectations {
+        app: candidate.expect.app.clone(),
+        channel: candidate.expect.channel.clone(),
+        from: Some(running.id),
+        to: None,
+        size: None,
+        sha256: None,
+    };
+    let mut verified = verify_delta_file(
+        &candidate.archive,
+        &candidate.signature,
+        &candidate.keys,
+        &expect,
+    )?;
+    check_walk(&mut verified, running.manifest).map_err(|e| VerifyError::Delta {
+        path: candidate.archive.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(verified)
+}
+
+/// [`verify_delta`] on the delta file, opened and named like an archive.
+fn verify_delta_file(
+    archive: &Path,
+    signature: &Path,
+    keys: &TrustedKeys,
+    expect: &DeltaExpectations,
+) -> Result<VerifiedArchive, VerifyError> {
+    crate::verify::verify_with(archive, signature, |file, sig| {
+        verify_delta(file, sig, keys, expect)
+    })
+}
+
+/// Walks every entry the delta carries against its manifest and `base`,
+/// hashing contents, writing nothing; rewinds the file.
+fn check_walk(verified: &mut VerifiedArchive, base: &Manifest) -> Result<(), io::Error> {
+    use std::io::{Seek, SeekFrom};
+    verified.file.seek(SeekFrom::Start(0))?;
+    let walked = check_delta_contents(&mut verified.file, &verified.release, base)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+    verified.file.seek(SeekFrom::Start(0))?;
+    walked
+}
+
+/// The running release's files by content digest, for staging the files
+/// a delta leaves out when they cannot be hardlinked.
+#[derive(Debug, Default)]
+pub struct DeltaBase {
+    by_digest: HashMap<String, PathBuf>,
+}
+
+impl DeltaBase {
+    /// The regular files of the release in `dir` as its manifest lists them.
+    pub fn of_release(dir: &Path, manifest: &Manifest) -> DeltaBase {
+        let mut by_digest = HashMap::new();
+        for e in &manifest.files {
+            if let (EntryType::File, Some(sha)) = (e.kind, &e.sha256) {
+                by_digest
+                    .entry(sha.clone())
+                    .or_insert_with(|| dir.join(&e.path));
+            }
+        }
+        DeltaBase { by_digest }
+    }
+
+    /// Opens the base's copy of `entry`'s content (no symlink followed,
+    /// regular files only), capped at the entry's size and counted, so a
+    /// copy cut short is noticed ([`BaseContent::complete`]). The content
+    /// is not trusted: the caller hashes it against `entry`'s digest.
+    pub fn open(&self, entry: &FileEntry) -> io::Result<BaseContent> {
+        let sha = entry.sha256.as_deref().unwrap_or_default();
+        let path = self.by_digest.get(sha).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the running release has no file with sha256 {sha} for {:?}",
+                    entry.path
+                ),
+            )
+        })?;
+        let file = slipway_fs::open_regular(path).map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(BaseContent {
+            file,
+            path: path.clone(),
+            left: entry.size.unwrap_or(0),
+        })
+    }
+}
+
+/// A base file's content, read up to the new entry's size.
+pub struct BaseContent {
+    file: fs::File,
+    pub path: PathBuf,
+    left: u64,
+}
+
+impl BaseContent {
+    /// Whether every byte the entry needs was read.
+    pub fn complete(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl Read for BaseContent {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// [`acquire`] for the transaction: says on stderr which way the release
+/// comes (`-v`: the bytes), and turns every failure of the delta path into
+/// one warning line and `None`, so the caller takes the full archive.
+pub fn take(
+    log: &crate::transaction::Log,
+    candidate: &Candidate,
+    running: Option<Running<'_>>,
+    client: Option<&HttpClient>,
+) -> Option<AcquiredDelta> {
+    let running = running?;
+    let full = candidate.listed.as_ref().map_or(0, |r| r.size);
+    match acquire(candidate, running, client) {
+        Ok(Some(acquired)) => {
+            log.info(format!(
+                "using the delta from the running release {} ({} bytes; the full archive is {full})",
+                running.id.short(),
+                acquired.candidate.size
+            ));
+            log.debug(format!(
+                "delta: {} bytes fetched, {} bytes for the full archive",
+                acquired.fetched, full
+            ));
+            Some(acquired)
+        }
+        Ok(None) => {
+            if !candidate.deltas.is_empty() {
+                log.debug(format!(
+                    "no delta listed from the running release {}; fetching the full archive",
+                    running.id.short()
+                ));
+            }
+            None
+        }
+        Err(NotTaken(why)) => {
+            log.warn(format!("{why}; taking the full archive instead"));
+            None
+        }
+    }
+}
