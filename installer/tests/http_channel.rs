@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bot_host::{copy_tree, pack_bin, run_ok, slipway_bin, snapshot_tree, stderr, stdout};
 use sha2::{Digest, Sha256};
 use slipway_e2e::{AccessLogEntry, Nginx, NginxOptions};
-use slipway_formats::bundle::BundleSums;
+use slipway_formats::bundle::{BundleSums, BUNDLE_DIRS, README_FILE};
 use slipway_formats::channel::Timestamp;
 use slipway_formats::signature::TrustedComment;
 use slipway_formats::{ChannelIndex, ChannelRelease, ReleaseId};
@@ -297,7 +297,7 @@ impl World {
             return;
         }
         let mut sums = BundleSums::new();
-        for top in ["channels", "releases", "keys", "README.txt"] {
+        for top in BUNDLE_DIRS.iter().chain(&[README_FILE]) {
             let path = target.join(top);
             if !path.exists() {
                 continue;
@@ -540,8 +540,11 @@ struct Refusal {
     index_level: bool,
 }
 
+/// v2 published without deltas and shipped: these attacks are on the full
+/// archive and the index, and a host on v1 would otherwise take the delta
+/// and never read the archive (hostile deltas are tests/deltas.rs's).
 fn shipped(w: &World, v2: &Built) -> PathBuf {
-    w.publish(v2, &[]);
+    w.publish(v2, &["--deltas", "0"]);
     w.ship()
 }
 
