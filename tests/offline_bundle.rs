@@ -54,6 +54,54 @@ impl Setup {
         Ok(s)
     }
 
+    /// The id of `version` in the stable index.
+    fn release_id(&self, version: &str) -> Result<String> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.path("repo/channels/stable.json"))?)?;
+        index["releases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["version"] == version)
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_string)
+            .with_context(|| format!("{version} is not in the stable index"))
+    }
+
+    /// A host (see [`Setup::host`]) running 1.0.0, installed from its
+    /// archive: the base of the delta to 1.1.0.
+    fn host_on_v1(&self, name: &str) -> Result<PathBuf> {
+        let config = self.host(name)?;
+        let v1 = self.release_id("1.0.0")?;
+        let archive = self.path(&format!(
+            "repo/releases/{}.tar.zst",
+            v1.trim_start_matches("sha256:")
+        ));
+        let out = self.slipway(&config, &["install", &archive.to_string_lossy()])?;
+        assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+        assert_eq!(
+            current_version(&self.path(&format!("{name}/root"))).as_deref(),
+            Some("1.0.0")
+        );
+        Ok(config)
+    }
+
+    /// `slipway-pack bundle` of stable into `out`, with `extra` flags.
+    fn bundle(&self, out: &Path, extra: &[&str]) -> Result<Output> {
+        let mut args = vec![
+            "bundle".to_string(),
+            "--repo".into(),
+            self.p("repo"),
+            "--channel".into(),
+            "stable".into(),
+            "--out".into(),
+            out.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.pack(&args)
+    }
+
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -231,7 +279,15 @@ fn bundle_tar_installs_and_leaves_no_scratch_behind() -> Result<()> {
         names.lines().all(|l| l.starts_with("bot-1.1.0/")),
         "{names}"
     );
-    assert_eq!(names.lines().filter(|l| l.ends_with(".tar.zst")).count(), 2);
+    let archives_in = |dir: &str| {
+        names
+            .lines()
+            .filter(|l| l.starts_with(&format!("bot-1.1.0/{dir}/")) && l.ends_with(".tar.zst"))
+            .count()
+    };
+    // Both releases, and the delta from 1.0.0 to 1.1.0.
+    assert_eq!(archives_in("releases"), 2, "{names}");
+    assert_eq!(archives_in("deltas"), 1, "{names}");
 
     let config = s.host("host")?;
     let root = s.path("host/root");
@@ -274,6 +330,12 @@ fn a_changed_file_anywhere_in_a_bundle_is_refused_and_nothing_is_installed() -> 
     assert_eq!(
         files.iter().filter(|f| f.starts_with("releases/")).count(),
         2
+    );
+    // The delta publish wrote from 1.0.0, and its signature.
+    assert_eq!(
+        files.iter().filter(|f| f.starts_with("deltas/")).count(),
+        2,
+        "{files:?}"
     );
 
     for (n, file) in files.iter().enumerate() {
@@ -374,5 +436,100 @@ fn an_unsigned_bundle_with_rewritten_sums_is_still_refused_by_the_release_signat
     );
     assert_eq!(current_version(&root), None);
     assert!(releases_in(&root).is_empty());
+    Ok(())
+}
+
+#[test]
+fn an_update_from_a_bundle_takes_the_delta_from_the_running_release() -> Result<()> {
+    let s = Setup::new()?;
+    let (v1, v2) = (s.release_id("1.0.0")?, s.release_id("1.1.0")?);
+    let delta_name = format!(
+        "{}-{}.tar.zst",
+        v1.trim_start_matches("sha256:"),
+        v2.trim_start_matches("sha256:")
+    );
+    let delta_size = fs::metadata(s.path("repo/deltas").join(&delta_name))?.len();
+    let dir = s.path("usb/bot-1.1.0");
+    let tar = s.path("usb/bot-1.1.0.tar");
+    s.bundle(&dir, &[])?;
+    s.bundle(&tar, &["--tar"])?;
+    assert!(dir.join("deltas").join(&delta_name).is_file());
+
+    for (name, bundle) in [("dir", &dir), ("tar", &tar)] {
+        let config = s.host_on_v1(name)?;
+        let root = s.path(&format!("{name}/root"));
+        let out = s.slipway(&config, &["-v", "install", &bundle.to_string_lossy()])?;
+        let err = out.stderr_text();
+        assert_eq!(out.status.code(), Some(0), "{name}: {err}");
+        assert!(
+            err.contains("using the delta from the running release")
+                && err.contains(&format!("({delta_size} bytes;")),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.contains("taking the full archive instead"),
+            "{name}: {err}"
+        );
+        assert_eq!(current_version(&root).as_deref(), Some("1.1.0"), "{name}");
+        s.slipway(&config, &["verify"])?
+            .checked(format!("{name}: slipway verify"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bundle_without_deltas_installs_the_full_archive_as_before() -> Result<()> {
+    let s = Setup::new()?;
+    let bundle = s.path("usb/bot-1.1.0");
+    s.bundle(&bundle, &["--no-deltas"])?;
+    assert!(!bundle.join("deltas").exists());
+    let config = s.host_on_v1("host")?;
+    let out = s.slipway(&config, &["install", &bundle.to_string_lossy()])?;
+    let err = out.stderr_text();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // Not taken, and not a warning either: the index lists the delta, the
+    // bundle was made without it on purpose.
+    assert!(!err.contains("using the delta"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(
+        current_version(&s.path("host/root")).as_deref(),
+        Some("1.1.0")
+    );
+    s.slipway(&config, &["verify"])?.checked("slipway verify")?;
+    Ok(())
+}
+
+#[test]
+fn a_tampered_delta_in_a_bundle_is_refused_by_its_checksum_list() -> Result<()> {
+    let s = Setup::new()?;
+    let bundle = s.path("usb/bot-1.1.0");
+    s.bundle(&bundle, &[])?;
+    let delta = fs::read_dir(bundle.join("deltas"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .context("a delta in the bundle")?;
+    let mut bytes = fs::read(&delta)?;
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0xff;
+    fs::write(&delta, &bytes)?;
+
+    // A host that runs the delta's base, so the delta would be taken.
+    let config = s.host_on_v1("host")?;
+    let root = s.path("host/root");
+    let before = releases_in(&root);
+    let out = s.slipway(&config, &["install", &bundle.to_string_lossy()])?;
+    let err = out.stderr_text();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("offline bundle refused"), "{err}");
+    assert!(err.contains("does not match SHA256SUMS"), "{err}");
+    let named = delta
+        .file_name()
+        .context("name")?
+        .to_string_lossy()
+        .into_owned();
+    assert!(err.contains(&named), "{err}");
+    assert_eq!(current_version(&root).as_deref(), Some("1.0.0"));
+    assert_eq!(releases_in(&root), before);
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! <bundle>/SHA256SUMS.minisig          optional: signed by the release key
 //! <bundle>/channels/<channel>.json(.minisig)
 //! <bundle>/releases/<sha256>.tar.zst(.minisig)
+//! <bundle>/deltas/<from-hex>-<to-hex>.tar.zst(.minisig)   optional: the deltas the index lists
 //! <bundle>/keys/<KEYID>.pub            informational (hosts trust their own config)
 //! ```
 //!
@@ -37,7 +38,7 @@ pub const BUNDLE_COMMENT: &str = "slipway-bundle";
 /// The largest checksum list a reader accepts (about 10,000 files).
 pub const MAX_SUMS_BYTES: u64 = 1024 * 1024;
 /// The directories of a bundle whose every file must be listed.
-pub const BUNDLE_DIRS: [&str; 3] = ["channels", "releases", "keys"];
+pub const BUNDLE_DIRS: [&str; 4] = ["channels", "releases", "deltas", "keys"];
 
 /// Why a checksum list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -139,7 +140,9 @@ impl BundleSums {
 
 /// Whether `path` (relative, `/`-separated) may appear in a bundle's
 /// checksum list: [`README_FILE`], or `<dir>/<name>` for a `dir` of
-/// [`BUNDLE_DIRS`] and a plain file name.
+/// [`BUNDLE_DIRS`] and a plain file name; under `deltas/`, only the names
+/// a delta and its signature have
+/// ([`crate::delta::parse_delta_file_name`]).
 pub fn check_bundle_path(path: &str) -> Result<(), String> {
     if path == README_FILE {
         return Ok(());
@@ -159,6 +162,11 @@ pub fn check_bundle_path(path: &str) -> Result<(), String> {
     if name.contains('/') {
         return Err("nested directories are not part of a bundle".into());
     }
+    if dir == crate::delta::DELTAS_DIR && crate::delta::parse_delta_file_name(name).is_none() {
+        return Err(format!(
+            "{name:?} is not a delta's name (<from-hex>-<to-hex>.tar.zst or its .minisig)"
+        ));
+    }
     crate::path::validate_entry_path(path).map_err(|e| e.to_string())
 }
 
@@ -168,9 +176,9 @@ pub const MAX_README_BYTES: u64 = 64 * 1024;
 /// The most bytes the bundle file `path` (relative to the bundle's top
 /// directory) may hold, by what it is: the checksum list, its signature,
 /// a channel index or its signature, a key file or rotation statement, the
-/// README. `None` for a release archive (`releases/*.tar.zst`), whose size
-/// only its signed channel index knows; a reader bounds those by the bundle
-/// file's own length. Applied to every member before it is written
+/// README. `None` for a release archive (`releases/*.tar.zst`) or a delta
+/// (`deltas/*.tar.zst`), whose size only the signed channel index knows; a
+/// reader bounds those by the bundle file's own length. Applied to every member before it is written
 /// anywhere, so a bundle cannot fill a disk with a member no check would
 /// ever accept.
 pub fn max_member_bytes(path: &str) -> Option<u64> {
@@ -184,7 +192,8 @@ pub fn max_member_bytes(path: &str) -> Option<u64> {
     if path.ends_with(".minisig") {
         return Some(MAX_SIGNATURE_BYTES);
     }
-    if path.starts_with("releases/") && path.ends_with(".tar.zst") {
+    if (path.starts_with("releases/") || path.starts_with("deltas/")) && path.ends_with(".tar.zst")
+    {
         return None;
     }
     // channels/*.json, keys/*.pub, keys/rotation-*.json and anything else.
@@ -245,6 +254,26 @@ mod tests {
     }
 
     #[test]
+    fn deltas_are_listed_only_under_the_names_a_delta_has() {
+        let (a, b) = (
+            crate::ReleaseId::of_bytes(b"a"),
+            crate::ReleaseId::of_bytes(b"b"),
+        );
+        let delta = crate::delta::delta_rel_path(&a, &b);
+        assert_eq!(check_bundle_path(&delta), Ok(()));
+        assert_eq!(check_bundle_path(&format!("{delta}.minisig")), Ok(()));
+        for bad in [
+            format!("deltas/{}", a.archive_file_name()),
+            format!("deltas/{}-{}.tar.zst", a.hex(), a.hex()),
+            "deltas/notes.txt".to_string(),
+            "deltas/..".to_string(),
+            format!("deltas/x/{}", crate::delta::delta_file_name(&a, &b)),
+        ] {
+            assert!(check_bundle_path(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_member_but_an_archive_has_a_format_cap() {
         assert_eq!(max_member_bytes(SUMS_FILE), Some(MAX_SUMS_BYTES));
         assert_eq!(
@@ -260,6 +289,16 @@ mod tests {
             Some(crate::MAX_METADATA_BYTES)
         );
         assert_eq!(max_member_bytes("releases/ab.tar.zst"), None);
+        let (a, b) = (
+            crate::ReleaseId::of_bytes(b"a"),
+            crate::ReleaseId::of_bytes(b"b"),
+        );
+        let delta = crate::delta::delta_rel_path(&a, &b);
+        assert_eq!(max_member_bytes(&delta), None);
+        assert_eq!(
+            max_member_bytes(&format!("{delta}.minisig")),
+            Some(crate::MAX_SIGNATURE_BYTES)
+        );
     }
 
     #[test]

@@ -49,6 +49,20 @@ pub fn delta_signature_file_name(from: &ReleaseId, to: &ReleaseId) -> String {
     format!("{}.minisig", delta_file_name(from, to))
 }
 
+/// The two release ids a delta's file name `<from-hex>-<to-hex>.tar.zst`
+/// (or its `.minisig`) names, `None` for any other name: how a reader of
+/// `deltas/` (an offline bundle's, say) tells a name a delta can have from
+/// anything else. Only a name: [`verify_delta`] decides what the file is.
+pub fn parse_delta_file_name(name: &str) -> Option<(ReleaseId, ReleaseId)> {
+    let stem = name
+        .strip_suffix(".tar.zst.minisig")
+        .or_else(|| name.strip_suffix(".tar.zst"))?;
+    let (from, to) = stem.split_once('-')?;
+    let from = format!("sha256:{from}").parse::<ReleaseId>().ok()?;
+    let to = format!("sha256:{to}").parse::<ReleaseId>().ok()?;
+    (from != to).then_some((from, to))
+}
+
 /// The delta's path inside a repository: `deltas/<from-hex>-<to-hex>.tar.zst`.
 pub fn delta_rel_path(from: &ReleaseId, to: &ReleaseId) -> String {
     format!("{DELTAS_DIR}/{}", delta_file_name(from, to))
@@ -195,4 +209,35 @@ pub fn verify_delta<R: Read + Seek>(
 /// verifying it. Only a hint: [`verify_delta`] decides.
 pub fn is_delta_comment(comment: &str) -> bool {
     comment.split('\t').next() == Some(DELTA_COMMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_and_nothing_else_parses() {
+        let (a, b) = (ReleaseId::of_bytes(b"a"), ReleaseId::of_bytes(b"b"));
+        assert_eq!(
+            parse_delta_file_name(&delta_file_name(&a, &b)),
+            Some((a, b))
+        );
+        assert_eq!(
+            parse_delta_file_name(&delta_signature_file_name(&a, &b)),
+            Some((a, b))
+        );
+        for bad in [
+            format!("{}.tar.zst", a.hex()),
+            format!("{}-{}.tar.zst", a.hex(), a.hex()),
+            format!("{}-{}.tar", a.hex(), b.hex()),
+            format!("{}-{}.tar.zst.sig", a.hex(), b.hex()),
+            format!("{}-{}.tar.zst", a.hex().to_uppercase(), b.hex()),
+            format!("{}-{}-{}.tar.zst", a.hex(), b.hex(), a.hex()),
+            format!("{}-{}.tar.zst", &a.hex()[1..], b.hex()),
+            "x-y.tar.zst".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(parse_delta_file_name(&bad), None, "{bad}");
+        }
+    }
 }

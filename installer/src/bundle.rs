@@ -2,18 +2,21 @@
 //! file (SPEC §5 `install SOURCE`, the seed's open question 1).
 //!
 //! A bundle directory has the layout of a repository (`channels/`,
-//! `releases/`), so after the checks here it is installed exactly like one:
-//! the channel index and every archive are verified with the host's own
-//! trusted keys, with the same freshness, rollback and extraction rules as
-//! online (SPEC §6: local sources get the checks remote ones get).
+//! `releases/`, and `deltas/` when it carries any), so after the checks
+//! here it is installed exactly like one: the channel index and every
+//! archive are verified with the host's own trusted keys, with the same
+//! freshness, rollback and extraction rules as online (SPEC §6: local
+//! sources get the checks remote ones get), and a delta the index lists
+//! from the running release is taken from `deltas/` as from a repository
+//! ([`crate::delta`]).
 //!
 //! What this module adds is the bundle's own integrity, checked before
 //! anything in it is used:
 //!
 //! - [`check_bundle`]: `SHA256SUMS` lists every file of the bundle; every
-//!   file under `channels/`, `releases/` and `keys/` (and `README.txt`)
-//!   must be listed, a regular file (never a symlink) and match its
-//!   checksum, and every listed file must exist. When the bundle carries
+//!   file under `channels/`, `releases/`, `deltas/` and `keys/` (and
+//!   `README.txt`) must be listed, a regular file (never a symlink) and
+//!   match its checksum, and every listed file must exist. When the bundle carries
 //!   `SHA256SUMS.minisig`, it must be a signature over the list by a key
 //!   this host trusts. A directory without `SHA256SUMS` is a plain
 //!   repository and is left to the index and archive checks.
@@ -263,7 +266,8 @@ fn sha256_of_regular(path: &Path) -> Result<[u8; 32], BundleError> {
 /// Only directories and regular files are accepted, all under one top
 /// directory, at most [`MAX_TAR_ENTRIES`] of them, with the names a bundle
 /// has (`README.txt`, `SHA256SUMS`, `SHA256SUMS.minisig` and files directly
-/// under `channels/`, `releases/`, `keys/`), each no larger than
+/// under `channels/`, `releases/`, `deltas/` (delta names only), `keys/`),
+/// each no larger than
 /// [`max_member_bytes`] allows and than the rest of the file can hold. Files are created with
 /// `O_EXCL | O_NOFOLLOW`, so nothing is written outside the new directory.
 /// The result is then checked with [`check_bundle`] like any bundle.
@@ -424,8 +428,13 @@ mod tests {
                 h.set_link_name("../../etc/passwd").expect("link");
                 h.set_size(0);
             }
-            // Raw names, so hostile ones get through the builder.
             let bytes = name.as_bytes();
+            if bytes.len() > h.as_old().name.len() {
+                // A delta's name: a GNU long-name entry, as the packager writes.
+                builder.append_data(&mut h, name, *data).expect("append");
+                continue;
+            }
+            // Raw names, so hostile ones get through the builder.
             h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
             h.set_cksum();
             builder.append(&h, *data).expect("append");
@@ -437,11 +446,14 @@ mod tests {
     #[test]
     fn unpacks_a_well_formed_bundle_tar() {
         use tar::EntryType::{Directory as D, Regular as F};
+        let delta = delta_member();
         let (tmp, path) = tar_with(&[
             ("b/", D, b""),
             ("b/README.txt", F, b"hi"),
             ("b/channels/", D, b""),
             ("b/channels/stable.json", F, b"{}"),
+            ("b/deltas/", D, b""),
+            (&delta, F, b"delta"),
             ("b/SHA256SUMS", F, b"x"),
         ]);
         let (scratch, dir) = unpack_bundle_tar(&path, tmp.path()).expect("unpack");
@@ -450,6 +462,19 @@ mod tests {
             fs::read(dir.join("channels/stable.json")).expect("read"),
             b"{}"
         );
+        assert_eq!(
+            fs::read(dir.join(delta.trim_start_matches("b/"))).expect("read"),
+            b"delta"
+        );
+    }
+
+    /// `b/deltas/<from-hex>-<to-hex>.tar.zst` for two made-up releases.
+    fn delta_member() -> String {
+        let (from, to) = (
+            slipway_formats::ReleaseId::of_bytes(b"from"),
+            slipway_formats::ReleaseId::of_bytes(b"to"),
+        );
+        format!("b/{}", slipway_formats::delta::delta_rel_path(&from, &to))
     }
 
     /// A member whose header claims more than the file holds is refused
@@ -484,6 +509,7 @@ mod tests {
     #[test]
     fn refuses_hostile_bundle_tars_without_writing_outside() {
         use tar::EntryType::{Directory as D, Regular as F, Symlink as L};
+        let delta_link = delta_member();
         let cases: Vec<Vec<(&str, tar::EntryType, &[u8])>> = vec![
             vec![("b/", D, b""), ("b/../evil", F, b"x")],
             vec![("/etc/evil", F, b"x")],
@@ -501,6 +527,18 @@ mod tests {
                 ("b/README.txt", F, b"y"),
             ],
             vec![("b/channels/x.json", F, b"x")],
+            // deltas/ holds only names a delta (or its signature) has.
+            vec![
+                ("b/", D, b""),
+                ("b/deltas/", D, b""),
+                ("b/deltas/notes.txt", F, b"x"),
+            ],
+            vec![
+                ("b/", D, b""),
+                ("b/deltas/", D, b""),
+                ("b/deltas/x/", D, b""),
+            ],
+            vec![("b/", D, b""), ("b/deltas/", D, b""), (&delta_link, L, b"")],
             vec![],
         ];
         for case in cases {

@@ -22,6 +22,9 @@
 //!   the running release: hardlinked when its identity record still holds,
 //!   else copied and hashed against the new manifest.
 //!
+//! A directory source (a repository, an offline bundle) holds the delta
+//! in its own `deltas/`, read in place; a listed delta whose file is not
+//! there (a bundle made with `--no-deltas`) is a debug line, not a warning.
 //! Any failure on that path (no delta listed, a download error, a refusal,
 //! a base file that changed) is logged in one line and the transaction
 //! falls back to the full archive in the same run. `slipway install
@@ -132,7 +135,14 @@ pub struct AcquiredDelta {
 /// Why the delta path was not taken; the caller logs it and fetches the
 /// full archive.
 #[derive(Debug)]
-pub struct NotTaken(pub String);
+pub enum NotTaken {
+    /// The index lists the delta, but a directory source does not hold
+    /// its file: an offline bundle made with `--no-deltas`, or a
+    /// repository copied without `deltas/`. Expected, so not a warning.
+    Absent(PathBuf),
+    /// The delta could not be fetched, or it was refused.
+    Failed(String),
+}
 
 /// Fetches (HTTP), verifies and walks the delta from `running` to the
 /// candidate release, if the index lists one. `Ok(None)`: none listed.
@@ -153,14 +163,30 @@ pub fn acquire(
                 Ok(Downloaded { fetched, .. }) => fetched,
                 Err(e) => {
                     delta.discard_download();
-                    return Err(NotTaken(format!("cannot download {}: {e}", remote.url)));
+                    return Err(NotTaken::Failed(format!(
+                        "cannot download {}: {e}",
+                        remote.url
+                    )));
                 }
             }
         }
         (Some(remote), None) => {
-            return Err(NotTaken(format!("{} needs an HTTP client", remote.url)))
+            return Err(NotTaken::Failed(format!(
+                "{} needs an HTTP client",
+                remote.url
+            )))
         }
-        (None, _) => 0,
+        (None, _) => {
+            // Only a file that is not there at all is "absent": anything
+            // else at that path (a symlink, a directory) goes on to be
+            // refused by the checks below.
+            if let Err(e) = fs::symlink_metadata(&delta.archive) {
+                if e.kind() == io::ErrorKind::NotFound {
+                    return Err(NotTaken::Absent(delta.archive.clone()));
+                }
+            }
+            0
+        }
     };
     let expect = DeltaExpectations {
         app: candidate.expect.app.clone(),
@@ -172,7 +198,7 @@ pub fn acquire(
     };
     let refused = |e: String| {
         delta.discard_download();
-        NotTaken(format!("delta {} refused: {e}", delta.archive.display()))
+        NotTaken::Failed(format!("delta {} refused: {e}", delta.archive.display()))
     };
     let mut verified =
         verify_delta_file(&delta.archive, &delta.signature, &candidate.keys, &expect)
@@ -363,7 +389,15 @@ pub fn take(
             }
             None
         }
-        Err(NotTaken(why)) => {
+        Err(NotTaken::Absent(path)) => {
+            log.debug(format!(
+                "the delta from the running release {} is listed but {} is not there (a bundle made with --no-deltas?); taking the full archive",
+                running.id.short(),
+                path.display()
+            ));
+            None
+        }
+        Err(NotTaken::Failed(why)) => {
             log.warn(format!("{why}; taking the full archive instead"));
             None
         }

@@ -4,14 +4,21 @@
 //! A bundle is a release repository cut down to one channel (see
 //! [`slipway_formats::bundle`] for the layout): the channel index and its
 //! signature, the releases a host would pick from it with their
-//! signatures, the public key that signed them, a plain-text `README.txt`
-//! for the operator (key fingerprint, the two commands to run), and a
-//! `SHA256SUMS` over all of it, signed with `--key` when one is given.
+//! signatures, the deltas the index lists to those releases (unless
+//! `--no-deltas`), the public key that signed them, a plain-text
+//! `README.txt` for the operator (key fingerprint, the two commands to
+//! run), and a `SHA256SUMS` over all of it, signed with `--key` when one
+//! is given.
 //!
 //! Nothing is copied unverified: the index must verify with the trusted
-//! keys (`--pubkey`, else the repository's `keys/`), and every release
-//! that goes in is verified in full (hash, signature, every entry) and
-//! must match its index entry. The bundle is written into a temporary
+//! keys (`--pubkey`, else the repository's `keys/`), every release that
+//! goes in is verified in full (hash, signature, every entry) and must
+//! match its index entry, and every delta is verified as a host verifies
+//! it before its walk ([`verify_delta`]: the size and SHA-256 the index
+//! lists, a delta signature by a trusted key for exactly its two
+//! releases, the manifest inside). A listed delta the repository does not
+//! hold is left out with a warning: a host that runs its base then takes
+//! the full archive. The bundle is written into a temporary
 //! directory beside the destination and renamed into place at the end, so
 //! an interrupted run never leaves a half bundle under the final name.
 //!
@@ -28,9 +35,12 @@ use sha2::{Digest, Sha256};
 use slipway_formats::bundle::{
     bundle_comment, BundleSums, README_FILE, SUMS_FILE, SUMS_SIGNATURE_FILE,
 };
-use slipway_formats::channel::Timestamp;
+use slipway_formats::channel::{ChannelDelta, Timestamp};
+use slipway_formats::delta::{delta_rel_path, verify_delta, DeltaExpectations, DELTAS_DIR};
 use slipway_formats::manifest::validate_name;
-use slipway_formats::{ChannelRelease, KeyId, PublicKey, TrustedKeys};
+use slipway_formats::{
+    ChannelIndex, ChannelRelease, KeyId, PublicKey, ReleaseId, TrustedKeys, MAX_SIGNATURE_BYTES,
+};
 
 use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
@@ -55,6 +65,9 @@ pub struct BundleOptions {
     pub all: bool,
     /// Write one tar file instead of a directory.
     pub tar: bool,
+    /// Carry the deltas the index lists to the chosen releases (the
+    /// default); `false`: releases only (`--no-deltas`).
+    pub deltas: bool,
     /// Keys the index and the archives must verify with; `None`: the
     /// public keys in the repository's `keys/` (and `--key`'s own).
     pub trusted: Option<TrustedKeys>,
@@ -70,6 +83,7 @@ impl BundleOptions {
             out: out.into(),
             all: false,
             tar: false,
+            deltas: true,
             trusted: None,
             now: None,
         }
@@ -83,6 +97,21 @@ pub struct BundledRelease {
     pub id: String,
     pub size: u64,
     pub rollout: u8,
+}
+
+/// One delta in a bundle: `deltas/<from-hex>-<to-hex>.tar.zst`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BundledDelta {
+    pub from: String,
+    /// The base release's version, when the index still lists it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    pub to: String,
+    pub to_version: String,
+    /// The delta file's size in bytes.
+    pub size: u64,
+    /// The full archive's size, for comparison.
+    pub full_size: u64,
 }
 
 /// What [`make_bundle`] wrote.
@@ -101,6 +130,8 @@ pub struct BundleReport {
     pub key_id: String,
     pub public_key: String,
     pub releases: Vec<BundledRelease>,
+    /// The deltas it carries (none with `--no-deltas`).
+    pub deltas: Vec<BundledDelta>,
     /// Files listed in `SHA256SUMS`.
     pub files: usize,
     /// Whether `SHA256SUMS.minisig` was written.
@@ -265,6 +296,11 @@ pub fn make_bundle(
     }
 
     let mut warnings = Vec::new();
+    let deltas = if opts.deltas {
+        select_deltas(repo, index, &chosen, &keys, &mut warnings)?
+    } else {
+        Vec::new()
+    };
     if index.is_expired(now) {
         warnings.push(format!(
             "the channel index expired at {}: hosts refuse it unless `slipway install --allow-expired`; run `slipway-pack refresh --channel {channel}` and bundle again",
@@ -296,7 +332,11 @@ pub fn make_bundle(
         repo.channel_path(channel),
         repo.channel_signature_path(channel),
     );
-    for d in ["channels", "releases", "keys"] {
+    let mut dirs = vec!["channels", "releases", "keys"];
+    if !deltas.is_empty() {
+        dirs.push(DELTAS_DIR);
+    }
+    for d in &dirs {
         fs::create_dir(dir.join(d)).map_err(PackError::io("create directory", dir.join(d)))?;
     }
     copy(&mut sums, &index_path, &format!("channels/{channel}.json"))?;
@@ -316,6 +356,27 @@ pub fn make_bundle(
             &repo.signature_path(&release.id),
             &format!("releases/{}", release.id.signature_file_name()),
         )?;
+    }
+    for (to, delta) in &deltas {
+        let rel = delta_rel_path(&delta.from, to);
+        let src = repo.root().join(&rel);
+        let digest = copy_hashed(&src, &dir.join(&rel))?;
+        // The bytes copied are the bytes verified: a file replaced in the
+        // repository since then does not slip in.
+        if digest != *delta.sha256.digest() {
+            return Err(PackError::verify(
+                &src,
+                format!(
+                    "changed while the bundle was made: its sha256 is now {}, the index lists {}; run `slipway-pack bundle` again",
+                    hex::encode(digest),
+                    delta.sha256
+                ),
+            ));
+        }
+        sums.insert(&rel, digest)
+            .map_err(|m| PackError::verify(&src, m))?;
+        let sig_rel = format!("{rel}.minisig");
+        copy(&mut sums, &repo.root().join(&sig_rel), &sig_rel)?;
     }
     // keys/: the repository's public keys and key rotation statements (a
     // host that trusts an older key needs the statement that introduces
@@ -349,6 +410,28 @@ pub fn make_bundle(
             rollout: r.rollout,
         })
         .collect();
+    let version_of = |id: &ReleaseId| {
+        index
+            .releases
+            .iter()
+            .find(|r| r.id == *id)
+            .map(|r| r.version.to_string())
+    };
+    let deltas: Vec<BundledDelta> = deltas
+        .iter()
+        .map(|(to, d)| BundledDelta {
+            from: d.from.to_string(),
+            from_version: version_of(&d.from),
+            to: to.to_string(),
+            to_version: version_of(to).unwrap_or_default(),
+            size: d.size,
+            full_size: index
+                .releases
+                .iter()
+                .find(|r| r.id == *to)
+                .map_or(0, |r| r.size),
+        })
+        .collect();
     let readme = readme_text(&ReadmeInput {
         name: &name,
         tar: opts.tar,
@@ -360,6 +443,7 @@ pub fn make_bundle(
         signer: &signer,
         sums_key: key.map(|k| k.key_id()),
         releases: &releases,
+        deltas: &deltas,
     });
     write_new(&dir.join(README_FILE), readme.as_bytes())?;
     sums.insert(README_FILE, Sha256::digest(readme.as_bytes()).into())
@@ -372,7 +456,7 @@ pub fn make_bundle(
         let sig = k.sign_bytes(&sums_bytes, &comment)?;
         write_new(&dir.join(SUMS_SIGNATURE_FILE), sig.as_bytes())?;
     }
-    for d in ["channels", "releases", "keys", "."] {
+    for d in dirs.iter().chain(&["."]) {
         durable::fsync_dir(&dir.join(d)).map_err(PackError::io("fsync directory", &dir.join(d)))?;
     }
 
@@ -399,11 +483,69 @@ pub fn make_bundle(
         key_id: signer.id().to_string(),
         public_key: signer.to_base64().to_string(),
         releases,
+        deltas,
         files: sums.len(),
         signed: key.is_some(),
         tar_sha256,
         warnings,
     })
+}
+
+/// The deltas the index lists to the `chosen` releases that the repository
+/// holds, each verified as a host verifies it before its walk: the size and
+/// SHA-256 the index lists, a `slipway-delta` signature by a key in `keys`
+/// for exactly its two releases, the app and channel of the index, the
+/// manifest inside. A listed delta whose file is missing is left out with a
+/// warning; one that is there but does not verify stops the bundle (make it
+/// again with `slipway-pack delta`, or bundle with `--no-deltas`).
+fn select_deltas<'i>(
+    repo: &Repo,
+    index: &'i ChannelIndex,
+    chosen: &[&'i ChannelRelease],
+    keys: &TrustedKeys,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<(ReleaseId, &'i ChannelDelta)>> {
+    let mut out = Vec::new();
+    for release in chosen {
+        for delta in &release.deltas {
+            let rel = delta_rel_path(&delta.from, &release.id);
+            let path = repo.root().join(&rel);
+            let sig_path = repo.root().join(format!("{rel}.minisig"));
+            let missing = |p: &Path| matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+            if missing(&path) || missing(&sig_path) {
+                warnings.push(format!(
+                    "the index lists the delta from {} to {} {}, but {} or its .minisig is missing: left out of the bundle (a host that runs {} takes the full archive); `slipway-pack delta` writes it again",
+                    delta.from,
+                    release.version,
+                    release.id,
+                    path.display(),
+                    delta.from.short()
+                ));
+                continue;
+            }
+            let signature = slipway_fs::read_text_capped(&sig_path, MAX_SIGNATURE_BYTES)?;
+            let mut file = slipway_fs::open_regular(&path)?;
+            let expect = DeltaExpectations {
+                app: Some(index.app.clone()),
+                channel: Some(index.channel.clone()),
+                from: Some(delta.from),
+                to: Some(release.id),
+                size: Some(delta.size),
+                sha256: Some(delta.sha256),
+            };
+            verify_delta(&mut file, &signature, keys, &expect).map_err(|e| {
+                PackError::verify(
+                    &path,
+                    format!(
+                        "{e}; the index lists it for release {} {}: write it again with `slipway-pack delta`, or bundle with --no-deltas",
+                        release.version, release.id
+                    ),
+                )
+            })?;
+            out.push((release.id, delta));
+        }
+    }
+    Ok(out)
 }
 
 /// The final path and the bundle's name; refuses to overwrite anything.
@@ -557,6 +699,7 @@ struct ReadmeInput<'a> {
     signer: &'a PublicKey,
     sums_key: Option<KeyId>,
     releases: &'a [BundledRelease],
+    deltas: &'a [BundledDelta],
 }
 
 /// The bundle's `README.txt`: plain text an operator reads on the stick.
@@ -584,6 +727,20 @@ fn readme_text(r: &ReadmeInput<'_>) -> String {
                 String::new()
             }
         ));
+    }
+    if !r.deltas.is_empty() {
+        line("Deltas (a host that runs the release on the left installs the one on");
+        line("the right from the delta and the files it already has; any other host");
+        line("uses the full archive):");
+        for d in r.deltas {
+            line(&format!(
+                "  {} -> {}  {} bytes (full archive {} bytes)",
+                d.from_version.as_deref().unwrap_or(&d.from),
+                d.to_version,
+                d.size,
+                d.full_size
+            ));
+        }
     }
     line(&format!(
         "Channel index version {}, expires {}. Made {}.",

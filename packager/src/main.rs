@@ -131,8 +131,9 @@ enum Command {
         json: bool,
     },
     /// Make an offline bundle of a channel for an air-gapped host: its
-    /// index, the releases a host would pick, their signatures, the public
-    /// key, a README and SHA256SUMS (signed with --key).
+    /// index, the releases a host would pick, their signatures, the deltas
+    /// the index lists to them, the public key, a README and SHA256SUMS
+    /// (signed with --key).
     Bundle {
         /// The release repository.
         #[arg(long, value_name = "REPO_DIR")]
@@ -149,6 +150,10 @@ enum Command {
         /// Every release that is not yanked, not only the newest.
         #[arg(long)]
         all: bool,
+        /// Leave out the deltas (only the full archives go in; a smaller
+        /// bundle, and hosts older than deltas accept it).
+        #[arg(long)]
+        no_deltas: bool,
         /// Sign SHA256SUMS with this secret key (password from
         /// SLIPWAY_KEY_PASSWORD or a prompt).
         #[arg(long, value_name = "SECRET_KEY")]
@@ -413,6 +418,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             tar,
             all,
+            no_deltas,
             key,
             pubkeys,
             json,
@@ -421,6 +427,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut opts = BundleOptions::new(&channel, &out);
             opts.tar = tar;
             opts.all = all;
+            opts.deltas = !no_deltas;
             if !pubkeys.is_empty() {
                 opts.trusted = Some(parse_pubkeys(&pubkeys)?);
             }
@@ -458,6 +465,15 @@ fn print_bundle(r: &BundleReport, json: bool) -> Result<()> {
         );
         for rel in &r.releases {
             slipway_fs::outln!("  {} {}", rel.version, rel.id);
+        }
+        for d in &r.deltas {
+            slipway_fs::outln!(
+                "  delta {} -> {}: {} bytes (full archive {} bytes)",
+                d.from_version.as_deref().unwrap_or(&d.from),
+                d.to_version,
+                d.size,
+                d.full_size
+            );
         }
         slipway_fs::outln!("signing key: {} {}", r.key_id, r.public_key);
         if let Some(sha) = &r.tar_sha256 {
