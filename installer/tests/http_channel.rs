@@ -1306,7 +1306,8 @@ fn auto_restart_false_downloads_stages_and_checks_then_waits_for_apply() {
     let v2 = w.build("2.0.0");
     w.publish(&v1, &[]);
     w.run_expect(&["update"], 0, &[]);
-    w.publish(&v2, &[]);
+    // The full archive is what this test downloads: no delta.
+    w.publish(&v2, &["--deltas", "0"]);
     w.write_config(&["auto_restart = false"]);
     let out = w.run_expect(&["update", "--auto"], 0, &[]);
     assert!(stdout(&out).contains("update ready"), "{}", text(&out));
@@ -1386,7 +1387,8 @@ fn a_download_cut_off_halfway_resumes_where_it_stopped() {
     assert!(v2.size > PADDING as u64, "the padding is incompressible");
     w.publish(&v1, &[]);
     w.run_expect(&["update"], 0, &[]);
-    w.publish(&v2, &[]);
+    // The full archive is what this test downloads: no delta.
+    w.publish(&v2, &["--deltas", "0"]);
     let partial = kill_mid_download(&w, &v2, v2.size / 2);
     assert!(partial < v2.size, "cut before the end");
 
@@ -1444,7 +1446,8 @@ fn a_server_that_ignores_range_restarts_the_download_from_zero() {
     );
     w.publish(&v1, &[]);
     w.run_expect(&["update"], 0, &[]);
-    w.publish(&v2, &[]);
+    // The full archive is what this test downloads: no delta.
+    w.publish(&v2, &["--deltas", "0"]);
     let partial = kill_mid_download(&w, &v2, v2.size / 3);
     assert!(partial > 0);
     w.run_expect(&["update"], 0, &[]);
@@ -1481,7 +1484,8 @@ fn a_partial_download_of_a_changed_file_is_discarded() {
     );
     w.publish(&v1, &[]);
     w.run_expect(&["update"], 0, &[]);
-    w.publish(&v2, &[]);
+    // The full archive is what this test downloads: no delta.
+    w.publish(&v2, &["--deltas", "0"]);
     let partial = kill_mid_download(&w, &v2, v2.size / 3);
     // The file on the server changes (its ETag with it): If-Range fails and
     // the server sends the whole (here: corrupted) file, which the signed
