@@ -238,3 +238,65 @@ tree_info() {
         "$(find "$tree" -type l | wc -l)" \
         "$(mib "$(find "$tree" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }')")"
 }
+
+# start_nginx DIR DOCROOT : a real nginx serving DOCROOT on a free port of
+# 127.0.0.1, its prefix, logs and temp files under DIR, stopped when the
+# script exits. Sets NGX_URL and NGX_ACCESS (one line per request:
+# "METHOD URI STATUS BYTES_SENT REQUEST_LENGTH").
+start_nginx() {
+    local ngx=$1 docroot=$2 port
+    mkdir -p "$ngx/logs" "$ngx/tmp"
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    NGX_ACCESS=$ngx/logs/access.log
+    cat >"$ngx/nginx.conf" <<CONF
+$([[ $(id -u) -eq 0 ]] && echo "user root root;")
+worker_processes 1;
+pid $ngx/nginx.pid;
+error_log $ngx/logs/error.log;
+events { worker_connections 256; }
+http {
+    default_type application/octet-stream;
+    log_format bench '\$request_method \$uri \$status \$bytes_sent \$request_length';
+    access_log $NGX_ACCESS bench;
+    client_body_temp_path $ngx/tmp/body;
+    proxy_temp_path $ngx/tmp/proxy;
+    fastcgi_temp_path $ngx/tmp/fastcgi;
+    uwsgi_temp_path $ngx/tmp/uwsgi;
+    scgi_temp_path $ngx/tmp/scgi;
+    sendfile on;
+    etag on;
+    server {
+        listen 127.0.0.1:$port;
+        root $docroot;
+    }
+}
+CONF
+    nginx -p "$ngx" -c "$ngx/nginx.conf" -e "$ngx/logs/error.log" >"$ngx/logs/start.out" 2>&1 ||
+        die "nginx did not start (see $ngx/logs/start.out, $ngx/logs/error.log)"
+    NGX_PIDS+=("$ngx/nginx.pid")
+    trap stop_nginx EXIT
+    NGX_URL=http://127.0.0.1:$port
+    local _
+    for _ in $(seq 50); do
+        curl -s -o /dev/null "$NGX_URL/" && break
+        sleep 0.1
+    done
+}
+NGX_PIDS=()
+stop_nginx() {
+    local p
+    for p in "${NGX_PIDS[@]}"; do
+        if [[ -f $p ]]; then
+            kill "$(cat "$p")" 2>/dev/null || true
+        fi
+    done
+}
+
+# access_lines : how many requests nginx has logged so far.
+access_lines() { wc -l <"$NGX_ACCESS"; }
+
+# wire FROM_LINE : "requests bytes_sent bytes_received" for the access-log
+# lines after FROM_LINE.
+wire() {
+    awk -v from="$1" 'NR > from { n++; sent += $4; recv += $5 } END { printf "%d %d %d\n", n, sent, recv }' "$NGX_ACCESS"
+}

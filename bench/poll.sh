@@ -40,7 +40,7 @@ POLL_FILES=${BENCH_POLL_FILES:-2000}
 WORK=$OUT_DIR/poll-work
 LOGS=$WORK/logs
 rm -rf "$WORK"
-mkdir -p "$LOGS" "$WORK/nginx/logs" "$WORK/nginx/tmp"
+mkdir -p "$LOGS"
 
 # --- the releases -------------------------------------------------------------
 
@@ -64,43 +64,9 @@ ARCHIVE2_SIZE=$(file_size "$ARCHIVE2")
 
 # --- nginx ----------------------------------------------------------------------
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-NGX=$WORK/nginx
-ACCESS=$NGX/logs/access.log
-cat >"$NGX/nginx.conf" <<EOF
-$([[ $(id -u) -eq 0 ]] && echo "user root root;")
-worker_processes 1;
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log;
-events { worker_connections 64; }
-http {
-    default_type application/octet-stream;
-    log_format bench '\$request_method \$uri \$status \$bytes_sent \$request_length';
-    access_log $ACCESS bench;
-    client_body_temp_path $NGX/tmp/body;
-    proxy_temp_path $NGX/tmp/proxy;
-    fastcgi_temp_path $NGX/tmp/fastcgi;
-    uwsgi_temp_path $NGX/tmp/uwsgi;
-    scgi_temp_path $NGX/tmp/scgi;
-    sendfile on;
-    etag on;
-    server {
-        listen 127.0.0.1:$PORT;
-        root $REPO;
-    }
-}
-EOF
-nginx -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/logs/error.log" >"$LOGS/nginx.out" 2>&1 ||
-    die "nginx did not start (see $LOGS/nginx.out, $NGX/logs/error.log)"
-stop_nginx() {
-    [[ -f $NGX/nginx.pid ]] && kill "$(cat "$NGX/nginx.pid")" 2>/dev/null || true
-}
-trap stop_nginx EXIT
-for _ in $(seq 50); do
-    curl -sf -o /dev/null "http://127.0.0.1:$PORT/channels/stable.json" && break
-    sleep 0.1
-done
-URL=http://127.0.0.1:$PORT
+start_nginx "$WORK/nginx" "$REPO"
+URL=$NGX_URL
+ACCESS=$NGX_ACCESS
 
 write_config() { # ROOT
     cat >"$WORK/update.toml" <<EOF
@@ -121,12 +87,7 @@ journald = false
 EOF
 }
 
-# wire FROM_LINE : "requests bytes_sent bytes_received" for the access-log
-# lines after FROM_LINE.
-log_lines() { wc -l <"$ACCESS"; }
-wire() {
-    awk -v from="$1" 'NR > from { n++; sent += $4; recv += $5 } END { printf "%d %d %d\n", n, sent, recv }' "$ACCESS"
-}
+log_lines() { access_lines; }
 
 slipway_cmd() { env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY "$SLIPWAY_BIN" --config "$WORK/update.toml" "$@"; }
 
