@@ -235,7 +235,9 @@ fn nginx_serves_files_with_range_and_etag() -> Result<()> {
 #[test]
 fn nginx_limit_rate_slows_a_download_and_the_log_shows_a_cut() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let content = pattern(96 * 1024);
+    // Five seconds' worth at the limit: nginx lets the first writes fill
+    // the socket buffers at once, so a short file can finish early.
+    let content = pattern(160 * 1024);
     fs::write(dir.path().join("big"), &content)?;
     let nginx = Nginx::serve_with(
         dir.path(),
@@ -250,7 +252,7 @@ fn nginx_limit_rate_slows_a_download_and_the_log_shows_a_cut() -> Result<()> {
     assert_eq!(full.body, content);
     assert!(
         took >= Duration::from_millis(1500),
-        "96 KiB at 32 KiB/s took only {took:?}"
+        "160 KiB at 32 KiB/s took only {took:?}"
     );
 
     // Read a little, then hang up: nginx logs fewer bytes than the file.
