@@ -70,7 +70,7 @@ CHANGED=$(find "$V2_TREE/app" -type f | sort | awk 'NR % 100 == 0' |
         printf 'changed in 1.0.1\n' >>"$f"
         echo "$f"
     done | wc -l)
-find "$V2_TREE/app" -type f | sort | awk 'NR % 100 == 50' | head -n 5 | xargs rm -f
+find "$V2_TREE/app" -type f | sort | awk 'NR % 100 == 50 && ++n <= 5' | xargs rm -f
 for i in 1 2 3 4 5; do
     head -c 20000 /dev/urandom >"$V2_TREE/app/added-$i.bin"
 done
