@@ -961,6 +961,42 @@ check = [["python3", "-m", "compileall", "-q", "."]]
     }
 
     #[test]
+    fn health_settings_that_cannot_work_are_refused_naming_the_key() {
+        let refused = |text: &str, names: &str| {
+            let e = parse(text, &[]).expect_err(text).to_string();
+            assert!(e.contains(names), "{text}: {e}");
+        };
+        // Probation needs a health answer to read "paused" from, and a way
+        // to resume the app after the gate.
+        refused("[health]\nprobation = \"always\"\n", "service.health_url");
+        refused(
+            "[service]\nhealth_url = \"http://127.0.0.1:8080/health\"\n[health]\nprobation = \"always\"\n",
+            "resume",
+        );
+        let ok = "[service]\nhealth_url = \"http://127.0.0.1:8080/health\"\nquiesce_url = \"http://127.0.0.1:8080/admin/quiesce\"\n";
+        let c = parse(&format!("{ok}[health]\nprobation = \"always\"\n"), &[]).expect("probation");
+        assert_eq!(c.health.probation, ProbationMode::Always);
+        // A minimum time the gate's deadline cannot hold.
+        refused(
+            &format!("{ok}health_timeout_seconds = 30\n[health]\nprobation_min_seconds = 30\n"),
+            "health.probation_min_seconds",
+        );
+        // Fields to expect need an answer to read them from.
+        refused("[health]\nexpect = { mode = \"live\" }\n", "health.expect");
+        let c = parse(
+            &format!("{ok}[health]\nexpect = {{ mode = \"live\" }}\nrestore_data = \"never\"\n"),
+            &[],
+        )
+        .expect("expect");
+        assert_eq!(
+            c.health.expect.get("mode"),
+            Some(&serde_json::json!("live"))
+        );
+        assert_eq!(c.health.restore_data, RestoreData::Never);
+        refused("[health]\nrestore_data = \"sometimes\"\n", "restore_data");
+    }
+
+    #[test]
     fn unsigned_is_refused_and_paths_resolve_relative_to_the_file() {
         assert!(parse("[update]\nrequire_signed = false\n", &[]).is_err());
         let c = parse("[paths]\nroot = \"root\"\n", &[]).expect("relative");
