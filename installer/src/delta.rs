@@ -321,38 +321,29 @@ impl DeltaBase {
         })?;
         let file = slipway_fs::open_regular(path).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(BaseContent {
-            file,
+            file: file.take(entry.size.unwrap_or(0)),
             path: path.clone(),
-            left: entry.size.unwrap_or(0),
         })
     }
 }
 
-/// A base file's content, read up to the new entry's size.
+/// A base file's content, read up to the new entry's size
+/// ([`Read`] through [`std::io::Take`]).
 pub struct BaseContent {
-    file: fs::File,
+    file: io::Take<fs::File>,
     pub path: PathBuf,
-    left: u64,
 }
 
 impl BaseContent {
     /// Whether every byte the entry needs was read.
     pub fn complete(&self) -> bool {
-        self.left == 0
+        self.file.limit() == 0
     }
 }
 
 impl Read for BaseContent {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read(&mut buf[..want])?;
-        self.left -= n as u64;
-        Ok(n)
+        self.file.read(buf)
     }
 }
 
