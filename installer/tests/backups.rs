@@ -316,32 +316,12 @@ fn gc_keeps_the_backup_rollback_restore_data_needs_whatever_the_count() {
     assert_eq!(host.data_schema(), 1);
 }
 
-/// Whether the binary under test has the crash hooks.
-fn fault_injection_available() -> bool {
-    let out = std::process::Command::new(bot_host::slipway_bin())
-        .arg("debug-features")
-        .output()
-        .expect("run slipway debug-features");
-    if String::from_utf8_lossy(&out.stdout).contains("fault-injection=on") {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "CI=true but slipway was built without fault injection: run `cargo test -p slipway --features fault-injection --test backups`"
-    );
-    eprintln!("SKIP: slipway was built without the fault-injection feature");
-    false
-}
-
 /// `restore` killed by `env` (a step or a point inside one), then
 /// `recover`: the data is complete and is either the data from before the
 /// restore or the backup's, as `restored` says; the bot runs on it, healthy
 /// and not paused, and nothing is left half done.
 fn killed_restore(env: (&str, &str), restored: bool) {
-    if !fault_injection_available() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let (host, v1, v11, _) = two_releases(&Flavor::default());
     let older = backups(&host)
         .into_iter()

@@ -22,29 +22,6 @@ use std::os::unix::process::ExitStatusExt;
 
 use bot_host::{stderr, Flavor, Release, TestHost};
 
-/// Whether the binary under test has the crash hooks; `None` (after
-/// printing why) when the test must skip.
-fn fault_injection_available() -> bool {
-    let out = std::process::Command::new(bot_host::slipway_bin())
-        .arg("debug-features")
-        .output()
-        .expect("run slipway debug-features");
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("fault-injection=on") {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    assert!(
-        !ci,
-        "CI=true but slipway was built without fault injection: run `cargo test -p slipway --features fault-injection --test crash_recovery`"
-    );
-    eprintln!(
-        "SKIP crash recovery: slipway was built without the fault-injection feature; \
-         run `cargo test -p slipway --features fault-injection --test crash_recovery`"
-    );
-    false
-}
-
 /// The steps of an install that passes its health gate, in order.
 const BEFORE_COMMIT: [&str; 10] = [
     "Verify",
@@ -232,9 +209,7 @@ fn assert_consistent(case: &Case, expect: &Release) {
 }
 
 fn crash_before_commit(step: &str) {
-    if !fault_injection_available() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let case = setup(&Flavor {
         schema: Some(2),
         ..Flavor::default()
@@ -286,9 +261,7 @@ fn crash_before_commit(step: &str) {
 }
 
 fn crash_after_commit(step: &str) {
-    if !fault_injection_available() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let case = setup(&Flavor {
         schema: Some(2),
         ..Flavor::default()
@@ -356,9 +329,7 @@ crash_tests! {
 
 #[test]
 fn killed_while_flipping_back_finishes_the_flip_back_and_bad_lists() {
-    if !fault_injection_available() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let case = setup(&Flavor {
         schema: Some(2),
         fail_health: true,
@@ -386,9 +357,7 @@ fn killed_while_flipping_back_finishes_the_flip_back_and_bad_lists() {
 
 #[test]
 fn every_mutating_command_recovers_first() {
-    if !fault_injection_available() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let case = setup(&Flavor {
         schema: Some(2),
         ..Flavor::default()
@@ -543,9 +512,7 @@ fn sigterm_ends_a_run_with_exit_143_and_recovery_undoes_it() {
 
 #[test]
 fn killed_in_a_probation_gate_recovers_to_the_old_release_trading_on_the_pre_update_data() {
-    if !fault_injection_available() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let case = setup_with(
         &Flavor {
             schema: Some(2),

@@ -392,26 +392,10 @@ fn delta_bytes_are_deterministic_and_verified_by_stock_minisign() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("slipway-delta"));
 }
 
-/// Whether the binary has the crash hooks (`--features slipway/fault-injection`).
-fn fault_injection() -> bool {
-    let out = std::process::Command::new(bot_host::slipway_bin())
-        .arg("debug-features")
-        .output()
-        .expect("slipway debug-features");
-    let on = String::from_utf8_lossy(&out.stdout).contains("fault-injection=on");
-    if !on {
-        eprintln!("SKIP: slipway was built without the fault-injection feature");
-        assert!(std::env::var("CI").is_err(), "CI runs with fault injection");
-    }
-    on
-}
-
 #[test]
 fn a_kill_during_a_delta_install_recovers_and_the_next_run_takes_the_delta() {
     use std::os::unix::process::ExitStatusExt;
-    if !fault_injection() {
-        return;
-    }
+    bot_host::require_fault_injection();
     // A local repository as the source: the delta is read in place.
     let host = TestHost::new(&[]);
     let v1 = host.release("1.0.0", &flavor());

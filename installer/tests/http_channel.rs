@@ -499,22 +499,6 @@ fn text(out: &Output) -> String {
     format!("{}\n{}", stdout(out), stderr(out))
 }
 
-/// Whether the binary honours `SLIPWAY_TEST_NOW` and `SLIPWAY_FAULT_AFTER`.
-fn fault_injection() -> bool {
-    let out = Command::new(slipway_bin())
-        .arg("debug-features")
-        .output()
-        .expect("run slipway debug-features");
-    let on = String::from_utf8_lossy(&out.stdout).contains("fault-injection=on");
-    if !on {
-        eprintln!(
-            "SKIP part of this test: slipway was built without the fault-injection feature \
-             (cargo test --workspace --features slipway/fault-injection)"
-        );
-    }
-    on
-}
-
 // ---------------------------------------------------------------------------
 // The refusals of SPEC §6, once, against three sources
 // ---------------------------------------------------------------------------
@@ -813,8 +797,8 @@ fn refusal(kind: Kind, case: Refusal) {
     assert_eq!(w.current(), Some(v1.dir_name()));
 
     let attack = (case.attack)(&w, &v1, &v2);
-    if attack.env.iter().any(|(k, _)| k == "SLIPWAY_TEST_NOW") && !fault_injection() {
-        return;
+    if attack.env.iter().any(|(k, _)| k == "SLIPWAY_TEST_NOW") {
+        bot_host::require_fault_injection();
     }
     let tree = snapshot_tree(&w.root(), &["state"]);
     let trust = w.state_file("trust.json");
@@ -927,9 +911,7 @@ fn an_expired_index_is_accepted_only_with_allow_expired_never_a_lower_version() 
 
 #[test]
 fn a_clock_20_days_ahead_for_one_poll_does_not_lock_the_host_out() {
-    if !fault_injection() {
-        return;
-    }
+    bot_host::require_fault_injection();
     let w = World::new(Kind::Http);
     let v1 = w.build("1.0.0");
     let v2 = w.build("2.0.0");
@@ -1778,7 +1760,8 @@ fn the_bearer_token_is_sent_and_never_leaked() {
     outputs.push(text(&w.run_expect(&["update", "--verbose"], 0, &[])));
     w.publish(&v2, &[]);
     outputs.push(text(&w.run_expect(&["check", "--verbose"], 0, &[])));
-    if fault_injection() {
+    bot_host::require_fault_injection();
+    {
         // Killed right after the download: a journal is left behind.
         let out = w.run(
             &["update", "--verbose"],

@@ -286,16 +286,7 @@ fn a_release_without_a_record_is_checked_fully_once_then_recorded() {
 
 #[test]
 fn a_kill_during_hardlinked_staging_is_recovered_without_debris() {
-    let probe = std::process::Command::new(bot_host::slipway_bin())
-        .arg("debug-features")
-        .output()
-        .unwrap();
-    if !String::from_utf8_lossy(&probe.stdout).contains("fault-injection=on") {
-        eprintln!(
-            "SKIP: run `cargo test -p slipway --features fault-injection --test small_updates`"
-        );
-        return;
-    }
+    bot_host::require_fault_injection();
     let (host, v1) = host_with_v1(&[]);
     let v2 = host.build("2.0.0", &v2_flavor());
     let mut cmd = host.slipway(&["install", &v2.archive.to_string_lossy()]);

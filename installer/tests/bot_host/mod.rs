@@ -726,3 +726,19 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Fails the test, naming the command that runs it right, unless the
+/// `slipway` under test has the crash-test hooks (`SLIPWAY_FAULT_AFTER`,
+/// `SLIPWAY_FAULT_AT`, `SLIPWAY_TEST_NOW`). `scripts/test` builds with them;
+/// a test that needs them never passes by skipping.
+pub fn require_fault_injection() {
+    let out = Command::new(slipway_bin())
+        .arg("debug-features")
+        .output()
+        .expect("run slipway debug-features");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fault-injection=on"),
+        "this test needs slipway built with its crash-test hooks: \
+         cargo test -p slipway --features fault-injection (scripts/test does)"
+    );
+}
