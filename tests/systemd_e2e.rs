@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use slipway_e2e::{bot_unit, run_ok, shared_tempdir, Container, OutputExt, BOT_UNIT};
+use slipway_e2e::{bot_config, bot_unit, run_ok, shared_tempdir, Container, OutputExt, BOT_UNIT};
 
 const UNIT: &str = BOT_UNIT;
 const ROOT: &str = "/opt/e2e/root";
@@ -121,35 +121,12 @@ fn boot(label: &str, releases: &Releases) -> Result<Container> {
     c.install_unit(UNIT, &bot_unit(ROOT, DATA))?;
     c.write_file(
         CONFIG,
-        format!(
-            "[update]\n\
-             channel = \"stable\"\n\
-             public_keys = [\"{key}\"]\n\
-             max_failures_per_day = 20\n\
-             max_attempts_per_day = 50\n\
-             \n\
-             [paths]\n\
-             root = \"{ROOT}\"\n\
-             persistence = \"{DATA}\"\n\
-             max_save_age_minutes = 0\n\
-             \n\
-             [service]\n\
-             manager = \"systemd\"\n\
-             unit = \"{UNIT}\"\n\
-             health_url = \"http://127.0.0.1:8080/health\"\n\
-             health_timeout_seconds = 8\n\
-             healthy_polls = 3\n\
-             health_interval_ms = 200\n\
-             health_expect_version = true\n\
-             quiesce_url = \"http://127.0.0.1:8080/admin/quiesce\"\n\
-             save_url = \"http://127.0.0.1:8080/admin/save\"\n\
-             \n\
-             [health]\n\
-             restore_data = \"always\"\n\
-             \n\
-             [report]\n\
-             journald = true\n",
-            key = releases.pub_key.display()
+        bot_config(
+            ROOT,
+            DATA,
+            &releases.pub_key,
+            8,
+            "[health]\nrestore_data = \"always\"\n\n[report]\njournald = true\n",
         ),
         0o644,
     )?;

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use slipway_e2e::{
-    bot_unit, build_bot, run_ok, shared_tempdir, BotFlavor, Container, OutputExt, BOT_UNIT,
+    bot_config, bot_unit, build_bot, run_ok, shared_tempdir, BotFlavor, Container, OutputExt,
+    BOT_UNIT,
 };
 
 const ROOT: &str = "/opt/e2e/root";
@@ -62,32 +63,12 @@ fn boot(label: &str, dir: &Path, health: &str) -> Result<Container> {
     c.install_unit(BOT_UNIT, &bot_unit(ROOT, DATA))?;
     c.write_file(
         CONFIG,
-        format!(
-            "[update]\n\
-             channel = \"stable\"\n\
-             public_keys = [\"{key}\"]\n\
-             max_failures_per_day = 20\n\
-             max_attempts_per_day = 50\n\
-             \n\
-             [paths]\n\
-             root = \"{ROOT}\"\n\
-             persistence = \"{DATA}\"\n\
-             max_save_age_minutes = 0\n\
-             \n\
-             [service]\n\
-             manager = \"systemd\"\n\
-             unit = \"{BOT_UNIT}\"\n\
-             health_url = \"http://127.0.0.1:8080/health\"\n\
-             health_timeout_seconds = 6\n\
-             healthy_polls = 3\n\
-             health_interval_ms = 200\n\
-             health_expect_version = true\n\
-             quiesce_url = \"http://127.0.0.1:8080/admin/quiesce\"\n\
-             save_url = \"http://127.0.0.1:8080/admin/save\"\n\
-             \n\
-             [health]\n\
-             {health}\n",
-            key = dir.join("keys/slipway.pub").display()
+        bot_config(
+            ROOT,
+            DATA,
+            &dir.join("keys/slipway.pub"),
+            6,
+            &format!("[health]\n{health}\n"),
         ),
         0o644,
     )?;

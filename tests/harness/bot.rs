@@ -95,3 +95,44 @@ pub fn build_bot(
         .join(format!("{}.tar.zst", id.trim_start_matches("sha256:")));
     Ok(BuiltBot { id, archive })
 }
+
+/// The slipway configuration of the end-to-end tests' bot host: the bot as
+/// `aibot.service` under systemd, releases trusted by `key`, the install
+/// root and persistence given, a health gate of `health_timeout_seconds`
+/// (three good polls 200 ms apart, the new version required), quiesce and
+/// save over HTTP, budgets no test runs out of; `extra` follows as written
+/// (further sections, such as `[health]` or `[report]`).
+pub fn bot_config(
+    root: &str,
+    data: &str,
+    key: &std::path::Path,
+    health_timeout_seconds: u32,
+    extra: &str,
+) -> String {
+    format!(
+        "[update]\n\
+         channel = \"stable\"\n\
+         public_keys = [\"{key}\"]\n\
+         max_failures_per_day = 20\n\
+         max_attempts_per_day = 50\n\
+         \n\
+         [paths]\n\
+         root = \"{root}\"\n\
+         persistence = \"{data}\"\n\
+         max_save_age_minutes = 0\n\
+         \n\
+         [service]\n\
+         manager = \"systemd\"\n\
+         unit = \"{BOT_UNIT}\"\n\
+         health_url = \"http://127.0.0.1:8080/health\"\n\
+         health_timeout_seconds = {health_timeout_seconds}\n\
+         healthy_polls = 3\n\
+         health_interval_ms = 200\n\
+         health_expect_version = true\n\
+         quiesce_url = \"http://127.0.0.1:8080/admin/quiesce\"\n\
+         save_url = \"http://127.0.0.1:8080/admin/save\"\n\
+         \n\
+         {extra}",
+        key = key.display()
+    )
+}

@@ -39,7 +39,7 @@ pub mod nginx;
 pub mod run;
 
 pub use bins::{profile_dir, slipway, slipway_pack, target_dir, workspace_root};
-pub use bot::{bot_unit, build_bot, BotFlavor, BuiltBot, BOT_UNIT};
+pub use bot::{bot_config, bot_unit, build_bot, BotFlavor, BuiltBot, BOT_UNIT};
 pub use container::{shared_tempdir, Container, ContainerOptions, UnitState};
 pub use nginx::{AccessLogEntry, Nginx, NginxOptions};
 pub use run::{run, run_ok, run_with_input, wait_until, OutputExt};
