@@ -3,13 +3,15 @@
 //!
 //! Two depths, one comparison ([`crate::diff::check_tree`]):
 //!
-//! - **quick** (the update's default, `slipway verify --quick`): the
-//!   release's identity record ([`crate::identity`]) vouches for the
-//!   content of every file whose `lstat` identity (device, inode, size,
-//!   mode, mtime, ctime) is still the recorded one; only the others are
-//!   read and hashed. Types, modes, symlink targets, missing paths and
-//!   stray paths are checked in full every time, and the release's
-//!   `runtime_paths` still excuse stray paths.
+//! - **quick** (the update's default, `slipway verify --quick`): when the
+//!   release's whole-tree identity record ([`crate::identity`]) still
+//!   matches every path of the tree (one `fstatat` each), the tree is
+//!   clean and nothing is read or listed. Otherwise the record vouches
+//!   for the content of every file whose `lstat` identity (device, inode,
+//!   size, mode, mtime, ctime) is still the recorded one; only the others
+//!   are read and hashed, and types, modes, symlink targets, missing paths
+//!   and stray paths are checked in full, the release's `runtime_paths`
+//!   still excusing stray paths.
 //! - **deep** (`slipway verify`, `[update] deep_clean_check = true`):
 //!   every file is read and hashed.
 //!
@@ -18,7 +20,9 @@
 //! the deep check. When the caller may write ([`CleanRule::record`]), the
 //! files a check hashed and found intact are recorded, with the identity
 //! they had before they were read and still have after, so the next check
-//! of an untouched tree hashes nothing. A dirty file is never recorded.
+//! of an untouched tree hashes nothing; a check that found the tree clean
+//! records the whole tree, so the next one lists nothing either. A dirty
+//! file is never recorded.
 
 use std::io;
 use std::path::Path;
@@ -54,6 +58,9 @@ pub struct CleanCheck {
     pub hashed: usize,
     /// Whether an identity record was used.
     pub used_record: bool,
+    /// Whether the whole-tree record alone answered (nothing read or
+    /// listed).
+    pub whole_tree: bool,
     /// Whether a record was written.
     pub recorded: bool,
     pub elapsed: Duration,
@@ -70,6 +77,24 @@ pub fn check_release(
     rule: CleanRule,
 ) -> io::Result<CleanCheck> {
     let started = Instant::now();
+    let files = || {
+        manifest
+            .files
+            .iter()
+            .filter(|e| e.kind == EntryType::File)
+            .count()
+    };
+    if !rule.deep && identity::record_vouches_for_tree(layout, dir).is_some() {
+        let check = CleanCheck {
+            files: files(),
+            used_record: true,
+            whole_tree: true,
+            elapsed: started.elapsed(),
+            ..CleanCheck::default()
+        };
+        log_check(&check, dir, rule);
+        return Ok(check);
+    }
     let record = if rule.deep {
         None
     } else {
@@ -78,8 +103,15 @@ pub fn check_release(
     let used_record = record.is_some();
     let checked = check_tree(dir, manifest, record.as_ref())?;
     let mut recorded = false;
-    if rule.record && (!checked.proven.is_empty() || record.is_none()) {
-        match remember(layout, dir, record, &checked.proven) {
+    if rule.record {
+        let wrote = if checked.drift.is_empty() {
+            remember_tree(layout, dir, record.as_ref(), &checked)
+        } else if !checked.proven.is_empty() || record.is_none() {
+            remember(layout, dir, record, &checked.proven)
+        } else {
+            Ok(false)
+        };
+        match wrote {
             Ok(wrote) => recorded = wrote,
             Err(e) => {
                 if let Some(log) = rule.log {
@@ -92,19 +124,21 @@ pub fn check_release(
             }
         }
     }
-    let files = manifest
-        .files
-        .iter()
-        .filter(|e| e.kind == EntryType::File)
-        .count();
     let check = CleanCheck {
         drift: checked.drift,
-        files,
+        files: files(),
         hashed: checked.hashed,
         used_record,
+        whole_tree: false,
         recorded,
         elapsed: started.elapsed(),
     };
+    log_check(&check, dir, rule);
+    Ok(check)
+}
+
+/// The `-v` line of a check.
+fn log_check(check: &CleanCheck, dir: &Path, rule: CleanRule) {
     if let Some(log) = rule.log {
         log.debug(format!(
             "clean-tree rule on {}: {} ms, {} of {} files hashed ({}){}{}",
@@ -114,7 +148,9 @@ pub fn check_release(
             check.files,
             if rule.deep {
                 "deep check"
-            } else if used_record {
+            } else if check.whole_tree {
+                "every path still as its whole-tree identity record says; nothing read or listed"
+            } else if check.used_record {
                 "the others vouched for by their identity record"
             } else {
                 "no identity record: full re-hash"
@@ -124,16 +160,43 @@ pub fn check_release(
             } else {
                 ", dirty"
             },
-            if recorded {
+            if check.recorded {
                 "; identities recorded"
             } else {
                 ""
             },
         ));
     }
-    Ok(check)
 }
 
+/// After a check that found the tree clean: records the whole tree as it
+/// was seen, if the files the check hashed still have the identity they
+/// had before they were read (else only what still holds, as
+/// [`remember`]). Writes nothing when the record already says it all.
+fn remember_tree(
+    layout: &Layout,
+    dir: &Path,
+    record: Option<&TreeRecord>,
+    checked: &crate::diff::TreeCheck,
+) -> io::Result<bool> {
+    let unchanged = checked
+        .proven
+        .iter()
+        .all(|(path, before)| FileIdentity::of_path(&dir.join(path)).ok().as_ref() == Some(before));
+    if !unchanged {
+        return remember(layout, dir, record.cloned(), &checked.proven);
+    }
+    let whole = TreeRecord {
+        format: RECORD_FORMAT,
+        whole_tree: true,
+        files: checked.seen.iter().cloned().collect(),
+    };
+    if record == Some(&whole) {
+        return Ok(false);
+    }
+    identity::save(layout, dir, &whole)?;
+    Ok(true)
+}
 /// Adds the files just proven to the record (a fresh one, with the
 /// manifest's identity, when there was none) if they still have the
 /// identity they had before they were read. Returns whether it wrote.
@@ -144,13 +207,14 @@ fn remember(
     proven: &[(String, FileIdentity)],
 ) -> io::Result<bool> {
     let mut record = match record {
-        Some(r) => r,
+        // What was proven is no longer the whole tree.
+        Some(r) => TreeRecord {
+            whole_tree: false,
+            ..r
+        },
         None => {
             let manifest = FileIdentity::of_path(&dir.join(MANIFEST_PATH))?;
-            let mut fresh = TreeRecord {
-                format: RECORD_FORMAT,
-                files: Default::default(),
-            };
+            let mut fresh = TreeRecord::default();
             fresh.files.insert(MANIFEST_PATH.to_string(), manifest);
             fresh
         }

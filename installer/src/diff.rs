@@ -182,6 +182,11 @@ pub struct TreeCheck {
     /// The files that were hashed and found as the manifest says, with
     /// their identity as seen just before they were read.
     pub proven: Vec<(String, FileIdentity)>,
+    /// The identity of every path looked at (the release directory as
+    /// [`crate::identity::ROOT_ENTRY`], `slipway/`, the manifest and every
+    /// manifest entry), as seen before anything under it was read or
+    /// listed: with no drift, the whole-tree record of what was proven.
+    pub seen: Vec<(String, FileIdentity)>,
 }
 
 /// [`verify_installed`], trusting `known` (the release's identity record,
@@ -201,6 +206,12 @@ pub fn check_tree(
     // Directories whose contents cannot be trusted to be what they seem.
     let mut broken_dirs: Vec<&str> = Vec::new();
 
+    let mut seen = Vec::with_capacity(manifest.files.len() + 3);
+    for own in [crate::identity::ROOT_ENTRY, "slipway", MANIFEST_PATH] {
+        if let Ok(id) = FileIdentity::of_path(&dir.join(own)) {
+            seen.push((own.to_string(), id));
+        }
+    }
     drift.extend(manifest_drift(dir)?);
 
     for entry in &manifest.files {
@@ -226,6 +237,8 @@ pub fn check_tree(
             }
             Err(e) => return Err(e),
         };
+        let identity = FileIdentity::of(&meta);
+        seen.push((entry.path.clone(), identity));
         let file_type = meta.file_type();
         let found_kind = kind_of(&file_type);
         if found_kind != entry.kind.to_string() {
@@ -253,7 +266,6 @@ pub fn check_tree(
                 continue;
             }
             EntryType::File => {
-                let identity = FileIdentity::of(&meta);
                 let recorded = known.and_then(|r| r.get(&entry.path)) == Some(&identity);
                 if !recorded {
                     hashed += 1;
@@ -323,6 +335,7 @@ pub fn check_tree(
         drift,
         hashed,
         proven,
+        seen,
     })
 }
 

@@ -14,6 +14,17 @@
 //! identity differs, and staging ([`crate::stage`]) hardlinks a running
 //! release's file only when its identity is the recorded one.
 //!
+//! A record taken when the whole tree was proven (at staging, or by a
+//! full check that found it clean) also holds the identity of every
+//! directory and symlink and of the release directory itself
+//! ([`TreeRecord::whole_tree`]). A directory's mtime and ctime move with
+//! every entry created, removed or renamed in it, so when every recorded
+//! path still has its identity, nothing was added, removed, replaced,
+//! written or chmodded anywhere in the tree: the clean-tree rule answers
+//! with one `fstatat` per path and no `readdir` or read
+//! ([`record_vouches_for_tree`]), as `git status` does with its
+//! index.
+//!
 //! slipway's own link and unlink of a shared inode (a hardlinked stage, a
 //! `gc` of a release that shares files) move that inode's ctime too. They
 //! are followed by [`Records::carry_over`], which moves a record from the
@@ -28,30 +39,44 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use slipway_formats::{EntryType, Manifest, MANIFEST_PATH};
 
 use crate::durable;
 use crate::layout::Layout;
 
-/// The record format this slipway writes and reads.
-pub const RECORD_FORMAT: u32 = 1;
+/// The record format this slipway writes and reads: 2 is the compact
+/// binary form below (1 was JSON of files only; such a record is no
+/// record, and the next check re-hashes once and writes a new one).
+pub const RECORD_FORMAT: u32 = 2;
 
 /// The suffix of a record file in `state/releases/`.
 pub const RECORD_SUFFIX: &str = ".stat";
 
 /// Records larger than this are not read (about 40 times the largest
-/// manifest's file count at ~130 bytes an entry).
+/// manifest's file count at ~110 bytes an entry).
 const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The first bytes of a record file.
+const MAGIC: &[u8; 8] = b"slwstat\n";
+
+/// The path under which a record holds the release directory itself.
+pub const ROOT_ENTRY: &str = ".";
+
+/// The entries every whole-tree record holds beside the manifest's own:
+/// the release directory, `slipway/` and `slipway/manifest.json`.
+const OWN_ENTRIES: [&str; 3] = [ROOT_ENTRY, "slipway", MANIFEST_PATH];
 
 /// What `lstat(2)` says about one file, as far as it tells whether the
 /// file changed: any write, truncation or `chmod` moves `ctime`; a rename
-/// over it changes `ino`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// over it changes `ino`. For a directory, creating, removing or renaming
+/// an entry in it moves its `mtime` and `ctime`; a symlink's target cannot
+/// change without a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileIdentity {
     pub dev: u64,
     pub ino: u64,
@@ -63,6 +88,9 @@ pub struct FileIdentity {
     pub ctime: i64,
     pub ctime_ns: i64,
 }
+
+/// Bytes of one encoded [`FileIdentity`].
+const IDENTITY_BYTES: usize = 8 * 3 + 4 + 8 * 4;
 
 impl FileIdentity {
     /// The identity of the file `meta` was read from (`symlink_metadata`).
@@ -84,6 +112,22 @@ impl FileIdentity {
         fs::symlink_metadata(path).map(|m| FileIdentity::of(&m))
     }
 
+    /// The identity of `path` relative to the directory `dir`, not
+    /// following a symlink in its last component.
+    pub fn at(dir: &impl AsFd, path: &str) -> io::Result<FileIdentity> {
+        let st = rustix::fs::statat(dir, path, AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(FileIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: u64::try_from(st.st_size).unwrap_or(u64::MAX),
+            mode: st.st_mode,
+            mtime: st.st_mtime,
+            mtime_ns: i64::try_from(st.st_mtime_nsec).unwrap_or(-1),
+            ctime: st.st_ctime,
+            ctime_ns: i64::try_from(st.st_ctime_nsec).unwrap_or(-1),
+        })
+    }
+
     /// Whether `after` is this file after a change of its link count only:
     /// the same inode, size, mode and mtime, whatever its ctime.
     pub fn same_but_ctime(&self, after: &FileIdentity) -> bool {
@@ -93,15 +137,67 @@ impl FileIdentity {
             ..*self
         } == *after
     }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.dev.to_le_bytes());
+        out.extend_from_slice(&self.ino.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.mode.to_le_bytes());
+        for v in [self.mtime, self.mtime_ns, self.ctime, self.ctime_ns] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<FileIdentity> {
+        let u64_at = |i: usize| Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?));
+        let i64_at = |i: usize| Some(i64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?));
+        Some(FileIdentity {
+            dev: u64_at(0)?,
+            ino: u64_at(8)?,
+            size: u64_at(16)?,
+            mode: u32::from_le_bytes(bytes.get(24..28)?.try_into().ok()?),
+            mtime: i64_at(28)?,
+            mtime_ns: i64_at(36)?,
+            ctime: i64_at(44)?,
+            ctime_ns: i64_at(52)?,
+        })
+    }
 }
 
 /// The identity record of one release directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// On disk (all integers little-endian): the magic `slwstat\n`, the
+/// format (u32), a flags byte (bit 0: [`TreeRecord::whole_tree`]), the
+/// entry count (u32), then per entry the path's length (u16), the path
+/// (UTF-8, release-relative) and its [`FileIdentity`] (dev, ino, size as
+/// u64, mode as u32, mtime, mtime_ns, ctime, ctime_ns as i64). A record
+/// that does not parse exactly is no record.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeRecord {
     pub format: u32,
-    /// Release-relative path of every regular file, the manifest included.
+    /// Whether the record lists every path of the release (the directory
+    /// itself as [`ROOT_ENTRY`], `slipway/`, the manifest and every entry
+    /// of the manifest: files, directories and symlinks) with the identity
+    /// it had when the whole tree was last proven to match the manifest,
+    /// strays included. Then a tree whose every path still has its
+    /// recorded identity is clean without reading a file or a directory
+    /// ([`record_vouches_for_tree`]). A record of proven files only
+    /// (after a check that found drift) has this false.
+    pub whole_tree: bool,
+    /// Release-relative path → identity: every regular file proven (the
+    /// manifest included), and with [`TreeRecord::whole_tree`] every
+    /// other path too.
     pub files: BTreeMap<String, FileIdentity>,
+}
+
+impl Default for TreeRecord {
+    fn default() -> TreeRecord {
+        TreeRecord {
+            format: RECORD_FORMAT,
+            whole_tree: false,
+            files: BTreeMap::new(),
+        }
+    }
 }
 
 impl TreeRecord {
@@ -116,6 +212,161 @@ impl TreeRecord {
         let now = FileIdentity::of_path(&dir.join(MANIFEST_PATH)).ok();
         now.is_some() && self.get(MANIFEST_PATH) == now.as_ref()
     }
+
+    /// The record in its on-disk form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17 + self.files.len() * (IDENTITY_BYTES + 64));
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.format.to_le_bytes());
+        out.push(u8::from(self.whole_tree));
+        let count = u32::try_from(self.files.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for (path, id) in self.files.iter().take(count as usize) {
+            let Ok(len) = u16::try_from(path.len()) else {
+                continue;
+            };
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(path.as_bytes());
+            id.encode(&mut out);
+        }
+        out
+    }
+
+    /// Parses a record; `None` for anything but exactly a record of
+    /// [`RECORD_FORMAT`] (trailing bytes, a short entry, a path that is
+    /// not UTF-8 or appears twice).
+    pub fn decode(bytes: &[u8]) -> Option<TreeRecord> {
+        let (whole_tree, entries) = decode_entries(bytes)?;
+        let mut files = BTreeMap::new();
+        for (path, id) in entries {
+            if files.insert(path.to_string(), id).is_some() {
+                return None;
+            }
+        }
+        Some(TreeRecord {
+            format: RECORD_FORMAT,
+            whole_tree,
+            files,
+        })
+    }
+}
+
+/// The whole-tree flag and the entries of an encoded record, borrowed
+/// from it; `None` unless it is exactly a record of [`RECORD_FORMAT`].
+fn decode_entries(bytes: &[u8]) -> Option<(bool, Vec<(&str, FileIdentity)>)> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice())?;
+    let format = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    if format != RECORD_FORMAT {
+        return None;
+    }
+    let whole_tree = match *rest.get(4)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let count = u32::from_le_bytes(rest.get(5..9)?.try_into().ok()?);
+    let mut at = 9;
+    // Capped by what the bytes can hold, not by what the count claims.
+    let mut entries = Vec::with_capacity((count as usize).min(rest.len() / (IDENTITY_BYTES + 2)));
+    for _ in 0..count {
+        let len = usize::from(u16::from_le_bytes(rest.get(at..at + 2)?.try_into().ok()?));
+        at += 2;
+        let path = std::str::from_utf8(rest.get(at..at + len)?).ok()?;
+        at += len;
+        let id = FileIdentity::decode(rest.get(at..at + IDENTITY_BYTES)?)?;
+        at += IDENTITY_BYTES;
+        entries.push((path, id));
+    }
+    (at == rest.len()).then_some((whole_tree, entries))
+}
+
+/// Whether every `(path, identity)` still has exactly that identity in
+/// `dir` (`fstatat` relative to it, no symlink followed in the last
+/// component; a symlink earlier in a path changes its parent directory's
+/// recorded identity first). The paths are split between up to four
+/// threads: the kernel's lookups are the whole cost.
+fn all_as_recorded(dir: &Path, entries: &[(&str, FileIdentity)]) -> bool {
+    let Ok(root) = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let check = |part: &[(&str, FileIdentity)]| {
+        // The directory of the previous path, kept open: paths in record
+        // order mostly share it, and a lookup of one name is cheaper than
+        // one of the whole path.
+        let mut parent: Option<(&str, OwnedFd)> = None;
+        part.iter().all(|(path, recorded)| {
+            let now = match path.rsplit_once('/') {
+                None => FileIdentity::at(&root, path),
+                Some((dir, name)) => {
+                    if parent.as_ref().is_none_or(|(open, _)| *open != dir) {
+                        let Ok(fd) = rustix::fs::openat(
+                            &root,
+                            dir,
+                            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        ) else {
+                            return false;
+                        };
+                        parent = Some((dir, fd));
+                    }
+                    match &parent {
+                        Some((_, fd)) => FileIdentity::at(fd, name),
+                        None => return false,
+                    }
+                }
+            };
+            now.ok().as_ref() == Some(recorded)
+        })
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get().min(4))
+        .unwrap_or(1);
+    if threads < 2 || entries.len() < 2048 {
+        return check(entries);
+    }
+    let per = entries.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = entries
+            .chunks(per)
+            .map(|part| scope.spawn(move || check(part)))
+            .collect();
+        handles.into_iter().all(|h| h.join().unwrap_or(false))
+    })
+}
+
+/// Whether the whole-tree record of the release in `release_dir` vouches
+/// for it: every path it lists still has exactly its recorded identity.
+/// Then no file was written, replaced, chmodded, added or removed since
+/// the tree was proven (a directory's mtime and ctime move with every
+/// entry created, removed or renamed in it), so the tree still matches
+/// its manifest. One `fstatat` per path, nothing read or listed; `None`
+/// at the first difference (the caller then runs the full comparison,
+/// which names the drift). Only the kernel sets a ctime: see
+/// docs/transaction.md, "The clean-tree rule", for what this does not
+/// catch. The record is read without building it: the quick check's fast
+/// path. When it vouches: how many
+/// entries of the release's manifest it vouched for, and how many of them
+/// are regular files.
+pub fn record_vouches_for_tree(layout: &Layout, release_dir: &Path) -> Option<(usize, usize)> {
+    let bytes =
+        slipway_fs::read_capped(&record_file(layout, release_dir)?, MAX_RECORD_BYTES).ok()?;
+    let (true, entries) = decode_entries(&bytes)? else {
+        return None;
+    };
+    let vouches = entries.len() >= OWN_ENTRIES.len()
+        && OWN_ENTRIES
+            .iter()
+            .all(|own| entries.iter().any(|(p, _)| p == own))
+        && all_as_recorded(release_dir, &entries);
+    let files = entries
+        .iter()
+        .filter(|(p, id)| id.mode & 0o170000 == 0o100000 && *p != MANIFEST_PATH)
+        .count();
+    vouches.then(|| (entries.len() - OWN_ENTRIES.len(), files))
 }
 
 /// `<root>/state/releases/`.
@@ -129,28 +380,52 @@ pub fn record_file(layout: &Layout, release_dir: &Path) -> Option<PathBuf> {
     Some(records_dir(layout).join(format!("{name}{RECORD_SUFFIX}")))
 }
 
-/// Takes the record of a release whose files were all just proven against
-/// `manifest`: the identity of every listed regular file and of the
-/// manifest. An error is an `lstat` failure (the tree is not as staged).
-pub fn take(dir: &Path, manifest: &Manifest) -> io::Result<TreeRecord> {
+/// Takes the whole-tree record of a release whose every entry was just
+/// proven against `manifest` (staging): the identity of the release
+/// directory, `slipway/`, the manifest and every entry. `known` gives the
+/// identity of paths the caller has just seen (the files staging linked,
+/// whose identity it read right after the link); the others are
+/// `lstat`ed. An error is an `lstat` failure or an entry that is not of
+/// its manifest type (the tree is not as staged).
+pub fn take(
+    dir: &Path,
+    manifest: &Manifest,
+    known: &HashMap<String, FileIdentity>,
+) -> io::Result<TreeRecord> {
+    let root = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut files = BTreeMap::new();
-    let listed = manifest
-        .files
-        .iter()
-        .filter(|e| e.kind == EntryType::File)
-        .map(|e| e.path.as_str());
-    for path in std::iter::once(MANIFEST_PATH).chain(listed) {
-        let meta = fs::symlink_metadata(dir.join(path))?;
-        if !meta.file_type().is_file() {
+    let own = [
+        (ROOT_ENTRY, EntryType::Dir),
+        ("slipway", EntryType::Dir),
+        (MANIFEST_PATH, EntryType::File),
+    ];
+    let listed = manifest.files.iter().map(|e| (e.path.as_str(), e.kind));
+    for (path, kind) in own.into_iter().chain(listed) {
+        let id = match known.get(path) {
+            Some(id) => *id,
+            None => FileIdentity::at(&root, path)?,
+        };
+        let type_bits = id.mode & 0o170000;
+        let wanted = match kind {
+            EntryType::File => 0o100000,
+            EntryType::Dir => 0o040000,
+            EntryType::Symlink => 0o120000,
+        };
+        if type_bits != wanted {
             return Err(io::Error::other(format!(
-                "{} is not a regular file",
+                "{} is not a {kind}",
                 dir.join(path).display()
             )));
         }
-        files.insert(path.to_string(), FileIdentity::of(&meta));
+        files.insert(path.to_string(), id);
     }
     Ok(TreeRecord {
         format: RECORD_FORMAT,
+        whole_tree: true,
         files,
     })
 }
@@ -163,9 +438,7 @@ pub fn load(layout: &Layout, release_dir: &Path) -> Option<TreeRecord> {
 
 fn load_file(path: &Path) -> Option<TreeRecord> {
     let bytes = slipway_fs::read_capped(path, MAX_RECORD_BYTES).ok()?;
-    serde_json::from_slice::<TreeRecord>(&bytes)
-        .ok()
-        .filter(|r| r.format == RECORD_FORMAT)
+    TreeRecord::decode(&bytes)
 }
 
 /// Writes the record of the release in `release_dir`, atomically and
@@ -174,9 +447,7 @@ pub fn save(layout: &Layout, release_dir: &Path, record: &TreeRecord) -> io::Res
     let path = record_file(layout, release_dir)
         .ok_or_else(|| io::Error::other("a release directory has a UTF-8 name"))?;
     durable::create_dirs(&records_dir(layout))?;
-    let mut bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    durable::write_atomic(&path, &bytes)
+    durable::write_atomic(&path, &record.encode())
 }
 
 /// Removes the record of the release in `release_dir`, if any.
@@ -323,6 +594,57 @@ impl Records {
 mod tests {
     use super::*;
 
+    fn id(n: i64) -> FileIdentity {
+        FileIdentity {
+            dev: 1,
+            ino: n as u64,
+            size: 3,
+            mode: 0o100444,
+            mtime: n,
+            mtime_ns: -1,
+            ctime: i64::MAX,
+            ctime_ns: i64::MIN,
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_anything_else_is_no_record() {
+        let mut record = TreeRecord {
+            whole_tree: true,
+            ..TreeRecord::default()
+        };
+        for (i, p) in [".", "slipway", MANIFEST_PATH, "app/é", "app/x"]
+            .iter()
+            .enumerate()
+        {
+            record.files.insert(p.to_string(), id(i as i64));
+        }
+        let bytes = record.encode();
+        assert_eq!(TreeRecord::decode(&bytes), Some(record.clone()));
+        for cut in 0..bytes.len() {
+            assert_eq!(TreeRecord::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(TreeRecord::decode(&[bytes.as_slice(), &[0]].concat()), None);
+        let mut other_format = bytes.clone();
+        other_format[8] = 1;
+        assert_eq!(TreeRecord::decode(&other_format), None);
+        let mut bad_flag = bytes.clone();
+        bad_flag[12] = 2;
+        assert_eq!(TreeRecord::decode(&bad_flag), None);
+        // A count that claims more than the bytes hold allocates nothing
+        // for it and is refused.
+        let mut huge = bytes[..13].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(TreeRecord::decode(&huge), None);
+        // A path twice.
+        let mut twice = bytes.clone();
+        let count = u32::from_le_bytes(twice[13..17].try_into().unwrap());
+        twice[13..17].copy_from_slice(&(count + 1).to_le_bytes());
+        let first = 17..17 + 2 + 1 + IDENTITY_BYTES;
+        twice.extend_from_slice(&bytes[first]);
+        assert_eq!(TreeRecord::decode(&twice), None);
+    }
+
     #[test]
     fn only_a_ctime_change_is_carried_over() {
         let a = FileIdentity {
@@ -349,8 +671,8 @@ mod tests {
             records: vec![(
                 PathBuf::from("r"),
                 TreeRecord {
-                    format: RECORD_FORMAT,
                     files,
+                    ..TreeRecord::default()
                 },
                 false,
             )],

@@ -137,6 +137,32 @@ impl LinkSource {
     }
 }
 
+/// What a stage hardlinked from the running release.
+#[derive(Debug, Default)]
+pub struct Linked {
+    /// Identity before → after of every inode linked (the latest after,
+    /// when one inode was linked to several entries): each link moves the
+    /// inode's ctime.
+    pub inodes: HashMap<FileIdentity, FileIdentity>,
+    /// Every linked entry (its index in the manifest) with the identity
+    /// its source had before.
+    pub entries: Vec<(usize, FileIdentity)>,
+}
+
+impl Linked {
+    /// The identity each linked path has now (its inode's after the last
+    /// link): what the new release's record says without an `lstat`.
+    fn identities(&self, manifest: &Manifest) -> HashMap<String, FileIdentity> {
+        self.entries
+            .iter()
+            .filter_map(|(index, before)| {
+                let path = manifest.files.get(*index)?.path.clone();
+                Some((path, *self.inodes.get(before)?))
+            })
+            .collect()
+    }
+}
+
 /// Why a release could not be staged. Every refusal names the release and,
 /// where there is one, the entry; the staging directory is gone by the time
 /// the caller sees the error.
@@ -350,7 +376,7 @@ fn stage_inner(
                 layout,
                 &final_dir,
                 &verified.release.manifest,
-                &HashMap::new(),
+                &Linked::default(),
             );
         }
         return Ok(final_dir);
@@ -401,16 +427,11 @@ fn stage_inner(
 /// ([`crate::identity::Records::carry_over`]). Best effort: a release
 /// without a record, or with a stale one, is only checked by a full
 /// re-hash, so a failure here costs time, never safety.
-fn record_identities(
-    layout: &Layout,
-    final_dir: &Path,
-    manifest: &Manifest,
-    linked: &HashMap<FileIdentity, FileIdentity>,
-) {
+fn record_identities(layout: &Layout, final_dir: &Path, manifest: &Manifest, linked: &Linked) {
     let mut others = crate::identity::Records::load_all(layout, Some(final_dir));
-    others.carry_over(linked);
+    others.carry_over(&linked.inodes);
     let _ = others.save_changed(layout);
-    match crate::identity::take(final_dir, manifest) {
+    match crate::identity::take(final_dir, manifest, &linked.identities(manifest)) {
         Ok(record) => {
             if crate::identity::save(layout, final_dir, &record).is_err() {
                 let _ = crate::identity::remove(layout, final_dir);
@@ -452,7 +473,7 @@ fn unpack(
     verified: &mut VerifiedArchive,
     staging: &Path,
     options: StageOptions<'_>,
-) -> Result<HashMap<FileIdentity, FileIdentity>, StageError> {
+) -> Result<Linked, StageError> {
     let archive = verified.path.clone();
     verified
         .file
@@ -598,7 +619,7 @@ fn check_and_write(
     archive: &Path,
     staging: &Path,
     options: StageOptions<'_>,
-) -> Result<HashMap<FileIdentity, FileIdentity>, StageError> {
+) -> Result<Linked, StageError> {
     let id = release.id;
     let manifest = &release.manifest;
     let failed = AtomicBool::new(false);
@@ -628,7 +649,7 @@ fn check_and_write(
             nudge,
             unsynced: 0,
             open: None,
-            linked: HashMap::new(),
+            linked: Linked::default(),
         };
         let writer_thread = scope.spawn(move || write_batches(files, batch_rx, written_tx, failed));
         let hasher = scope.spawn(move || hash_batches(manifest, written_rx, free_tx, failed));
@@ -809,8 +830,8 @@ struct FileWriter<'a> {
     unsynced: u64,
     /// The file `Data` goes to, with its path and entry.
     open: Option<(File, PathBuf, usize)>,
-    /// Identity before → after of every inode this run linked.
-    linked: HashMap<FileIdentity, FileIdentity>,
+    /// What this run linked.
+    linked: Linked,
 }
 
 /// The writing thread: carries out every order of every batch, in order,
@@ -822,10 +843,7 @@ fn write_batches(
     batches: mpsc::Receiver<Batch>,
     to_hash: mpsc::SyncSender<Batch>,
     failed: &AtomicBool,
-) -> (
-    Option<(usize, StageError)>,
-    HashMap<FileIdentity, FileIdentity>,
-) {
+) -> (Option<(usize, StageError)>, Linked) {
     let mut error = None;
     for mut batch in batches {
         if error.is_some() {
@@ -930,10 +948,11 @@ impl FileWriter<'_> {
                 if !linked {
                     return Ok(());
                 }
-                if self.linked.is_empty() {
+                if self.linked.entries.is_empty() {
                     crate::fault::at_point("hardlink");
                 }
-                self.linked.insert(*before, after);
+                self.linked.inodes.insert(*before, after);
+                self.linked.entries.push((index, *before));
                 Ok(())
             }
             Op::Close(i) => {
@@ -1371,7 +1390,7 @@ mod tests {
             nudge: None,
             unsynced: 0,
             open: None,
-            linked: HashMap::new(),
+            linked: Linked::default(),
         };
         let (i, e) = write_batches(files, batch_rx, written_tx, &failed)
             .0

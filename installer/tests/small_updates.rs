@@ -252,6 +252,109 @@ fn verify_quick_agrees_with_verify_on_every_kind_of_drift() {
     assert_eq!(drift[0]["drift"], "modified", "{drift}");
 }
 
+/// What `-v verify --quick` says of how it checked.
+fn quick_check_line(host: &TestHost) -> String {
+    let out = host.run(&["-v", "verify", "--quick"]);
+    stderr(&out)
+        .lines()
+        .find(|l| l.contains("clean-tree rule"))
+        .unwrap_or_else(|| panic!("no clean-tree line:\n{}", stderr(&out)))
+        .to_string()
+}
+
+const WHOLE_TREE: &str = "nothing read or listed";
+
+#[test]
+fn an_untouched_tree_is_vouched_for_by_its_record_and_every_change_falls_back_to_the_full_check() {
+    let (host, v1) = host_with_v1(&[]);
+    let dir = release_dir(&host, &v1);
+    let line = quick_check_line(&host);
+    assert!(
+        line.contains(WHOLE_TREE),
+        "a fresh stage is vouched for: {line}"
+    );
+
+    // Changes that touch no file the manifest lists, each caught through
+    // the identity of a directory: a stray file deep in the tree, a stray
+    // directory, a stray removed again (the directory's mtime and ctime
+    // have moved, so the record no longer vouches and the full check runs
+    // and finds the tree clean).
+    let deep = dir.join("app/bot/stray.txt");
+    with_writable(&deep, || fs::write(&deep, b"x").unwrap());
+    let drift = assert_quick_agrees(&host, "a stray file in a subdirectory");
+    assert_eq!(drift[0]["drift"], "extra", "{drift}");
+    assert!(!quick_check_line(&host).contains(WHOLE_TREE));
+    with_writable(&deep, || fs::remove_file(&deep).unwrap());
+    assert_eq!(
+        assert_quick_agrees(&host, "the stray removed"),
+        serde_json::json!([])
+    );
+    let stray_dir = dir.join("app/cache");
+    with_writable(&stray_dir, || fs::create_dir(&stray_dir).unwrap());
+    let drift = assert_quick_agrees(&host, "a stray directory");
+    assert_eq!(drift[0]["drift"], "extra", "{drift}");
+    with_writable(&stray_dir, || fs::remove_dir(&stray_dir).unwrap());
+
+    // A directory's own mode.
+    let bot = dir.join("app/bot");
+    fs::set_permissions(&bot, fs::Permissions::from_mode(0o500)).unwrap();
+    let drift = assert_quick_agrees(&host, "a directory chmodded");
+    assert_eq!(drift[0]["drift"], "mode_changed", "{drift}");
+    fs::set_permissions(&bot, fs::Permissions::from_mode(0o555)).unwrap();
+
+    // The manifest itself replaced by the same bytes: a new inode, so the
+    // record is not trusted and the full check runs.
+    let manifest = dir.join(MANIFEST_PATH);
+    let bytes = fs::read(&manifest).unwrap();
+    with_writable(&manifest, || {
+        fs::remove_file(&manifest).unwrap();
+        fs::write(&manifest, &bytes).unwrap();
+        fs::set_permissions(&manifest, fs::Permissions::from_mode(0o444)).unwrap();
+    });
+    assert_eq!(
+        assert_quick_agrees(&host, "the manifest put back"),
+        serde_json::json!([])
+    );
+    assert!(!quick_check_line(&host).contains(WHOLE_TREE));
+
+    // Read-only commands write no record; the next update's check, which
+    // finds the tree clean, records the whole tree again.
+    let v2 = host.release("2.0.0", &v2_flavor());
+    let out = host.run_expect(&["-v", "update"], 0);
+    assert!(
+        stderr(&out).contains("identities recorded"),
+        "{}",
+        stderr(&out)
+    );
+    host.wait_healthy("2.0.0");
+    assert!(quick_check_line(&host).contains(WHOLE_TREE));
+    let _ = v2;
+}
+
+#[test]
+fn a_record_that_is_not_exactly_a_record_is_no_record() {
+    let (host, v1) = host_with_v1(&[]);
+    let record = record_of(&host, &v1);
+    let good = fs::read(&record).unwrap();
+    for (what, bytes) in [
+        ("truncated", good[..good.len() - 1].to_vec()),
+        ("with a trailing byte", [good.as_slice(), b"x"].concat()),
+        (
+            "the old JSON form",
+            b"{\"format\":1,\"files\":{}}\n".to_vec(),
+        ),
+        ("empty", Vec::new()),
+    ] {
+        fs::write(&record, &bytes).unwrap();
+        let line = quick_check_line(&host);
+        assert!(
+            !line.contains(WHOLE_TREE) && line.contains("no identity record"),
+            "a record {what} was used: {line}"
+        );
+        assert_eq!(verify(&host, true).0, 0, "a record {what}");
+    }
+}
+
 #[test]
 fn a_release_without_a_record_is_checked_fully_once_then_recorded() {
     let (host, v1) = host_with_v1(&[]);
