@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -286,41 +286,15 @@ fn decode_entries(bytes: &[u8]) -> Option<(bool, Vec<(&str, FileIdentity)>)> {
 /// recorded identity first). The paths are split between up to four
 /// threads: the kernel's lookups are the whole cost.
 fn all_as_recorded(dir: &Path, entries: &[(&str, FileIdentity)]) -> bool {
-    let Ok(root) = rustix::fs::open(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
+    let Ok(root) = open_dir(dir) else {
         return false;
     };
     let check = |part: &[(&str, FileIdentity)]| {
-        // The directory of the previous path, kept open: paths in record
-        // order mostly share it, and a lookup of one name is cheaper than
-        // one of the whole path.
-        let mut parent: Option<(&str, OwnedFd)> = None;
-        part.iter().all(|(path, recorded)| {
-            let now = match path.rsplit_once('/') {
-                None => FileIdentity::at(&root, path),
-                Some((dir, name)) => {
-                    if parent.as_ref().is_none_or(|(open, _)| *open != dir) {
-                        let Ok(fd) = rustix::fs::openat(
-                            &root,
-                            dir,
-                            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        ) else {
-                            return false;
-                        };
-                        parent = Some((dir, fd));
-                    }
-                    match &parent {
-                        Some((_, fd)) => FileIdentity::at(fd, name),
-                        None => return false,
-                    }
-                }
-            };
-            now.ok().as_ref() == Some(recorded)
-        })
+        let Ok(mut cursor) = DirCursor::at(&root) else {
+            return false;
+        };
+        part.iter()
+            .all(|(path, recorded)| cursor.identity(path).ok().as_ref() == Some(recorded))
     };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get().min(4))
@@ -336,6 +310,68 @@ fn all_as_recorded(dir: &Path, entries: &[(&str, FileIdentity)]) -> bool {
             .collect();
         handles.into_iter().all(|h| h.join().unwrap_or(false))
     })
+}
+
+/// `dir` opened as a directory to look paths up from (`O_PATH`, not
+/// following a symlink in its last component).
+fn open_dir(dir: impl rustix::path::Arg) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Release-relative paths looked up under one directory, in an order
+/// where consecutive paths mostly share their parent (record or manifest
+/// order): the parent of the last path is kept open, so a lookup walks
+/// one name instead of the whole path.
+pub struct DirCursor {
+    root: OwnedFd,
+    parent: Option<(String, OwnedFd)>,
+}
+
+impl DirCursor {
+    /// A cursor under the directory `dir`.
+    pub fn open(dir: &Path) -> io::Result<DirCursor> {
+        Ok(DirCursor {
+            root: open_dir(dir)?,
+            parent: None,
+        })
+    }
+
+    fn at(root: &impl AsFd) -> io::Result<DirCursor> {
+        Ok(DirCursor {
+            root: root.as_fd().try_clone_to_owned()?,
+            parent: None,
+        })
+    }
+
+    /// The open directory that holds `rel`, and `rel`'s last name.
+    pub fn locate<'p>(&mut self, rel: &'p str) -> io::Result<(BorrowedFd<'_>, &'p str)> {
+        let Some((dir, name)) = rel.rsplit_once('/') else {
+            return Ok((self.root.as_fd(), rel));
+        };
+        if self.parent.as_ref().is_none_or(|(open, _)| open != dir) {
+            let fd = rustix::fs::openat(
+                &self.root,
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            self.parent = Some((dir.to_string(), fd));
+        }
+        match &self.parent {
+            Some((_, fd)) => Ok((fd.as_fd(), name)),
+            None => Err(io::Error::other("no open directory")),
+        }
+    }
+
+    /// The identity of `rel` ([`FileIdentity::at`]).
+    pub fn identity(&mut self, rel: &str) -> io::Result<FileIdentity> {
+        let (dir, name) = self.locate(rel)?;
+        FileIdentity::at(&dir, name)
+    }
 }
 
 /// Whether the whole-tree record of the release in `release_dir` vouches
@@ -392,11 +428,7 @@ pub fn take(
     manifest: &Manifest,
     known: &HashMap<String, FileIdentity>,
 ) -> io::Result<TreeRecord> {
-    let root = rustix::fs::open(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let mut cursor = DirCursor::open(dir)?;
     let mut files = BTreeMap::new();
     let own = [
         (ROOT_ENTRY, EntryType::Dir),
@@ -407,7 +439,7 @@ pub fn take(
     for (path, kind) in own.into_iter().chain(listed) {
         let id = match known.get(path) {
             Some(id) => *id,
-            None => FileIdentity::at(&root, path)?,
+            None => cursor.identity(path)?,
         };
         let type_bits = id.mode & 0o170000;
         let wanted = match kind {

@@ -51,7 +51,7 @@ use thiserror::Error;
 
 use crate::diff::verify_installed;
 use crate::durable;
-use crate::identity::FileIdentity;
+use crate::identity::{DirCursor, FileIdentity};
 use crate::layout::Layout;
 use crate::verify::{VerifiedArchive, ZSTD_WINDOW_LOG_MAX};
 
@@ -94,7 +94,11 @@ pub struct StageOptions<'a> {
 /// if it has the manifest's mode: a shared inode is never chmodded.
 #[derive(Debug, Default)]
 pub struct LinkSource {
-    by_content: HashMap<(String, u32), (PathBuf, FileIdentity)>,
+    /// The running release's directory.
+    dir: PathBuf,
+    /// (digest, read-only mode) → the release-relative path of one file
+    /// with them, and its recorded identity.
+    by_content: HashMap<(String, u32), (String, FileIdentity)>,
 }
 
 impl LinkSource {
@@ -110,10 +114,13 @@ impl LinkSource {
             if let Some(id) = record.get(&e.path) {
                 by_content
                     .entry((sha.clone(), read_only(e.mode.0)))
-                    .or_insert_with(|| (dir.join(&e.path), *id));
+                    .or_insert_with(|| (e.path.clone(), *id));
             }
         }
-        Some(LinkSource { by_content })
+        Some(LinkSource {
+            dir: dir.to_path_buf(),
+            by_content,
+        })
     }
 
     /// How many files could be linked.
@@ -127,13 +134,18 @@ impl LinkSource {
 
     /// The file to link for `entry`, if one has its content and mode and is
     /// still as recorded.
-    fn source_for(&self, entry: &FileEntry) -> Option<(&Path, FileIdentity)> {
+    /// `cursor` is a [`DirCursor`] under the running release.
+    fn source_for(
+        &self,
+        entry: &FileEntry,
+        cursor: &mut DirCursor,
+    ) -> Option<(String, FileIdentity)> {
         let sha = entry.sha256.as_ref()?;
         let (path, recorded) = self
             .by_content
             .get(&(sha.clone(), read_only(entry.mode.0)))?;
-        let now = FileIdentity::of_path(path).ok()?;
-        (now == *recorded && now.size == entry.size.unwrap_or(0)).then_some((path.as_path(), now))
+        let now = cursor.identity(path).ok()?;
+        (now == *recorded && now.size == entry.size.unwrap_or(0)).then(|| (path.clone(), now))
     }
 }
 
@@ -650,6 +662,8 @@ fn check_and_write(
             unsynced: 0,
             open: None,
             linked: Linked::default(),
+            link_root: options.link_from.map(|l| l.dir.as_path()),
+            cursors: None,
         };
         let writer_thread = scope.spawn(move || write_batches(files, batch_rx, written_tx, failed));
         let hasher = scope.spawn(move || hash_batches(manifest, written_rx, free_tx, failed));
@@ -661,6 +675,7 @@ fn check_and_write(
             failed,
             sync: options.sync,
             link_from: options.link_from,
+            link_cursor: None,
             drain: Vec::new(),
             delta_base: options.delta_base.map(|(b, _)| b),
             id,
@@ -742,9 +757,9 @@ struct Batch {
     buf: Vec<u8>,
     filled: usize,
     ops: Vec<Op>,
-    /// The files `Op::Link` orders link from, with their identity when
-    /// the order was queued.
-    sources: Vec<(PathBuf, FileIdentity)>,
+    /// The files `Op::Link` orders link from (relative to the running
+    /// release), with their identity when the order was queued.
+    sources: Vec<(String, FileIdentity)>,
 }
 
 /// One order of a [`Batch`]; `usize`s are manifest entry indexes.
@@ -830,6 +845,11 @@ struct FileWriter<'a> {
     unsynced: u64,
     /// The file `Data` goes to, with its path and entry.
     open: Option<(File, PathBuf, usize)>,
+    /// The running release's directory, which `Op::Link` sources are
+    /// relative to, with a cursor under it and one under `staging` (both
+    /// opened at the first link).
+    link_root: Option<&'a Path>,
+    cursors: Option<(DirCursor, DirCursor)>,
     /// What this run linked.
     linked: Linked,
 }
@@ -875,11 +895,32 @@ fn write_batches(
 }
 
 impl FileWriter<'_> {
+    /// Hardlinks `from_rel` of the running release in `root` to `rel` in
+    /// the staging directory, each looked up from its parent directory.
+    fn link_at(&mut self, root: &Path, from_rel: &str, rel: &str) -> io::Result<()> {
+        if self.cursors.is_none() {
+            self.cursors = Some((DirCursor::open(root)?, DirCursor::open(self.staging)?));
+        }
+        let Some((from_dirs, to_dirs)) = self.cursors.as_mut() else {
+            return Err(io::Error::other("no open directory"));
+        };
+        let (from_dir, from_name) = from_dirs.locate(from_rel)?;
+        let (to_dir, to_name) = to_dirs.locate(rel)?;
+        rustix::fs::linkat(
+            from_dir,
+            from_name,
+            to_dir,
+            to_name,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
     fn apply(
         &mut self,
         op: &Op,
         buf: &[u8],
-        sources: &[(PathBuf, FileIdentity)],
+        sources: &[(String, FileIdentity)],
     ) -> Result<(), (usize, StageError)> {
         let entry_io = |i: usize, action: &'static str, path: &Path| {
             let to_error = io_at(action, path);
@@ -916,28 +957,40 @@ impl FileWriter<'_> {
                 None => Ok(()),
             },
             Op::Link { index, source } => {
-                let path = self.staging.join(&self.manifest.files[index].path);
-                let Some((from, before)) = sources.get(source) else {
+                let rel = &self.manifest.files[index].path;
+                let (Some((from_rel, before)), Some(root)) = (sources.get(source), self.link_root)
+                else {
                     return Err((index, hashing_stopped(self.staging)));
                 };
-                let linked = match fs::hard_link(from, &path) {
+                let from = || root.join(from_rel);
+                let linked = match self.link_at(root, from_rel, rel) {
                     Ok(()) => true,
                     // A file system or a policy that refuses the link
                     // (EXDEV, EMLINK, EPERM under protected_hardlinks):
                     // the same bytes, copied, with the entry's mode.
                     Err(_) => {
-                        copy_unchanged(from, &path, self.manifest.files[index].mode.0, self.sync)
-                            .map_err(|e| (index, e))?;
+                        let path = self.staging.join(rel);
+                        copy_unchanged(
+                            &from(),
+                            &path,
+                            self.manifest.files[index].mode.0,
+                            self.sync,
+                        )
+                        .map_err(|e| (index, e))?;
                         false
                     }
                 };
-                let after = FileIdentity::of_path(from).map_err(entry_io(index, "stat", from))?;
+                let after = match self.cursors.as_mut() {
+                    Some((from_dirs, _)) => from_dirs.identity(from_rel),
+                    None => FileIdentity::of_path(&from()),
+                }
+                .map_err(entry_io(index, "stat", &from()))?;
                 if !before.same_but_ctime(&after) {
                     return Err((
                         index,
                         StageError::Io {
                             action: "hardlink",
-                            path: from.clone(),
+                            path: from(),
                             source: io::Error::other(
                                 "the running release's file changed while it was linked; \
                                  run `slipway verify` and try again",
@@ -1014,6 +1067,8 @@ struct Writer<'a> {
     sync: SyncMode,
     /// The running release's files, to link instead of write.
     link_from: Option<&'a LinkSource>,
+    /// Looks them up ([`LinkSource::dir`]); opened at the first lookup.
+    link_cursor: Option<DirCursor>,
     /// Where the archive's bytes of a linked file are read to and dropped.
     drain: Vec<u8>,
     /// For a delta: the running release's files by digest.
@@ -1048,9 +1103,8 @@ impl EntrySink for Writer<'_> {
         match expected.kind {
             EntryType::Dir => self.push(Op::Dir(index))?,
             EntryType::Symlink => self.push(Op::Symlink(index))?,
-            EntryType::File => match self.link_from.and_then(|l| l.source_for(expected)) {
+            EntryType::File => match self.link_source(expected) {
                 Some((from, identity)) => {
-                    let from = from.to_path_buf();
                     self.link_file(expected, index, from, identity, content)?
                 }
                 None => self.write_file(expected, index, content)?,
@@ -1064,8 +1118,7 @@ impl EntrySink for Writer<'_> {
     /// full archive), else copied from the running release's file with its
     /// digest and hashed against the manifest like any written file.
     fn omitted(&mut self, index: usize, expected: &FileEntry) -> Result<(), SinkError<StageError>> {
-        if let Some((from, identity)) = self.link_from.and_then(|l| l.source_for(expected)) {
-            let from = from.to_path_buf();
+        if let Some((from, identity)) = self.link_source(expected) {
             return Ok(self.queue_link(index, from, identity)?);
         }
         let id = self.id;
@@ -1104,6 +1157,16 @@ impl EntrySink for Writer<'_> {
 }
 
 impl Writer<'_> {
+    /// The running release's file to link for `expected`
+    /// ([`LinkSource::source_for`]).
+    fn link_source(&mut self, expected: &FileEntry) -> Option<(String, FileIdentity)> {
+        let link_from = self.link_from?;
+        if self.link_cursor.is_none() {
+            self.link_cursor = DirCursor::open(&link_from.dir).ok();
+        }
+        link_from.source_for(expected, self.link_cursor.as_mut()?)
+    }
+
     /// Passes the batch to the writing thread and takes a free one.
     fn ship(&mut self) -> Result<(), StageError> {
         let stopped = || hashing_stopped(self.staging);
@@ -1138,7 +1201,7 @@ impl Writer<'_> {
         &mut self,
         expected: &FileEntry,
         index: usize,
-        from: PathBuf,
+        from: String,
         identity: FileIdentity,
         content: &mut impl Read,
     ) -> Result<(), SinkError<StageError>> {
@@ -1173,7 +1236,7 @@ impl Writer<'_> {
     fn queue_link(
         &mut self,
         index: usize,
-        from: PathBuf,
+        from: String,
         identity: FileIdentity,
     ) -> Result<(), StageError> {
         // The order and its source go in one batch.
@@ -1391,6 +1454,8 @@ mod tests {
             unsynced: 0,
             open: None,
             linked: Linked::default(),
+            link_root: None,
+            cursors: None,
         };
         let (i, e) = write_batches(files, batch_rx, written_tx, &failed)
             .0
