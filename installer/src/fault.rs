@@ -49,6 +49,24 @@ pub fn at_point(point: &str) {
     }
 }
 
+/// The environment variable naming an operation that [`refused`] makes
+/// fail (`link`: every hardlink of staging), to test the fallbacks.
+pub const FAULT_REFUSE_ENV: &str = "SLIPWAY_FAULT_REFUSE";
+
+/// Whether the operation `what` is to fail as a file system that does not
+/// allow it would (see [`FAULT_REFUSE_ENV`]).
+#[cfg(feature = "fault-injection")]
+pub fn refused(what: &str) -> bool {
+    std::env::var(FAULT_REFUSE_ENV).is_ok_and(|w| w.trim() == what)
+}
+
+/// Always `false` in builds without `fault-injection`.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn refused(_what: &str) -> bool {
+    false
+}
+
 /// Called at the named points inside a step; a no-op in builds without
 /// `fault-injection`.
 #[cfg(not(feature = "fault-injection"))]

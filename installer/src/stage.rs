@@ -898,6 +898,11 @@ impl FileWriter<'_> {
     /// Hardlinks `from_rel` of the running release in `root` to `rel` in
     /// the staging directory, each looked up from its parent directory.
     fn link_at(&mut self, root: &Path, from_rel: &str, rel: &str) -> io::Result<()> {
+        if crate::fault::refused("link") {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::XDEV.raw_os_error(),
+            ));
+        }
         if self.cursors.is_none() {
             self.cursors = Some((DirCursor::open(root)?, DirCursor::open(self.staging)?));
         }

@@ -388,6 +388,37 @@ fn a_release_without_a_record_is_checked_fully_once_then_recorded() {
 }
 
 #[test]
+fn a_file_system_that_refuses_links_gets_copies_proven_like_links() {
+    bot_host::require_fault_injection();
+    let (host, v1) = host_with_v1(&[("update", "keep_releases = 2")]);
+    let v2 = host.build("2.0.0", &v2_flavor());
+    let mut cmd = host.slipway(&["-v", "install", &v2.archive.to_string_lossy()]);
+    cmd.env("SLIPWAY_FAULT_REFUSE", "link");
+    let out = bot_host::run_ok(&mut cmd);
+    host.wait_healthy("2.0.0");
+    let (d1, d2) = (release_dir(&host, &v1), release_dir(&host, &v2));
+    let same = "app/bot/save.py";
+    assert_ne!(ino(&d1.join(same)), ino(&d2.join(same)), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(d1.join(same)).unwrap(),
+        fs::read(d2.join(same)).unwrap()
+    );
+    assert_eq!(
+        fs::symlink_metadata(d2.join(same))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o444
+    );
+    // Both trees as their manifests say, and the new one vouched for by
+    // its whole-tree record.
+    assert_eq!(drift_of(&d1), vec![]);
+    assert_eq!(drift_of(&d2), vec![]);
+    assert!(quick_check_line(&host).contains(WHOLE_TREE));
+}
+
+#[test]
 fn a_kill_during_hardlinked_staging_is_recovered_without_debris() {
     bot_host::require_fault_injection();
     let (host, v1) = host_with_v1(&[]);

@@ -438,7 +438,8 @@ impl TestHost {
         cmd.env_remove("SLIPWAY_CONFIG")
             .env_remove("BOT_AUTO_UPDATE")
             .env_remove("SLIPWAY_FAULT_AFTER")
-            .env_remove("SLIPWAY_FAULT_AT");
+            .env_remove("SLIPWAY_FAULT_AT")
+            .env_remove("SLIPWAY_FAULT_REFUSE");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
