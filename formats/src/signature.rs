@@ -434,13 +434,16 @@ impl TrustedComment {
     }
 
     /// The comment signed with a delta archive: it turns release `from`
-    /// into release `to` (app, version and channel are `to`'s).
+    /// into release `to` (app, version and channel are `to`'s), and its
+    /// first frame decompresses to the manifest whose SHA-256 is
+    /// `manifest` (written like a release id, `sha256:<hex>`).
     pub fn for_delta(
         app: &str,
         version: &str,
         channel: &str,
         from: &ReleaseId,
         to: &ReleaseId,
+        manifest: &ReleaseId,
     ) -> Self {
         let mut fields = BTreeMap::new();
         fields.insert("app".into(), app.into());
@@ -448,6 +451,7 @@ impl TrustedComment {
         fields.insert("channel".into(), channel.into());
         fields.insert("from".into(), from.to_string());
         fields.insert("to".into(), to.to_string());
+        fields.insert("manifest".into(), manifest.to_string());
         TrustedComment {
             kind: DELTA_COMMENT.into(),
             fields,

@@ -12,12 +12,17 @@
 //!   [`slipway_formats::delta::verify_delta`]: the listed SHA-256, a
 //!   prehashed signature by a trusted key, a `slipway-delta` comment whose
 //!   `from` is the running release and whose `to` is the release the index
-//!   offers, and the new manifest;
+//!   offers, and the new manifest, decompressed against the running
+//!   release's `slipway/manifest.json` and equal to the SHA-256 the
+//!   comment signs;
 //! - then, still before anything is staged, every entry it carries is
 //!   walked and hashed by the entry policy every archive goes through
-//!   ([`slipway_formats::archive::check_delta_contents`]), so an extra
-//!   entry, a tampered payload or a file left out that the base does not
-//!   have is refused here;
+//!   ([`slipway_formats::archive::check_delta_contents`]), its second
+//!   frame decompressed against the running release's old versions of the
+//!   changed files ([`DeltaBase`], read without following a symlink), so
+//!   an extra entry, a tampered payload, a file left out that the base
+//!   does not have, or a base file that changed on this host is refused
+//!   here;
 //! - staging ([`crate::stage`]) takes each file the delta leaves out from
 //!   the running release: hardlinked when its identity record still holds,
 //!   else copied and hashed against the new manifest.
@@ -39,7 +44,7 @@ use std::path::{Path, PathBuf};
 use slipway_formats::archive::check_delta_contents;
 use slipway_formats::delta::{
     delta_file_name, delta_rel_path, delta_signature_file_name, is_delta_comment, verify_delta,
-    DeltaExpectations,
+    BaseContents, DeltaExpectations,
 };
 use slipway_formats::{
     EntryType, FileEntry, Manifest, ReleaseId, TrustedKeys, MAX_SIGNATURE_BYTES,
@@ -121,6 +126,8 @@ pub struct Running<'a> {
     pub id: ReleaseId,
     pub dir: &'a Path,
     pub manifest: &'a Manifest,
+    /// Its `slipway/manifest.json`, byte for byte as read.
+    pub manifest_bytes: &'a [u8],
 }
 
 /// A delta fetched, verified and walked: ready to stage.
@@ -200,10 +207,16 @@ pub fn acquire(
         delta.discard_download();
         NotTaken::Failed(format!("delta {} refused: {e}", delta.archive.display()))
     };
-    let mut verified =
-        verify_delta_file(&delta.archive, &delta.signature, &candidate.keys, &expect)
-            .map_err(|e| refused(e.to_string()))?;
-    check_walk(&mut verified, running.manifest).map_err(|e| refused(e.to_string()))?;
+    let mut verified = verify_delta_file(
+        &delta.archive,
+        &delta.signature,
+        &candidate.keys,
+        &expect,
+        running.manifest_bytes,
+    )
+    .map_err(|e| refused(e.to_string()))?;
+    check_walk(&mut verified, &DeltaBase::of_release(running))
+        .map_err(|e| refused(e.to_string()))?;
     Ok(Some(AcquiredDelta {
         verified,
         candidate: delta.clone(),
@@ -252,56 +265,78 @@ pub fn verify_local(
         &candidate.signature,
         &candidate.keys,
         &expect,
+        running.manifest_bytes,
     )?;
-    check_walk(&mut verified, running.manifest).map_err(|e| VerifyError::Delta {
+    check_walk(&mut verified, &DeltaBase::of_release(running)).map_err(|e| VerifyError::Delta {
         path: candidate.archive.clone(),
         reason: e.to_string(),
     })?;
     Ok(verified)
 }
 
-/// [`verify_delta`] on the delta file, opened and named like an archive.
+/// [`verify_delta`] on the delta file, opened and named like an archive;
+/// `base_manifest` is the running release's manifest, byte for byte.
 fn verify_delta_file(
     archive: &Path,
     signature: &Path,
     keys: &TrustedKeys,
     expect: &DeltaExpectations,
+    base_manifest: &[u8],
 ) -> Result<VerifiedArchive, VerifyError> {
     crate::verify::verify_with(archive, signature, |file, sig| {
-        verify_delta(file, sig, keys, expect)
+        verify_delta(file, sig, keys, expect, base_manifest)
     })
 }
 
 /// Walks every entry the delta carries against its manifest and `base`,
 /// hashing contents, writing nothing; rewinds the file.
-fn check_walk(verified: &mut VerifiedArchive, base: &Manifest) -> Result<(), io::Error> {
+fn check_walk(verified: &mut VerifiedArchive, base: &DeltaBase<'_>) -> Result<(), io::Error> {
     use std::io::{Seek, SeekFrom};
     verified.file.seek(SeekFrom::Start(0))?;
-    let walked = check_delta_contents(&mut verified.file, &verified.release, base)
+    let walked = check_delta_contents(&mut verified.file, &verified.release, &base.frames())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
     verified.file.seek(SeekFrom::Start(0))?;
     walked
 }
 
-/// The running release's files by content digest, for staging the files
-/// a delta leaves out when they cannot be hardlinked.
-#[derive(Debug, Default)]
-pub struct DeltaBase {
+/// The running release as a delta's base: its manifest, and its files by
+/// path (the reference a delta's second frame is decompressed against)
+/// and by content digest (the files a delta leaves out, when they cannot
+/// be hardlinked).
+#[derive(Debug)]
+pub struct DeltaBase<'a> {
+    dir: &'a Path,
+    manifest: &'a Manifest,
+    manifest_bytes: &'a [u8],
     by_digest: HashMap<String, PathBuf>,
 }
 
-impl DeltaBase {
-    /// The regular files of the release in `dir` as its manifest lists them.
-    pub fn of_release(dir: &Path, manifest: &Manifest) -> DeltaBase {
+impl<'a> DeltaBase<'a> {
+    /// The running release in `running.dir`, as its manifest lists it.
+    pub fn of_release(running: Running<'a>) -> DeltaBase<'a> {
         let mut by_digest = HashMap::new();
-        for e in &manifest.files {
+        for e in &running.manifest.files {
             if let (EntryType::File, Some(sha)) = (e.kind, &e.sha256) {
                 by_digest
                     .entry(sha.clone())
-                    .or_insert_with(|| dir.join(&e.path));
+                    .or_insert_with(|| running.dir.join(&e.path));
             }
         }
-        DeltaBase { by_digest }
+        DeltaBase {
+            dir: running.dir,
+            manifest: running.manifest,
+            manifest_bytes: running.manifest_bytes,
+            by_digest,
+        }
+    }
+
+    /// What a delta's frames are decompressed against.
+    pub fn frames(&self) -> slipway_formats::delta::DeltaBase<'_> {
+        slipway_formats::delta::DeltaBase {
+            manifest: self.manifest,
+            manifest_bytes: self.manifest_bytes,
+            contents: self,
+        }
     }
 
     /// Opens the base's copy of `entry`'s content (no symlink followed,
@@ -325,6 +360,33 @@ impl DeltaBase {
             path: path.clone(),
         })
     }
+}
+
+/// The base's files for a delta's second frame: `entry.path` under the
+/// release directory, every component opened without following a symlink,
+/// so nothing outside the directory is ever read. What it holds is not
+/// trusted: a file that differs decompresses to bytes the entry's hash
+/// refuses.
+impl BaseContents for DeltaBase<'_> {
+    fn open_file(&self, entry: &FileEntry) -> io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(open_beneath(self.dir, &entry.path)?))
+    }
+}
+
+/// Opens the regular file `rel` (a manifest path: no `..`, no empty
+/// component) under the directory `root`, each directory on the way with
+/// `O_DIRECTORY | O_NOFOLLOW` and the file itself with
+/// [`slipway_fs::open_regular_at`].
+fn open_beneath(root: &Path, rel: &str) -> io::Result<fs::File> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let (parents, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let mut dir = rustix::fs::openat(CWD, root, flags, Mode::empty())?;
+    for part in parents.split('/').filter(|p| !p.is_empty()) {
+        dir = rustix::fs::openat(&dir, part, flags, Mode::empty())?;
+    }
+    slipway_fs::open_regular_at(&dir, Path::new(name), &root.join(rel))
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 /// A base file's content, read up to the new entry's size

@@ -76,10 +76,11 @@ pub struct StageOptions<'a> {
     pub sync: SyncMode,
     /// The running release, to hardlink unchanged files from.
     pub link_from: Option<&'a LinkSource>,
-    /// For a delta archive: the running release it starts from, where the
-    /// files it leaves out are copied from when they cannot be linked
-    /// from `link_from`, together with that release's manifest.
-    pub delta_base: Option<(&'a crate::delta::DeltaBase, &'a Manifest)>,
+    /// For a delta archive: the running release it starts from, whose
+    /// manifest and files its frames are decompressed against, and where
+    /// the files it leaves out are copied from when they cannot be linked
+    /// from `link_from`.
+    pub delta_base: Option<&'a crate::delta::DeltaBase<'a>>,
     /// The host whose identity records ([`crate::identity`]) staging
     /// writes for the new release and carries over for releases whose
     /// files it linked; `None` (a scratch stage) writes none.
@@ -677,12 +678,12 @@ fn check_and_write(
             link_from: options.link_from,
             link_cursor: None,
             drain: Vec::new(),
-            delta_base: options.delta_base.map(|(b, _)| b),
+            delta_base: options.delta_base,
             id,
         };
         let walked = match (release.base, options.delta_base) {
             (None, _) => walk_release(&mut *file, release, &mut writer),
-            (Some(_), Some((_, base))) => walk_delta(&mut *file, release, base, &mut writer),
+            (Some(_), Some(base)) => walk_delta(&mut *file, release, &base.frames(), &mut writer),
             (Some(base), None) => Err(WalkError::Sink(StageError::NoDeltaBase { id, base })),
         };
         // The last, partly filled batch; then the threads see the end.
@@ -1077,7 +1078,7 @@ struct Writer<'a> {
     /// Where the archive's bytes of a linked file are read to and dropped.
     drain: Vec<u8>,
     /// For a delta: the running release's files by digest.
-    delta_base: Option<&'a crate::delta::DeltaBase>,
+    delta_base: Option<&'a crate::delta::DeltaBase<'a>>,
     id: ReleaseId,
 }
 

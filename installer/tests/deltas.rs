@@ -7,26 +7,39 @@
 
 mod bot_host;
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use bot_host::{Flavor, Release, TestHost};
 use sha2::{Digest, Sha256};
 use slipway_e2e::Nginx;
 use slipway_formats::channel::ChannelDelta;
-use slipway_formats::delta::delta_rel_path;
+use slipway_formats::delta::{delta_rel_path, reference_files};
 use slipway_formats::signature::TrustedComment;
-use slipway_formats::{ChannelIndex, ReleaseId};
+use slipway_formats::{ChannelIndex, Manifest, ReleaseId};
 use slipway_pack::{sign_channel_index, SigningKey};
 
 /// A megabyte of vendored bytes that no version changes.
 const VENDORED: usize = 1024 * 1024;
 
+/// The pseudo-random part of `app/bot/model.bin`.
+const MODEL: usize = 200 * 1024;
+
 fn flavor() -> Flavor {
     Flavor {
         vendored: Some(VENDORED),
+        model: Some((MODEL, String::new())),
         ..Flavor::default()
+    }
+}
+
+/// [`flavor`] with a line appended to `app/bot/model.bin`.
+fn model_changed() -> Flavor {
+    Flavor {
+        model: Some((MODEL, "one more line\n".into())),
+        ..flavor()
     }
 }
 
@@ -107,6 +120,78 @@ fn an_update_over_http_takes_the_delta_and_the_release_verifies_clean() {
 }
 
 #[test]
+fn a_line_appended_to_a_large_file_travels_as_a_few_hundred_bytes() {
+    let (host, nginx, v1) = http_host();
+    let v2 = host.release("2.0.0", &model_changed());
+    let out = host.run_expect(&["-v", "update"], 0);
+    let err = stderr(&out);
+    assert!(
+        err.contains("using the delta from the running release"),
+        "{err}"
+    );
+    host.wait_healthy("2.0.0");
+    let delta_path = host.repo().join(delta_rel_path(&id(&v1), &id(&v2)));
+    let carried: Vec<String> = delta_entries(&delta_path, &base_of(&v1))
+        .into_iter()
+        .filter(|(_, h, _)| h.entry_type() == tar::EntryType::Regular)
+        .map(|(p, _, _)| p)
+        .collect();
+    assert_eq!(
+        carried,
+        ["slipway/manifest.json", "app/bot/model.bin"],
+        "the changed file travels in the delta"
+    );
+    let delta = served(&nginx, &delta_uri(&v1, &v2));
+    eprintln!("a line appended to a {MODEL}-byte file: a delta of {delta} bytes");
+    assert!(delta > 0, "the delta was fetched");
+    assert!(
+        delta < 1_000,
+        "the delta ({delta} bytes) holds the line, not the {MODEL}-byte file"
+    );
+    assert_eq!(
+        fs::read(host.root().join("current/app/bot/model.bin"))
+            .expect("model")
+            .len(),
+        MODEL + "one more line\n".len()
+    );
+    host.run_expect(&["verify"], 0);
+}
+
+#[test]
+fn a_base_file_changed_on_the_host_refuses_the_delta_and_the_full_archive_lands() {
+    use std::os::unix::fs::PermissionsExt;
+    let (host, nginx, v1) = http_host();
+    let v2 = host.release("2.0.0", &model_changed());
+    // v1's model.bin, which the delta's second frame is decompressed
+    // against, changes on the host (same size).
+    let model = host.root().join("current/app/bot/model.bin");
+    let mut bytes = fs::read(&model).expect("model");
+    for b in &mut bytes[1000..1100] {
+        *b ^= 0x5a;
+    }
+    fs::set_permissions(&model, fs::Permissions::from_mode(0o644)).expect("chmod");
+    fs::write(&model, &bytes).expect("change model.bin");
+    // --force: the clean-tree rule would hold any update back from a
+    // running release that changed.
+    let out = host.run_expect(&["-v", "update", "--force"], 0);
+    let err = stderr(&out);
+    assert!(err.contains("delta"), "{err}");
+    assert!(err.contains("taking the full archive instead"), "{err}");
+    assert!(
+        err.contains("app/bot/model.bin"),
+        "the refusal names the file: {err}"
+    );
+    host.wait_healthy("2.0.0");
+    assert_eq!(host.link("current"), Some(v2.dir_name()));
+    assert!(served(&nginx, &archive_uri(&v2)) > 0, "the full archive");
+    assert!(
+        served(&nginx, &delta_uri(&v1, &v2)) > 0,
+        "the delta was tried"
+    );
+    host.run_expect(&["verify"], 0);
+}
+
+#[test]
 fn a_delta_from_another_release_is_not_used() {
     let (host, nginx, _v1) = http_host();
     let v2 = host.release("2.0.0", &flavor());
@@ -157,10 +242,12 @@ fn signing_key(host: &TestHost) -> SigningKey {
     SigningKey::load(&host.path("keys/slipway.key"), None).expect("key")
 }
 
-/// The entries of a delta (or release) archive: (path, header, data).
-fn entries_of(archive: &Path) -> Vec<(String, tar::Header, Vec<u8>)> {
-    let bytes = zstd::decode_all(fs::File::open(archive).expect("open")).expect("zstd");
-    let mut tar = tar::Archive::new(bytes.as_slice());
+/// One tar entry: (path, header, data).
+type Entry = (String, tar::Header, Vec<u8>);
+
+/// The entries of a tar stream.
+fn entries_in(tar: &[u8]) -> Vec<Entry> {
+    let mut tar = tar::Archive::new(tar);
     tar.entries()
         .expect("entries")
         .map(|e| {
@@ -174,8 +261,72 @@ fn entries_of(archive: &Path) -> Vec<(String, tar::Header, Vec<u8>)> {
         .collect()
 }
 
-/// A tar.zst of `entries`, as written (headers kept).
-fn pack(entries: &[(String, tar::Header, Vec<u8>)]) -> Vec<u8> {
+/// The entries of a release archive.
+fn entries_of(archive: &Path) -> Vec<Entry> {
+    entries_in(&zstd::decode_all(fs::File::open(archive).expect("open")).expect("zstd"))
+}
+
+/// What a delta is decompressed against: a release's manifest, as parsed
+/// and byte for byte, and its files' contents by path.
+struct Base {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    files: HashMap<String, Vec<u8>>,
+}
+
+fn base_of(r: &Release) -> Base {
+    let mut files: HashMap<String, Vec<u8>> = entries_of(&r.archive)
+        .into_iter()
+        .map(|(path, _, data)| (path, data))
+        .collect();
+    let manifest_bytes = files.remove("slipway/manifest.json").expect("manifest");
+    Base {
+        manifest: Manifest::parse(&manifest_bytes).expect("manifest"),
+        manifest_bytes,
+        files,
+    }
+}
+
+impl Base {
+    /// The reference of the second frame of a delta from this release to
+    /// the one whose manifest is `new`.
+    fn reference(&self, new: &Manifest) -> Vec<u8> {
+        reference_files(new, &self.manifest)
+            .iter()
+            .flat_map(|e| self.files[&e.path].clone())
+            .collect()
+    }
+}
+
+/// One zstd frame compressed against `prefix`.
+fn unzstd(frame: &[u8], prefix: &[u8]) -> Vec<u8> {
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(frame, prefix)
+        .expect("decoder")
+        .single_frame();
+    let mut out = Vec::new();
+    decoder.read_to_end(&mut out).expect("frame");
+    out
+}
+
+/// The tar stream of a delta from `base`: its two frames, decompressed.
+fn delta_tar(delta: &[u8], base: &Base) -> Vec<u8> {
+    let split = zstd::zstd_safe::find_frame_compressed_size(delta).expect("frame A");
+    let mut tar = unzstd(&delta[..split], &base.manifest_bytes);
+    let (path, _, manifest) = entries_in(&tar).remove(0);
+    assert_eq!(path, "slipway/manifest.json");
+    let manifest = Manifest::parse(&manifest).expect("manifest");
+    tar.extend(unzstd(&delta[split..], &base.reference(&manifest)));
+    tar
+}
+
+/// The entries of the delta file `delta` from `base`.
+fn delta_entries(delta: &Path, base: &Base) -> Vec<Entry> {
+    entries_in(&delta_tar(&fs::read(delta).expect("delta"), base))
+}
+
+/// A delta from `base` holding `entries` (the first the manifest), as
+/// `slipway-pack delta` compresses one.
+fn pack(entries: &[Entry], base: &Base) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, header, data) in entries {
         let mut h = header.clone();
@@ -183,20 +334,36 @@ fn pack(entries: &[(String, tar::Header, Vec<u8>)]) -> Vec<u8> {
             .expect("append");
     }
     let tar = b.into_inner().expect("tar");
-    let mut out = zstd::Encoder::new(Vec::new(), 3).expect("zstd");
-    out.write_all(&tar).expect("zstd");
-    out.finish().expect("zstd")
+    let (_, _, manifest) = &entries[0];
+    let split = 512 + manifest.len().div_ceil(512) * 512;
+    let manifest = Manifest::parse(manifest).expect("manifest");
+    slipway_pack::delta::compress_delta(
+        &tar[..split],
+        &tar[split..],
+        &base.manifest_bytes,
+        &base.reference(&manifest),
+    )
+    .expect("compress")
 }
 
-/// Signs `bytes` as a delta from `from` to `to` of the bot.
+/// Signs `bytes` as a delta from `from` to `to` of the bot, whose first
+/// frame holds `manifest`.
 fn sign_delta(
     host: &TestHost,
     bytes: &[u8],
     from: &Release,
     to: &Release,
     version: &str,
+    manifest: &[u8],
 ) -> String {
-    let comment = TrustedComment::for_delta("bot", version, "stable", &id(from), &id(to));
+    let comment = TrustedComment::for_delta(
+        "bot",
+        version,
+        "stable",
+        &id(from),
+        &id(to),
+        &ReleaseId::of_bytes(manifest),
+    );
     signing_key(host)
         .sign_bytes(bytes, &comment.to_string())
         .expect("sign")
@@ -206,12 +373,13 @@ fn sign_delta(
 /// `deltas/`), and the honest delta's path.
 fn hostile_setup() -> (TestHost, Nginx, Release, Release, PathBuf) {
     let (host, nginx, v1) = http_host();
-    // schema/VERSION changes, so the delta carries at least that file.
+    // schema/VERSION and app/bot/model.bin change, so the delta carries
+    // them, the second against v1's.
     let v2 = host.build(
         "2.0.0",
         &Flavor {
             schema: Some(2),
-            ..flavor()
+            ..model_changed()
         },
     );
     host.publish(&v2);
@@ -236,15 +404,16 @@ fn falls_back_to_the_full_archive(host: &TestHost, nginx: &Nginx, v2: &Release, 
 #[test]
 fn a_delta_with_an_extra_file_is_refused_and_the_full_archive_used() {
     let (host, nginx, v1, v2, honest) = hostile_setup();
-    let mut entries = entries_of(&honest);
+    let base = base_of(&v1);
+    let mut entries = delta_entries(&honest, &base);
     let (_, mut header, _) = entries.last().expect("an entry").clone();
     header.set_size(5);
     header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(0o644);
     header.set_cksum();
     entries.push(("app/zz-extra.py".into(), header, b"evil\n".to_vec()));
-    let bytes = pack(&entries);
-    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0");
+    let bytes = pack(&entries, &base);
+    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &entries[0].2);
     list_delta(&host, &v1, &v2, &bytes, &sig);
     falls_back_to_the_full_archive(&host, &nginx, &v2, "not in the manifest");
     assert!(!host.root().join("current/app/zz-extra.py").exists());
@@ -253,22 +422,23 @@ fn a_delta_with_an_extra_file_is_refused_and_the_full_archive_used() {
 #[test]
 fn a_delta_that_omits_a_file_the_base_lacks_is_refused_and_the_full_archive_used() {
     let (host, nginx, v1, v2, honest) = hostile_setup();
+    let base = base_of(&v1);
     // Every file the delta carries is one v1 lacks: drop them all.
-    let entries: Vec<_> = entries_of(&honest)
+    let entries: Vec<_> = delta_entries(&honest, &base)
         .into_iter()
         .filter(|(p, h, _)| {
             p == "slipway/manifest.json" || h.entry_type() != tar::EntryType::Regular
         })
         .collect();
-    let carried = entries_of(&honest)
+    let carried = delta_entries(&honest, &base)
         .iter()
         .filter(|(p, h, _)| {
             p != "slipway/manifest.json" && h.entry_type() == tar::EntryType::Regular
         })
         .count();
     assert!(carried > 0, "the honest delta carries at least one file");
-    let bytes = pack(&entries);
-    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0");
+    let bytes = pack(&entries, &base);
+    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &entries[0].2);
     list_delta(&host, &v1, &v2, &bytes, &sig);
     falls_back_to_the_full_archive(&host, &nginx, &v2, "has no file with sha256");
 }
@@ -290,10 +460,48 @@ fn a_tampered_delta_is_refused_and_the_full_archive_used() {
 fn a_delta_signed_for_other_releases_is_refused_and_the_full_archive_used() {
     let (host, nginx, v1, v2, honest) = hostile_setup();
     let bytes = fs::read(&honest).expect("delta");
+    let manifest = &delta_entries(&honest, &base_of(&v1))[0].2;
     // Honest bytes, signed as a delta from v2 to v1.
-    let sig = sign_delta(&host, &bytes, &v2, &v1, "2.0.0");
+    let sig = sign_delta(&host, &bytes, &v2, &v1, "2.0.0", manifest);
     list_delta(&host, &v1, &v2, &bytes, &sig);
     falls_back_to_the_full_archive(&host, &nginx, &v2, "starts from release");
+}
+
+#[test]
+fn a_delta_made_against_another_reference_is_refused_and_the_full_archive_used() {
+    let (host, nginx, v1, v2, honest) = hostile_setup();
+    let entries = delta_entries(&honest, &base_of(&v1));
+    // The second frame made against v1's model.bin with bytes after it:
+    // every match into the reference lands elsewhere on the host.
+    let mut other = base_of(&v1);
+    other
+        .files
+        .get_mut("app/bot/model.bin")
+        .expect("v1's model.bin")
+        .extend_from_slice(&[0u8; 64]);
+    let manifest = Manifest::parse(&entries[0].2).expect("manifest");
+    assert_ne!(
+        other.reference(&manifest),
+        base_of(&v1).reference(&manifest)
+    );
+    let bytes = pack(&entries, &other);
+    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &entries[0].2);
+    list_delta(&host, &v1, &v2, &bytes, &sig);
+    // Wrong bytes for model.bin, or matches before the reference's start:
+    // refused either way.
+    falls_back_to_the_full_archive(&host, &nginx, &v2, "refused");
+}
+
+#[test]
+fn a_delta_with_a_third_frame_is_refused_and_the_full_archive_used() {
+    let (host, nginx, v1, v2, honest) = hostile_setup();
+    let manifest = delta_entries(&honest, &base_of(&v1)).remove(0).2;
+    let mut bytes = fs::read(&honest).expect("delta");
+    // Zeros, which after the end of the tar stream would look like padding.
+    bytes.extend(zstd::encode_all(&[0u8; 1024][..], 3).expect("zstd"));
+    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &manifest);
+    list_delta(&host, &v1, &v2, &bytes, &sig);
+    falls_back_to_the_full_archive(&host, &nginx, &v2, "after the delta's second zstd frame");
 }
 
 #[test]
@@ -366,7 +574,7 @@ fn delta_bytes_are_deterministic_and_verified_by_stock_minisign() {
         .filter(|(_, h, _)| h.entry_type() == tar::EntryType::Regular)
         .map(|(_, _, d)| hex::encode(Sha256::digest(d)))
         .collect();
-    for (path, h, data) in entries_of(&host.repo().join(&rel)) {
+    for (path, h, data) in delta_entries(&host.repo().join(&rel), &base_of(&v1)) {
         if path == "slipway/manifest.json" || h.entry_type() != tar::EntryType::Regular {
             continue;
         }

@@ -26,12 +26,14 @@
 //! compare with the host's `update.public_keys`, and a host checks the
 //! index and the archives with its own configured keys, exactly as online.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use slipway_formats::archive::{verify_release, Expectations};
 use slipway_formats::bundle::{
     bundle_comment, BundleSums, README_FILE, SUMS_FILE, SUMS_SIGNATURE_FILE,
 };
@@ -495,9 +497,12 @@ pub fn make_bundle(
 /// holds, each verified as a host verifies it before its walk: the size and
 /// SHA-256 the index lists, a `slipway-delta` signature by a key in `keys`
 /// for exactly its two releases, the app and channel of the index, the
-/// manifest inside. A listed delta whose file is missing is left out with a
-/// warning; one that is there but does not verify stops the bundle (make it
-/// again with `slipway-pack delta`, or bundle with `--no-deltas`).
+/// manifest inside (its first frame decompressed against the manifest of
+/// the base release, whose archive in `releases/` is verified for it). A
+/// listed delta whose file is missing, or whose base release's archive the
+/// repository no longer holds, is left out with a warning; one that is
+/// there but does not verify stops the bundle (make it again with
+/// `slipway-pack delta`, or bundle with `--no-deltas`).
 fn select_deltas<'i>(
     repo: &Repo,
     index: &'i ChannelIndex,
@@ -506,6 +511,7 @@ fn select_deltas<'i>(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(ReleaseId, &'i ChannelDelta)>> {
     let mut out = Vec::new();
+    let mut bases: HashMap<ReleaseId, Option<Vec<u8>>> = HashMap::new();
     for release in chosen {
         for delta in &release.deltas {
             let rel = delta_rel_path(&delta.from, &release.id);
@@ -523,6 +529,24 @@ fn select_deltas<'i>(
                 ));
                 continue;
             }
+            let base = match bases.get(&delta.from) {
+                Some(base) => base,
+                None => {
+                    let base = base_manifest(repo, keys, &delta.from)?;
+                    bases.entry(delta.from).or_insert(base)
+                }
+            };
+            let Some(base_manifest) = base else {
+                warnings.push(format!(
+                    "the index lists the delta from {} to {} {}, but the repository no longer holds the archive of {} that it starts from, without which it cannot be checked: left out of the bundle (a host that runs {} takes the full archive)",
+                    delta.from,
+                    release.version,
+                    release.id,
+                    delta.from,
+                    delta.from.short()
+                ));
+                continue;
+            };
             let signature = slipway_fs::read_text_capped(&sig_path, MAX_SIGNATURE_BYTES)?;
             let mut file = slipway_fs::open_regular(&path)?;
             let expect = DeltaExpectations {
@@ -533,7 +557,7 @@ fn select_deltas<'i>(
                 size: Some(delta.size),
                 sha256: Some(delta.sha256),
             };
-            verify_delta(&mut file, &signature, keys, &expect).map_err(|e| {
+            verify_delta(&mut file, &signature, keys, &expect, base_manifest).map_err(|e| {
                 PackError::verify(
                     &path,
                     format!(
@@ -546,6 +570,27 @@ fn select_deltas<'i>(
         }
     }
     Ok(out)
+}
+
+/// The manifest bytes of release `id`, from its archive in `releases/`
+/// verified with `keys` (hash, signature, manifest); `None` when the
+/// repository holds no archive or signature for it.
+fn base_manifest(repo: &Repo, keys: &TrustedKeys, id: &ReleaseId) -> Result<Option<Vec<u8>>> {
+    let path = repo.archive_path(id);
+    let sig_path = repo.signature_path(id);
+    let missing = |p: &Path| matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if missing(&path) || missing(&sig_path) {
+        return Ok(None);
+    }
+    let signature = slipway_fs::read_text_capped(&sig_path, MAX_SIGNATURE_BYTES)?;
+    let mut file = slipway_fs::open_regular(&path)?;
+    let expect = Expectations {
+        id: Some(*id),
+        ..Expectations::default()
+    };
+    let base = verify_release(&mut file, &signature, keys, &expect)
+        .map_err(|e| PackError::verify(&path, e.to_string()))?;
+    Ok(Some(base.manifest_bytes))
 }
 
 /// The final path and the bundle's name; refuses to overwrite anything.

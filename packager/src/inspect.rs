@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slipway_formats::archive::read_manifest_entry;
+use slipway_formats::delta::parse_delta_file_name;
 pub use slipway_formats::diff::{diff_manifests, ManifestDiff};
 use slipway_formats::{EntryType, Manifest, ReleaseId, SignatureFile, MAX_SIGNATURE_BYTES};
 
@@ -20,7 +21,19 @@ use crate::repo::signature_path_of;
 /// for the first entry (`slipway_formats::archive::read_manifest_entry`).
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let file = slipway_fs::open_regular(path)?;
-    let bytes = read_manifest_entry(file).map_err(|e| PackError::verify(path, e.to_string()))?;
+    let bytes = read_manifest_entry(file).map_err(|e| {
+        let delta = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_delta_file_name);
+        match delta {
+            Some((from, _)) => PackError::verify(
+                path,
+                format!("{e}: it is named like a delta, which is compressed against the release it starts from ({from}) and cannot be read without it; inspect the release archives instead"),
+            ),
+            None => PackError::verify(path, e.to_string()),
+        }
+    })?;
     Manifest::parse(&bytes).map_err(|e| PackError::verify(path, e.to_string()))
 }
 

@@ -70,7 +70,8 @@ enum Command {
     },
     /// Write a signed delta archive that turns release FROM into release TO
     /// (REPO_DIR/deltas/<from>-<to>.tar.zst): the new manifest and only
-    /// the files FROM does not have.
+    /// the files FROM does not have, compressed against FROM's manifest
+    /// and its old versions of the changed files.
     Delta {
         /// The release repository holding both releases.
         #[arg(long, value_name = "REPO_DIR")]
@@ -350,9 +351,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 slipway_fs::outln!("{}", serde_json::to_string_pretty(&built)?);
             } else {
                 slipway_fs::outln!(
-                    "wrote {} ({} bytes, {} for the full archive; {} files carried, {} left out)",
+                    "wrote {} ({} bytes: {} for the manifest, {} for the files against {} bytes of the base; {} for the full archive; {} files carried, {} left out)",
                     built.path.display(),
                     built.size,
+                    built.manifest_frame,
+                    built.files_frame,
+                    built.reference,
                     built.full_size,
                     built.files,
                     built.omitted

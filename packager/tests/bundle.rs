@@ -185,3 +185,21 @@ fn a_delta_that_does_not_verify_stops_the_bundle() {
     // --no-deltas still makes one.
     report(&bundle(&repo, &out_dir, &["--no-deltas"]));
 }
+
+#[test]
+fn a_delta_whose_base_archive_is_gone_is_left_out_with_a_warning() {
+    let (tmp, repo, _key, v1, v2) = repo_with_a_delta();
+    // A delta's first frame decompresses against its base's manifest:
+    // without the base archive it cannot be checked.
+    fs::remove_file(archive(&repo, &v1)).expect("remove the base archive");
+    let out_dir = tmp.path().join("bundle");
+    let out = bundle(&repo, &out_dir, &[]);
+    let r = report(&out);
+    assert_eq!(r["releases"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(r["deltas"].as_array().map(Vec::len), Some(0), "{r}");
+    assert!(!out_dir.join("deltas").exists());
+    let (_, err) = text(&out);
+    assert!(err.contains("left out of the bundle"), "{err}");
+    assert!(err.contains("no longer holds the archive"), "{err}");
+    assert!(err.contains(&v2), "{err}");
+}

@@ -243,7 +243,8 @@ pub trait EntrySink {
 
     /// Whether to stop the walk early, as if it were done: the sink has
     /// failed elsewhere (another thread) and will report that failure
-    /// itself. Asked after every entry.
+    /// itself, or it has read all it wanted (`slipway-pack` reading a
+    /// delta's reference from a base archive). Asked after every entry.
     fn stopped(&self) -> bool {
         false
     }

@@ -26,7 +26,7 @@ mod walk;
 use std::io::{self, BufRead};
 
 pub use entries::{check_file_digest, BaseFiles, EntryError, EntrySink, SinkError, WalkError};
-pub(crate) use verify::{authenticate, check_channel, check_signed_app, read_signed_manifest};
+pub(crate) use verify::{authenticate, check_channel, check_signed_app, read_manifest_entry_with};
 pub use verify::{
     read_manifest_entry, verify_release, ArchiveError, Expectations, ManifestEntryError, Recheck,
     VerifiedRelease,
@@ -38,8 +38,23 @@ pub use walk::{check_delta_contents, check_release_contents, walk_delta, walk_re
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
 /// The one way a release's zstd stream is opened: with the window limit.
-fn decoder<R: BufRead>(compressed: R) -> io::Result<zstd::stream::read::Decoder<'static, R>> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(compressed)?;
+///
+/// Without `prefix`, every frame up to the end of `compressed` (a release).
+/// With `prefix`, one frame compressed against those bytes as a raw
+/// reference prefix (zstd's `ref_prefix`, what `zstd --patch-from` does):
+/// a delta's frames ([`crate::delta`]). zstd uses a prefix for one frame
+/// only, so that decoder stops at the end of its frame and `compressed` is
+/// left just after it.
+fn decoder<'a, R: BufRead>(
+    compressed: R,
+    prefix: Option<&'a [u8]>,
+) -> io::Result<zstd::stream::read::Decoder<'a, R>> {
+    let mut decoder = match prefix {
+        None => zstd::stream::read::Decoder::with_buffer(compressed)?,
+        Some(prefix) => {
+            zstd::stream::read::Decoder::with_ref_prefix(compressed, prefix)?.single_frame()
+        }
+    };
     decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
     Ok(decoder)
 }

@@ -354,7 +354,7 @@ pub(crate) fn check_channel(
 }
 
 /// The first tar entry of an authenticated archive, parsed strictly.
-pub(crate) fn read_signed_manifest<R: Read + Seek>(
+fn read_signed_manifest<R: Read + Seek>(
     archive: &mut R,
     id: &ReleaseId,
 ) -> Result<(Manifest, Vec<u8>), ArchiveError> {
@@ -416,6 +416,16 @@ fn hash_stream(
 /// [`verify_release`] calls it once the bytes are authentic; `slipway-pack
 /// inspect` calls it on an archive it does not authenticate.
 pub fn read_manifest_entry(compressed: impl Read) -> Result<Vec<u8>, ManifestEntryError> {
+    read_manifest_entry_with(compressed, None)
+}
+
+/// [`read_manifest_entry`] of a stream whose first zstd frame was
+/// compressed against `prefix` (a delta's frame A, against its base's
+/// manifest): only that frame is read.
+pub(crate) fn read_manifest_entry_with(
+    compressed: impl Read,
+    prefix: Option<&[u8]>,
+) -> Result<Vec<u8>, ManifestEntryError> {
     let decode_err = |e: io::Error| {
         if is_window_error(&e) {
             ManifestEntryError::WindowTooLarge
@@ -423,7 +433,7 @@ pub fn read_manifest_entry(compressed: impl Read) -> Result<Vec<u8>, ManifestEnt
             ManifestEntryError::Corrupt(e.to_string())
         }
     };
-    let decoder = decoder(BufReader::new(compressed)).map_err(decode_err)?;
+    let decoder = decoder(BufReader::new(compressed), prefix).map_err(decode_err)?;
     let cap = MAX_MANIFEST_BYTES + MANIFEST_HEADER_ALLOWANCE;
     let bounded = CappedReader {
         inner: decoder,

@@ -2,7 +2,7 @@
 //! its own while the entries are checked on this one, and prove that the
 //! bytes read are the ones [`super::verify_release`] verified.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::sync::mpsc;
 
 use sha2::{Digest, Sha256};
@@ -12,6 +12,7 @@ use super::{
     check_file_digest, decoder, EntryError, EntrySink, Recheck, SinkError, VerifiedRelease,
     WalkError,
 };
+use crate::delta::DeltaBase;
 use crate::{FileEntry, Manifest};
 
 /// The compressed read buffer.
@@ -50,8 +51,11 @@ pub fn walk_release<R: Read + Send, S: EntrySink>(
 }
 
 /// [`walk_release`] for a delta archive ([`crate::delta::verify_delta`]):
-/// `base` is the manifest of the release the delta starts from (the one a
-/// host runs, whose id is `release.base`). Every entry the stream holds is
+/// `base` is the release the delta starts from (the one a host runs,
+/// whose id is `release.base`). The file is two zstd frames: the first is
+/// decompressed against `base`'s manifest bytes; once it is through, the
+/// second against [`DeltaBase::reference`] of the verified manifest; any
+/// byte after the second frame is refused. Every entry the stream holds is
 /// checked exactly as in a full release; a regular file the stream leaves
 /// out is accepted only if `base` has a file with its digest and mode, and
 /// is handed to [`EntrySink::omitted`], whose job is to prove the base's
@@ -59,23 +63,25 @@ pub fn walk_release<R: Read + Send, S: EntrySink>(
 pub fn walk_delta<R: Read + Send, S: EntrySink>(
     archive: R,
     release: &VerifiedRelease,
-    base: &Manifest,
+    base: &DeltaBase<'_>,
     sink: &mut S,
 ) -> Result<(), WalkError<S::Error>> {
-    walk(archive, release, Some(&BaseFiles::of(base)), sink)
+    walk(archive, release, Some(*base), sink)
 }
 
 fn walk<R: Read + Send, S: EntrySink>(
     archive: R,
     release: &VerifiedRelease,
-    base: Option<&BaseFiles>,
+    base: Option<DeltaBase<'_>>,
     sink: &mut S,
 ) -> Result<(), WalkError<S::Error>> {
     let recheck = &release.recheck;
+    let left_out = base.map(|b| BaseFiles::of(b.manifest));
+    let frames = base.map(|b| (b, &release.manifest));
     std::thread::scope(|scope| {
         let (chunks, chunk_rx) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
         let (spare_tx, spares) = mpsc::channel();
-        let producer = scope.spawn(move || decompress(archive, recheck, &chunks, &spares));
+        let producer = scope.spawn(move || decompress(archive, recheck, frames, &chunks, &spares));
         let reader = ChannelReader {
             chunks: chunk_rx,
             chunk: Vec::new(),
@@ -89,7 +95,7 @@ fn walk<R: Read + Send, S: EntrySink>(
             reader,
             &release.manifest,
             &release.manifest_bytes,
-            base,
+            left_out.as_ref(),
             sink,
         );
         let produced = producer.join();
@@ -135,13 +141,13 @@ pub fn check_release_contents<R: Read + Send>(
 }
 
 /// [`check_release_contents`] for a delta: every entry it holds is checked
-/// and hashed; a file it leaves out must be one `base` (the manifest of the
-/// release it starts from) lists with the same digest and mode, which is
-/// that file's proof.
+/// and hashed; a file it leaves out must be one `base` (the release it
+/// starts from) lists with the same digest and mode, which is that file's
+/// proof.
 pub fn check_delta_contents<R: Read + Send>(
     archive: R,
     release: &VerifiedRelease,
-    base: &Manifest,
+    base: &DeltaBase<'_>,
 ) -> Result<(), EntryError> {
     let mut sink = ContentCheck {
         buf: vec![0u8; BUFFER],
@@ -195,14 +201,20 @@ impl EntrySink for ContentCheck {
     }
 }
 
+/// A delta's base, and the verified manifest its second frame's reference
+/// is built for.
+type Frames<'a> = Option<(DeltaBase<'a>, &'a Manifest)>;
+
 /// The decompressing side: reads the whole file through the keyed hash,
-/// decompresses it and sends the output in chunks. Returns whether the
+/// decompresses it (a delta's two frames against their references, see
+/// [`walk_delta`]) and sends the output in chunks. Returns whether the
 /// file's bytes are the verified ones, `None` if the consumer stopped
 /// listening or decoding failed (the error went down the channel), or an
 /// error reading the file after the stream.
 fn decompress(
     archive: impl Read,
     recheck: &Recheck,
+    frames: Frames<'_>,
     chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
     spares: &mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<Option<bool>> {
@@ -210,7 +222,7 @@ fn decompress(
         inner: archive,
         hasher: recheck.hasher(),
     };
-    let hasher = decompress_from(hashing, chunks, spares)?;
+    let hasher = decompress_from(hashing, frames, chunks, spares)?;
     Ok(hasher.map(|h| recheck.matches(&h)))
 }
 
@@ -220,14 +232,69 @@ fn decompress(
 /// failed (the error went down the channel).
 fn decompress_from<R: Read>(
     hashing: HashingReader<R>,
+    frames: Frames<'_>,
     chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
     spares: &mpsc::Receiver<Vec<u8>>,
 ) -> io::Result<Option<blake3::Hasher>> {
-    let mut decoder = match decoder(BufReader::with_capacity(BUFFER, hashing)) {
+    let input = BufReader::with_capacity(BUFFER, hashing);
+    let input = match frames {
+        None => send_decoded(input, None, chunks, spares),
+        Some((base, new)) => {
+            send_decoded(input, Some(base.manifest_bytes), chunks, spares).and_then(|input| {
+                // Frame B's reference, read once frame A is through.
+                let reference = base.reference(new);
+                send_decoded(input, Some(&reference), chunks, spares)
+            })
+        }
+    };
+    let Some(mut input) = input else {
+        return Ok(None);
+    };
+    if frames.is_some() {
+        // A delta is exactly two frames: nothing may follow the second.
+        let rest = loop {
+            match input.fill_buf() {
+                Ok(rest) => break !rest.is_empty(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        };
+        if rest {
+            let _ = chunks.send(Err(io::Error::other(
+                "data after the delta's second zstd frame (a delta is exactly two frames)",
+            )));
+            return Ok(None);
+        }
+    }
+    // Whatever zstd did not need (nothing, for a well-formed file) is hashed too.
+    let mut hashing = input.into_inner();
+    let mut sink = vec![0u8; 64 * 1024];
+    loop {
+        match hashing.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(hashing.hasher))
+}
+
+/// Decompresses `input` ([`decoder`]: every frame, or with `prefix` the
+/// one frame compressed against it) and sends the output on in chunks.
+/// Returns `input`, just after what was decoded; `None` if the consumer
+/// stopped listening or decoding failed (the error went down the channel).
+fn send_decoded<R: BufRead>(
+    input: R,
+    prefix: Option<&[u8]>,
+    chunks: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+    spares: &mpsc::Receiver<Vec<u8>>,
+) -> Option<R> {
+    let mut decoder = match decoder(input, prefix) {
         Ok(d) => d,
         Err(e) => {
             let _ = chunks.send(Err(e));
-            return Ok(None);
+            return None;
         }
     };
     loop {
@@ -240,8 +307,16 @@ fn decompress_from<R: Read>(
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // What was decoded before goes first, so that the walk
+                    // can name the entry whose bytes are wrong (a delta's
+                    // base file that differs fails the entry's hash before
+                    // zstd's checksum of the frame).
+                    if filled > 0 {
+                        chunk.truncate(filled);
+                        let _ = chunks.send(Ok(chunk));
+                    }
                     let _ = chunks.send(Err(e));
-                    return Ok(None);
+                    return None;
                 }
             }
         }
@@ -250,21 +325,10 @@ fn decompress_from<R: Read>(
         }
         chunk.truncate(filled);
         if chunks.send(Ok(chunk)).is_err() {
-            return Ok(None);
+            return None;
         }
     }
-    // Whatever zstd did not need (nothing, for a well-formed file) is hashed too.
-    let mut hashing = decoder.into_inner().into_inner();
-    let mut sink = vec![0u8; 64 * 1024];
-    loop {
-        match hashing.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Some(hashing.hasher))
+    Some(decoder.into_inner())
 }
 
 /// Hashes every byte read from the archive file with the verification's

@@ -794,12 +794,7 @@ pub fn install(
     ));
     let delta_base = delta_running(&t)
         .filter(|_| verified.release.base.is_some())
-        .map(|r| {
-            (
-                crate::delta::DeltaBase::of_release(r.dir, r.manifest),
-                r.manifest,
-            )
-        });
+        .map(crate::delta::DeltaBase::of_release);
     let mut staging = stage::stage_release_into(
         &mut verified,
         &host.layout.releases_dir(),
@@ -807,7 +802,7 @@ pub fn install(
         stage::StageOptions {
             link_from: link_from.as_ref(),
             records: Some(&host.layout),
-            delta_base: delta_base.as_ref().map(|(b, m)| (b, *m)),
+            delta_base: delta_base.as_ref(),
             ..Default::default()
         },
     );
@@ -911,6 +906,7 @@ fn delta_running<'t>(t: &'t Txn) -> Option<crate::delta::Running<'t>> {
         id: r.id?,
         dir: &r.dir,
         manifest: &r.manifest,
+        manifest_bytes: &r.manifest_bytes,
     })
 }
 

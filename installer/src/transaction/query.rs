@@ -93,6 +93,9 @@ impl ReleaseRecords {
 pub struct Installed {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// `slipway/manifest.json` as read, byte for byte: a delta's first
+    /// frame is decompressed against it.
+    pub manifest_bytes: Vec<u8>,
     pub id: Option<ReleaseId>,
     pub installed_at: Option<Timestamp>,
 }
@@ -128,6 +131,7 @@ pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure>
     Ok(Installed {
         dir: dir.to_path_buf(),
         manifest,
+        manifest_bytes: bytes,
         id: record.map(|r| r.id),
         installed_at,
     })

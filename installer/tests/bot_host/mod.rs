@@ -127,6 +127,10 @@ pub struct Flavor {
     /// Incompressible bytes added as `app/bot/vendor.bin`, the same bytes
     /// in every version (a vendored dependency that does not change).
     pub vendored: Option<usize>,
+    /// `app/bot/model.bin`: this many pseudo-random bytes (others than
+    /// `vendored`'s, the same in every version), then this text (a version
+    /// may append a line).
+    pub model: Option<(usize, String)>,
 }
 
 /// A built release.
@@ -368,6 +372,19 @@ impl TestHost {
                 })
                 .collect();
             fs::write(src.join("app/bot/vendor.bin"), bytes).expect("vendored bytes");
+        }
+        if let Some((len, tail)) = &flavor.model {
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            let mut bytes: Vec<u8> = (0..*len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            bytes.extend_from_slice(tail.as_bytes());
+            fs::write(src.join("app/bot/model.bin"), bytes).expect("model bytes");
         }
         fs::write(
             src.join("app/bot/settings.json"),
