@@ -214,7 +214,14 @@ pub fn acquire(
         &expect,
         running.manifest_bytes,
     )
-    .map_err(|e| refused(e.to_string()))?;
+    .map_err(|e| match e {
+        // Its message already names the delta and says "refused".
+        VerifyError::Delta { .. } => {
+            delta.discard_download();
+            NotTaken::Failed(e.to_string())
+        }
+        other => refused(other.to_string()),
+    })?;
     check_walk(&mut verified, &DeltaBase::of_release(running))
         .map_err(|e| refused(e.to_string()))?;
     Ok(Some(AcquiredDelta {

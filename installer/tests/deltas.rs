@@ -395,6 +395,11 @@ fn falls_back_to_the_full_archive(host: &TestHost, nginx: &Nginx, v2: &Release, 
     let err = stderr(&out);
     assert!(err.contains("taking the full archive instead"), "{err}");
     assert!(err.contains(why), "the refusal says {why:?}: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("taking the full archive instead"))
+        .unwrap_or_default();
+    assert_eq!(line.matches("refused").count(), 1, "said once: {line}");
     host.wait_healthy("2.0.0");
     assert_eq!(host.link("current"), Some(v2.dir_name()));
     assert!(served(nginx, &archive_uri(v2)) > 0, "the full archive");
