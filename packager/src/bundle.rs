@@ -26,23 +26,21 @@
 //! compare with the host's `update.public_keys`, and a host checks the
 //! index and the archives with its own configured keys, exactly as online.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use slipway_formats::archive::{verify_release, Expectations};
 use slipway_formats::bundle::{
     bundle_comment, BundleSums, README_FILE, SUMS_FILE, SUMS_SIGNATURE_FILE,
 };
 use slipway_formats::channel::{ChannelDelta, Timestamp};
-use slipway_formats::delta::{delta_rel_path, verify_delta, DeltaExpectations, DELTAS_DIR};
+use slipway_formats::delta::{delta_rel_path, DELTAS_DIR};
+
+use crate::delta::{check_listed_delta, BaseManifests, ListedDelta};
 use slipway_formats::manifest::validate_name;
-use slipway_formats::{
-    ChannelIndex, ChannelRelease, KeyId, PublicKey, ReleaseId, TrustedKeys, MAX_SIGNATURE_BYTES,
-};
+use slipway_formats::{ChannelIndex, ChannelRelease, KeyId, PublicKey, ReleaseId, TrustedKeys};
 
 use crate::build::BUFFER_SIZE;
 use crate::error::{PackError, Result};
@@ -511,86 +509,40 @@ fn select_deltas<'i>(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(ReleaseId, &'i ChannelDelta)>> {
     let mut out = Vec::new();
-    let mut bases: HashMap<ReleaseId, Option<Vec<u8>>> = HashMap::new();
+    let mut bases = BaseManifests::default();
     for release in chosen {
         for delta in &release.deltas {
-            let rel = delta_rel_path(&delta.from, &release.id);
-            let path = repo.root().join(&rel);
-            let sig_path = repo.root().join(format!("{rel}.minisig"));
-            let missing = |p: &Path| matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-            if missing(&path) || missing(&sig_path) {
-                warnings.push(format!(
+            match check_listed_delta(repo, keys, index, release, delta, &mut bases) {
+                Ok(ListedDelta::Verified) => out.push((release.id, delta)),
+                Ok(ListedDelta::Missing(path)) => warnings.push(format!(
                     "the index lists the delta from {} to {} {}, but {} or its .minisig is missing: left out of the bundle (a host that runs {} takes the full archive); `slipway-pack delta` writes it again",
                     delta.from,
                     release.version,
                     release.id,
                     path.display(),
                     delta.from.short()
-                ));
-                continue;
-            }
-            let base = match bases.get(&delta.from) {
-                Some(base) => base,
-                None => {
-                    let base = base_manifest(repo, keys, &delta.from)?;
-                    bases.entry(delta.from).or_insert(base)
-                }
-            };
-            let Some(base_manifest) = base else {
-                warnings.push(format!(
+                )),
+                Ok(ListedDelta::NoBase) => warnings.push(format!(
                     "the index lists the delta from {} to {} {}, but the repository no longer holds the archive of {} that it starts from, without which it cannot be checked: left out of the bundle (a host that runs {} takes the full archive)",
                     delta.from,
                     release.version,
                     release.id,
                     delta.from,
                     delta.from.short()
-                ));
-                continue;
-            };
-            let signature = slipway_fs::read_text_capped(&sig_path, MAX_SIGNATURE_BYTES)?;
-            let mut file = slipway_fs::open_regular(&path)?;
-            let expect = DeltaExpectations {
-                app: Some(index.app.clone()),
-                channel: Some(index.channel.clone()),
-                from: Some(delta.from),
-                to: Some(release.id),
-                size: Some(delta.size),
-                sha256: Some(delta.sha256),
-            };
-            verify_delta(&mut file, &signature, keys, &expect, base_manifest).map_err(|e| {
-                PackError::verify(
-                    &path,
-                    format!(
-                        "{e}; the index lists it for release {} {}: write it again with `slipway-pack delta`, or bundle with --no-deltas",
-                        release.version, release.id
-                    ),
-                )
-            })?;
-            out.push((release.id, delta));
+                )),
+                Err(PackError::Verify { path, message }) => {
+                    return Err(PackError::verify(
+                        &path,
+                        format!(
+                            "{message}; write it again with `slipway-pack delta`, or bundle with --no-deltas"
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(out)
-}
-
-/// The manifest bytes of release `id`, from its archive in `releases/`
-/// verified with `keys` (hash, signature, manifest); `None` when the
-/// repository holds no archive or signature for it.
-fn base_manifest(repo: &Repo, keys: &TrustedKeys, id: &ReleaseId) -> Result<Option<Vec<u8>>> {
-    let path = repo.archive_path(id);
-    let sig_path = repo.signature_path(id);
-    let missing = |p: &Path| matches!(fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-    if missing(&path) || missing(&sig_path) {
-        return Ok(None);
-    }
-    let signature = slipway_fs::read_text_capped(&sig_path, MAX_SIGNATURE_BYTES)?;
-    let mut file = slipway_fs::open_regular(&path)?;
-    let expect = Expectations {
-        id: Some(*id),
-        ..Expectations::default()
-    };
-    let base = verify_release(&mut file, &signature, keys, &expect)
-        .map_err(|e| PackError::verify(&path, e.to_string()))?;
-    Ok(Some(base.manifest_bytes))
 }
 
 /// The final path and the bundle's name; refuses to overwrite anything.

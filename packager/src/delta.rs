@@ -27,7 +27,8 @@ use slipway_formats::archive::{
     VerifiedRelease, WalkError, ZSTD_WINDOW_LOG_MAX,
 };
 use slipway_formats::delta::{
-    delta_file_name, delta_signature_file_name, reference_files, DELTAS_DIR,
+    delta_file_name, delta_rel_path, delta_signature_file_name, reference_files, verify_delta,
+    DeltaExpectations, DELTAS_DIR,
 };
 use slipway_formats::manifest::MODE_FILE;
 use slipway_formats::signature::TrustedComment;
@@ -570,4 +571,96 @@ impl Write for HashingWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The verified manifest bytes of base releases, by id (`None`: the
+/// repository holds no archive for it), read once per base.
+pub type BaseManifests = std::collections::HashMap<ReleaseId, Option<Vec<u8>>>;
+
+/// What [`check_listed_delta`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListedDelta {
+    /// The delta verified as a host verifies it before its walk.
+    Verified,
+    /// The delta file or its `.minisig` (this path) is not in the
+    /// repository: a host that runs its base takes the full archive.
+    Missing(PathBuf),
+    /// The repository no longer holds the archive of the release the delta
+    /// starts from, without whose manifest the delta cannot be checked.
+    NoBase,
+}
+
+/// Checks a delta a channel index lists for `release`, as a host verifies
+/// it before its walk: the size and SHA-256 the index lists, a
+/// `slipway-delta` signature by a key in `keys` for exactly its two
+/// releases, the index's app and channel, and the manifest inside (its
+/// first frame decompressed against the manifest of the base release,
+/// whose archive in `releases/` is verified for it and kept in `bases`).
+/// A delta that is there and does not verify is a [`PackError::Verify`]
+/// naming it and the release it is listed for.
+pub fn check_listed_delta(
+    repo: &Repo,
+    keys: &TrustedKeys,
+    index: &slipway_formats::channel::ChannelIndex,
+    release: &slipway_formats::channel::ChannelRelease,
+    delta: &slipway_formats::channel::ChannelDelta,
+    bases: &mut BaseManifests,
+) -> Result<ListedDelta> {
+    let rel = delta_rel_path(&delta.from, &release.id);
+    let path = repo.root().join(&rel);
+    let sig_path = repo.root().join(format!("{rel}.minisig"));
+    let missing = |p: &std::path::Path| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound);
+    if missing(&path) || missing(&sig_path) {
+        return Ok(ListedDelta::Missing(path));
+    }
+    let base = match bases.entry(delta.from) {
+        std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(base_manifest(repo, keys, &delta.from)?)
+        }
+    };
+    let Some(base_manifest) = base else {
+        return Ok(ListedDelta::NoBase);
+    };
+    let signature = read_text_capped(&sig_path, slipway_formats::MAX_SIGNATURE_BYTES)?;
+    let mut file = open_regular(&path)?;
+    let expect = DeltaExpectations {
+        app: Some(index.app.clone()),
+        channel: Some(index.channel.clone()),
+        from: Some(delta.from),
+        to: Some(release.id),
+        size: Some(delta.size),
+        sha256: Some(delta.sha256),
+    };
+    verify_delta(&mut file, &signature, keys, &expect, base_manifest).map_err(|e| {
+        PackError::verify(
+            &path,
+            format!(
+                "{e} (the index lists it for release {} {})",
+                release.version, release.id
+            ),
+        )
+    })?;
+    Ok(ListedDelta::Verified)
+}
+
+/// The manifest bytes of release `id`, from its archive in `releases/`
+/// verified with `keys` (hash, signature, manifest); `None` when the
+/// repository holds no archive or signature for it.
+fn base_manifest(repo: &Repo, keys: &TrustedKeys, id: &ReleaseId) -> Result<Option<Vec<u8>>> {
+    let path = repo.archive_path(id);
+    let sig_path = repo.signature_path(id);
+    let missing = |p: &std::path::Path| matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound);
+    if missing(&path) || missing(&sig_path) {
+        return Ok(None);
+    }
+    let signature = read_text_capped(&sig_path, slipway_formats::MAX_SIGNATURE_BYTES)?;
+    let mut file = open_regular(&path)?;
+    let expect = Expectations {
+        id: Some(*id),
+        ..Expectations::default()
+    };
+    let base = verify_release(&mut file, &signature, keys, &expect)
+        .map_err(|e| PackError::verify(&path, e.to_string()))?;
+    Ok(Some(base.manifest_bytes))
 }

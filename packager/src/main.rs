@@ -101,7 +101,7 @@ enum Command {
         #[command(flatten)]
         index: IndexArgs,
     },
-    /// Verify an archive, or every index and listed archive of a repository.
+    /// Verify an archive, or every index, listed archive and listed delta of a repository.
     Verify {
         /// Trusted public key: a .pub file or the base64 key (repeatable).
         #[arg(long = "pubkey", value_name = "PUB", required = true)]
@@ -710,6 +710,9 @@ fn verify(
                     a.size,
                     a.key_id
                 );
+            }
+            for d in &report.deltas {
+                slipway_fs::outln!("ok  delta {d}");
             }
             for p in &report.problems {
                 eprintln!("error: {p}");

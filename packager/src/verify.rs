@@ -22,6 +22,7 @@ use slipway_formats::archive::{
 use slipway_formats::channel::Timestamp;
 use slipway_formats::{KeyId, Manifest, ReleaseId, TrustedKeys, MAX_SIGNATURE_BYTES};
 
+use crate::delta::ListedDelta;
 use crate::error::{PackError, Result};
 use crate::repo::{archive_id_from_name, signature_path_of, Repo};
 use slipway_fs::{open_regular, read_capped_optional};
@@ -110,14 +111,20 @@ pub struct VerifiedChannel {
 pub struct RepoReport {
     pub channels: Vec<VerifiedChannel>,
     pub archives: Vec<VerifiedArchive>,
+    /// The deltas the indexes list that verified
+    /// ([`crate::delta::check_listed_delta`]), as repository paths.
+    pub deltas: Vec<String>,
     pub problems: Vec<String>,
 }
 
 /// Verifies every channel index of a repository (signature, format, trusted
 /// comment, not expired at `now`) and every archive listed in one (as
 /// [`verify_archive`], plus the index's size, version, app, channel and
-/// schema version against the archive). Problems are collected, not
-/// stopped at.
+/// schema version against the archive), and every delta listed for a
+/// release as a host verifies it before its walk. A listed delta whose
+/// file is missing, or whose base archive the repository no longer holds
+/// (so it cannot be checked), is a problem too. Problems are collected,
+/// not stopped at.
 pub fn verify_repo(repo: &Repo, keys: &TrustedKeys, now: Timestamp) -> Result<RepoReport> {
     let mut report = RepoReport::default();
     let channels = repo.channels()?;
@@ -128,6 +135,7 @@ pub fn verify_repo(repo: &Repo, keys: &TrustedKeys, now: Timestamp) -> Result<Re
         ));
     }
     let mut seen: Vec<ReleaseId> = Vec::new();
+    let mut bases = crate::delta::BaseManifests::default();
     for channel in channels {
         let signed = match repo.read_channel(&channel, keys) {
             Ok(Some(s)) => s,
@@ -198,6 +206,34 @@ pub fn verify_repo(repo: &Repo, keys: &TrustedKeys, now: Timestamp) -> Result<Re
             if !seen.contains(&verified.id) {
                 seen.push(verified.id);
                 report.archives.push(verified);
+            }
+            for delta in &release.deltas {
+                let rel = slipway_formats::delta::delta_rel_path(&delta.from, &release.id);
+                let problem = match crate::delta::check_listed_delta(
+                    repo, keys, index, release, delta, &mut bases,
+                ) {
+                    Ok(ListedDelta::Verified) => {
+                        if !report.deltas.contains(&rel) {
+                            report.deltas.push(rel);
+                        }
+                        continue;
+                    }
+                    Ok(ListedDelta::Missing(path)) => format!(
+                        "{} or its .minisig is missing (hosts that run {} take the full archive); `slipway-pack delta` writes it again",
+                        path.display(),
+                        delta.from.short()
+                    ),
+                    Ok(ListedDelta::NoBase) => format!(
+                        "{rel} cannot be checked: the repository no longer holds the archive of {}, the release it starts from",
+                        delta.from
+                    ),
+                    Err(e) => e.to_string(),
+                };
+                report.problems.push(format!(
+                    "channel {channel:?} release {}: delta from {}: {problem}",
+                    release.version,
+                    delta.from.short()
+                ));
             }
         }
     }

@@ -203,3 +203,53 @@ fn a_delta_whose_base_archive_is_gone_is_left_out_with_a_warning() {
     assert!(err.contains("no longer holds the archive"), "{err}");
     assert!(err.contains(&v2), "{err}");
 }
+
+/// `slipway-pack verify --json --repo` with the key of [`repo_with_a_delta`].
+fn verify_repo(tmp: &Path, repo: &Path) -> (bool, serde_json::Value) {
+    let out = pack()
+        .args(["verify", "--json", "--pubkey"])
+        .arg(tmp.join("k.pub"))
+        .arg("--repo")
+        .arg(repo)
+        .output()
+        .expect("verify");
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): {:?}", text(&out)));
+    (out.status.success(), json)
+}
+
+#[test]
+fn verify_repo_checks_every_listed_delta_like_a_host() {
+    let (tmp, repo, _key, v1, v2) = repo_with_a_delta();
+    let (ok, report) = verify_repo(tmp.path(), &repo);
+    assert!(ok, "{report}");
+    assert_eq!(report["deltas"], serde_json::json!([delta_rel(&v1, &v2)]));
+
+    // A changed byte: its listed SHA-256 no longer holds.
+    let path = delta_path(&repo, &v1, &v2);
+    let good = fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    fs::write(&path, &bad).unwrap();
+    let (ok, report) = verify_repo(tmp.path(), &repo);
+    assert!(!ok, "a tampered delta passed: {report}");
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("delta from") && problems.contains(&hex(&v2)[..12]),
+        "{problems}"
+    );
+    assert_eq!(report["deltas"], serde_json::json!([]));
+
+    // Missing: a problem that says so and how to write it again.
+    fs::remove_file(&path).unwrap();
+    let (ok, report) = verify_repo(tmp.path(), &repo);
+    assert!(!ok);
+    let problems = report["problems"].to_string();
+    assert!(
+        problems.contains("missing") && problems.contains("slipway-pack delta"),
+        "{problems}"
+    );
+    fs::write(&path, &good).unwrap();
+    assert!(verify_repo(tmp.path(), &repo).0);
+}
