@@ -362,27 +362,11 @@ impl TestHost {
         }
         fs::write(src.join("slipway.toml"), toml).expect("slipway.toml");
         if let Some(len) = flavor.vendored {
-            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let bytes = pseudo_random(len, 0x9e37_79b9_7f4a_7c15);
             fs::write(src.join("app/bot/vendor.bin"), bytes).expect("vendored bytes");
         }
         if let Some((len, tail)) = &flavor.model {
-            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-            let mut bytes: Vec<u8> = (0..*len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let mut bytes = pseudo_random(*len, 0x2545_f491_4f6c_dd1d);
             bytes.extend_from_slice(tail.as_bytes());
             fs::write(src.join("app/bot/model.bin"), bytes).expect("model bytes");
         }
@@ -759,4 +743,18 @@ pub fn require_fault_injection() {
         "this test needs slipway built with its crash-test hooks: \
          cargo test -p slipway --features fault-injection (scripts/test does)"
     );
+}
+
+/// `len` pseudo-random bytes (xorshift64 from `seed`): incompressible
+/// content that is the same on every run.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
