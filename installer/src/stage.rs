@@ -89,17 +89,27 @@ pub struct StageOptions<'a> {
 
 /// The files of the running release that staging may hardlink instead of
 /// writing: every regular file with an identity record, by content digest
-/// and mode. A file is linked only if, right before, its `lstat` identity
-/// is still the recorded one (so its content is still the one its
-/// manifest entry, verified when that release was staged, says), and only
-/// if it has the manifest's mode: a shared inode is never chmodded.
+/// and mode. A file is linked only if its identity is the recorded one (so
+/// its content is still the one its manifest entry, verified when that
+/// release was staged, says), and only if it has the manifest's mode: a
+/// shared inode is never chmodded. "Is the recorded one" is an `lstat`
+/// right before the link, unless this run's clean-tree rule has just
+/// proven the whole tree against the record ([`LinkSource::vouched`]);
+/// either way an `lstat` right after the link must find the same inode,
+/// size, mode and mtime.
 #[derive(Debug, Default)]
 pub struct LinkSource {
     /// The running release's directory.
     dir: PathBuf,
-    /// (digest, read-only mode) → the release-relative path of one file
-    /// with them, and its recorded identity.
-    by_content: HashMap<(String, u32), (String, FileIdentity)>,
+    /// Digest → for each read-only mode, the release-relative path of one
+    /// file with that digest and mode, and its recorded identity.
+    by_content: HashMap<String, Vec<(u32, String, FileIdentity)>>,
+    /// Set when this run's clean-tree rule, under the transaction lock,
+    /// has just found every path of the running release as its identity
+    /// record says ([`crate::clean::check_release`]): then the record is
+    /// what is on disk, and the `lstat` before each link would only repeat
+    /// that check.
+    vouched: bool,
 }
 
 impl LinkSource {
@@ -107,26 +117,36 @@ impl LinkSource {
     /// usable identity record (then everything is written).
     pub fn of_release(layout: &Layout, dir: &Path, manifest: &Manifest) -> Option<LinkSource> {
         let record = crate::identity::load(layout, dir).filter(|r| r.manifest_unchanged(dir))?;
-        let mut by_content = HashMap::new();
+        let mut by_content: HashMap<String, Vec<(u32, String, FileIdentity)>> = HashMap::new();
         for e in &manifest.files {
             let (EntryType::File, Some(sha)) = (e.kind, e.sha256.as_ref()) else {
                 continue;
             };
             if let Some(id) = record.get(&e.path) {
-                by_content
-                    .entry((sha.clone(), read_only(e.mode.0)))
-                    .or_insert_with(|| (e.path.clone(), *id));
+                let mode = read_only(e.mode.0);
+                let files = by_content.entry(sha.clone()).or_default();
+                if !files.iter().any(|(m, _, _)| *m == mode) {
+                    files.push((mode, e.path.clone(), *id));
+                }
             }
         }
         Some(LinkSource {
             dir: dir.to_path_buf(),
             by_content,
+            vouched: false,
         })
+    }
+
+    /// Marks the running release as just proven clean against its record
+    /// by this run ([`LinkSource::vouched`]), or no longer so (something
+    /// changed under a stage that used it).
+    pub fn set_vouched(&mut self, vouched: bool) {
+        self.vouched = vouched;
     }
 
     /// How many files could be linked.
     pub fn len(&self) -> usize {
-        self.by_content.len()
+        self.by_content.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,11 +162,20 @@ impl LinkSource {
         cursor: &mut DirCursor,
     ) -> Option<(String, FileIdentity)> {
         let sha = entry.sha256.as_ref()?;
-        let (path, recorded) = self
+        let mode = read_only(entry.mode.0);
+        let (_, path, recorded) = self
             .by_content
-            .get(&(sha.clone(), read_only(entry.mode.0)))?;
+            .get(sha.as_str())?
+            .iter()
+            .find(|(m, _, _)| *m == mode)?;
+        if recorded.size != entry.size.unwrap_or(0) {
+            return None;
+        }
+        if self.vouched {
+            return Some((path.clone(), *recorded));
+        }
         let now = cursor.identity(path).ok()?;
-        (now == *recorded && now.size == entry.size.unwrap_or(0)).then(|| (path.clone(), now))
+        (now == *recorded).then(|| (path.clone(), now))
     }
 }
 
@@ -662,9 +691,18 @@ fn check_and_write(
             nudge,
             unsynced: 0,
             open: None,
-            linked: Linked::default(),
-            link_root: options.link_from.map(|l| l.dir.as_path()),
-            cursors: None,
+            linker: options.link_from.map(|l| Linker {
+                staging,
+                manifest,
+                sync: options.sync,
+                root: l.dir.as_path(),
+                cursors: None,
+                linked: Linked::default(),
+            }),
+            helper: None,
+            pending: Vec::new(),
+            last_parent: String::new(),
+            helpers_turn: false,
         };
         let writer_thread = scope.spawn(move || write_batches(files, batch_rx, written_tx, failed));
         let hasher = scope.spawn(move || hash_batches(manifest, written_rx, free_tx, failed));
@@ -846,13 +884,86 @@ struct FileWriter<'a> {
     unsynced: u64,
     /// The file `Data` goes to, with its path and entry.
     open: Option<(File, PathBuf, usize)>,
-    /// The running release's directory, which `Op::Link` sources are
-    /// relative to, with a cursor under it and one under `staging` (both
-    /// opened at the first link).
-    link_root: Option<&'a Path>,
+    /// Carries out `Op::Link` orders (`None`: nothing is linked).
+    linker: Option<Linker<'a>>,
+    /// The linking thread's queue, and the orders not yet sent to it
+    /// ([`FileWriter::share_link`]).
+    helper: Option<mpsc::SyncSender<Vec<LinkOrder>>>,
+    pending: Vec<LinkOrder>,
+    /// The parent directory of the last link, and whose turn its links
+    /// are: links alternate between the threads by directory, so that the
+    /// two rarely wait on the same directory's lock.
+    last_parent: String,
+    helpers_turn: bool,
+}
+
+/// One hardlink to make: entry `index` from `from_rel` under the running
+/// release, whose identity was `before` ([`Batch::sources`]).
+struct LinkOrder {
+    index: usize,
+    from_rel: String,
+    before: FileIdentity,
+}
+
+/// Orders sent to the linking thread at a time.
+const LINK_ORDERS: usize = 256;
+
+/// Makes hardlinks from the running release into the staging directory,
+/// proving each: the writing thread has one and the linking thread
+/// ([`link_orders`]) another, each with its own directory cursors.
+struct Linker<'a> {
+    staging: &'a Path,
+    manifest: &'a Manifest,
+    sync: SyncMode,
+    /// The running release's directory, which link sources are relative
+    /// to, with a cursor under it and one under `staging` (both opened at
+    /// the first link).
+    root: &'a Path,
     cursors: Option<(DirCursor, DirCursor)>,
-    /// What this run linked.
+    /// What this linker linked.
     linked: Linked,
+}
+
+/// The linking thread: makes every link of the orders it is sent, until
+/// the queue closes. Returns its first failure with its entry (after which
+/// it raises `failed` and only drains the queue), and what it linked.
+fn link_orders(
+    mut linker: Linker<'_>,
+    orders: mpsc::Receiver<Vec<LinkOrder>>,
+    failed: &AtomicBool,
+) -> (Option<(usize, StageError)>, Linked) {
+    let mut error = None;
+    for chunk in orders {
+        if error.is_some() {
+            continue;
+        }
+        for order in chunk {
+            if let Err(e) = linker.link(order.index, &order.from_rel, &order.before) {
+                error = Some(e);
+                failed.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    (error, linker.linked)
+}
+
+impl Linked {
+    /// Adds what another linker linked. An inode linked by both keeps the
+    /// later `after` (the greater ctime: links only move it forward).
+    fn merge(&mut self, other: Linked) {
+        for (before, after) in other.inodes {
+            self.inodes
+                .entry(before)
+                .and_modify(|mine| {
+                    if (after.ctime, after.ctime_ns) > (mine.ctime, mine.ctime_ns) {
+                        *mine = after;
+                    }
+                })
+                .or_insert(after);
+        }
+        self.entries.extend(other.entries);
+    }
 }
 
 /// The writing thread: carries out every order of every batch, in order,
@@ -860,6 +971,42 @@ struct FileWriter<'a> {
 /// (returned with its entry) it raises `failed` and passes the rest on
 /// emptied, so nothing waits on it.
 fn write_batches(
+    mut files: FileWriter<'_>,
+    batches: mpsc::Receiver<Batch>,
+    to_hash: mpsc::SyncSender<Batch>,
+    failed: &AtomicBool,
+) -> (Option<(usize, StageError)>, Linked) {
+    let Some(linker) = files.linker.as_ref() else {
+        return write_all_batches(files, batches, to_hash, failed);
+    };
+    let staging = linker.staging;
+    let helper = Linker {
+        cursors: None,
+        linked: Linked::default(),
+        ..*linker
+    };
+    std::thread::scope(|scope| {
+        let (orders, queued) = mpsc::sync_channel::<Vec<LinkOrder>>(4);
+        files.helper = Some(orders);
+        let helper = scope.spawn(move || link_orders(helper, queued, failed));
+        let (error, mut linked) = write_all_batches(files, batches, to_hash, failed);
+        let (helper_error, helper_linked) = match helper.join() {
+            Ok(done) => done,
+            Err(_) => (Some((0, hashing_stopped(staging))), Linked::default()),
+        };
+        linked.merge(helper_linked);
+        let error = match (error, helper_error) {
+            (Some((i, e)), Some((j, f))) => Some(if i <= j { (i, e) } else { (j, f) }),
+            (Some(e), None) | (None, Some(e)) => Some(e),
+            (None, None) => None,
+        };
+        (error, linked)
+    })
+}
+
+/// [`write_batches`]'s loop; the links it shares go to the linking thread
+/// through `files.helper`, which is closed when this returns.
+fn write_all_batches(
     mut files: FileWriter<'_>,
     batches: mpsc::Receiver<Batch>,
     to_hash: mpsc::SyncSender<Batch>,
@@ -892,36 +1039,15 @@ fn write_batches(
             break;
         }
     }
-    (error, files.linked)
+    if error.is_none() {
+        files.flush_links();
+    }
+    drop(files.helper.take());
+    let linked = files.linker.map(|l| l.linked).unwrap_or_default();
+    (error, linked)
 }
 
 impl FileWriter<'_> {
-    /// Hardlinks `from_rel` of the running release in `root` to `rel` in
-    /// the staging directory, each looked up from its parent directory.
-    fn link_at(&mut self, root: &Path, from_rel: &str, rel: &str) -> io::Result<()> {
-        if crate::fault::refused("link") {
-            return Err(io::Error::from_raw_os_error(
-                rustix::io::Errno::XDEV.raw_os_error(),
-            ));
-        }
-        if self.cursors.is_none() {
-            self.cursors = Some((DirCursor::open(root)?, DirCursor::open(self.staging)?));
-        }
-        let Some((from_dirs, to_dirs)) = self.cursors.as_mut() else {
-            return Err(io::Error::other("no open directory"));
-        };
-        let (from_dir, from_name) = from_dirs.locate(from_rel)?;
-        let (to_dir, to_name) = to_dirs.locate(rel)?;
-        rustix::fs::linkat(
-            from_dir,
-            from_name,
-            to_dir,
-            to_name,
-            rustix::fs::AtFlags::empty(),
-        )?;
-        Ok(())
-    }
-
     fn apply(
         &mut self,
         op: &Op,
@@ -963,56 +1089,32 @@ impl FileWriter<'_> {
                 None => Ok(()),
             },
             Op::Link { index, source } => {
-                let rel = &self.manifest.files[index].path;
-                let (Some((from_rel, before)), Some(root)) = (sources.get(source), self.link_root)
+                let (Some((from_rel, before)), Some(linker)) =
+                    (sources.get(source), self.linker.as_mut())
                 else {
                     return Err((index, hashing_stopped(self.staging)));
                 };
-                let from = || root.join(from_rel);
-                let linked = match self.link_at(root, from_rel, rel) {
-                    Ok(()) => true,
-                    // A file system or a policy that refuses the link
-                    // (EXDEV, EMLINK, EPERM under protected_hardlinks):
-                    // the same bytes, copied, with the entry's mode.
-                    Err(_) => {
-                        let path = self.staging.join(rel);
-                        copy_unchanged(
-                            &from(),
-                            &path,
-                            self.manifest.files[index].mode.0,
-                            self.sync,
-                        )
-                        .map_err(|e| (index, e))?;
-                        false
-                    }
-                };
-                let after = match self.cursors.as_mut() {
-                    Some((from_dirs, _)) => from_dirs.identity(from_rel),
-                    None => FileIdentity::of_path(&from()),
+                let parent = self.manifest.files[index]
+                    .path
+                    .rsplit_once('/')
+                    .map_or("", |(parent, _)| parent);
+                if parent != self.last_parent {
+                    self.last_parent.clear();
+                    self.last_parent.push_str(parent);
+                    self.helpers_turn = !self.helpers_turn && self.helper.is_some();
                 }
-                .map_err(entry_io(index, "stat", &from()))?;
-                if !before.same_but_ctime(&after) {
-                    return Err((
+                if self.helpers_turn {
+                    self.pending.push(LinkOrder {
                         index,
-                        StageError::Io {
-                            action: "hardlink",
-                            path: from(),
-                            source: io::Error::other(
-                                "the running release's file changed while it was linked; \
-                                 run `slipway verify` and try again",
-                            ),
-                        },
-                    ));
-                }
-                if !linked {
+                        from_rel: from_rel.clone(),
+                        before: *before,
+                    });
+                    if self.pending.len() >= LINK_ORDERS {
+                        self.flush_links();
+                    }
                     return Ok(());
                 }
-                if self.linked.entries.is_empty() {
-                    crate::fault::at_point("hardlink");
-                }
-                self.linked.inodes.insert(*before, after);
-                self.linked.entries.push((index, *before));
-                Ok(())
+                linker.link(index, from_rel, before)
             }
             Op::Close(i) => {
                 let Some((file, path, _)) = self.open.take() else {
@@ -1031,6 +1133,108 @@ impl FileWriter<'_> {
                 Ok(())
             }
         }
+    }
+}
+
+impl FileWriter<'_> {
+    /// Sends the links queued for the linking thread. Their directories
+    /// exist: this thread created them, in archive order, before it came
+    /// to the links. A closed queue means the linking thread failed; its
+    /// error is reported when it is joined.
+    fn flush_links(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let orders = std::mem::take(&mut self.pending);
+        if let Some(helper) = &self.helper {
+            let _ = helper.send(orders);
+        }
+    }
+}
+
+impl Linker<'_> {
+    /// Hardlinks `from_rel` of the running release in `root` to `rel` in
+    /// the staging directory, each looked up from its parent directory.
+    fn link_at(&mut self, root: &Path, from_rel: &str, rel: &str) -> io::Result<()> {
+        if crate::fault::refused("link") {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::XDEV.raw_os_error(),
+            ));
+        }
+        if self.cursors.is_none() {
+            self.cursors = Some((DirCursor::open(root)?, DirCursor::open(self.staging)?));
+        }
+        let Some((from_dirs, to_dirs)) = self.cursors.as_mut() else {
+            return Err(io::Error::other("no open directory"));
+        };
+        let (from_dir, from_name) = from_dirs.locate(from_rel)?;
+        let (to_dir, to_name) = to_dirs.locate(rel)?;
+        rustix::fs::linkat(
+            from_dir,
+            from_name,
+            to_dir,
+            to_name,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Hardlinks entry `index` from `from_rel` (whose identity was
+    /// `before`), or copies it when the file system refuses the link, then
+    /// proves the source is still the same file: same inode, size, mode
+    /// and mtime as `before` (a link moves only its ctime).
+    fn link(
+        &mut self,
+        index: usize,
+        from_rel: &str,
+        before: &FileIdentity,
+    ) -> Result<(), (usize, StageError)> {
+        let entry_io = |action: &'static str, path: &Path| {
+            let to_error = io_at(action, path);
+            move |source| (index, to_error(source))
+        };
+        let rel = &self.manifest.files[index].path;
+        let root = self.root;
+        let from = || root.join(from_rel);
+        let linked = match self.link_at(root, from_rel, rel) {
+            Ok(()) => true,
+            // A file system or a policy that refuses the link (EXDEV,
+            // EMLINK, EPERM under protected_hardlinks): the same bytes,
+            // copied, with the entry's mode.
+            Err(_) => {
+                let path = self.staging.join(rel);
+                copy_unchanged(&from(), &path, self.manifest.files[index].mode.0, self.sync)
+                    .map_err(|e| (index, e))?;
+                false
+            }
+        };
+        let after = match self.cursors.as_mut() {
+            Some((from_dirs, _)) => from_dirs.identity(from_rel),
+            None => FileIdentity::of_path(&from()),
+        }
+        .map_err(entry_io("stat", &from()))?;
+        if !before.same_but_ctime(&after) {
+            return Err((
+                index,
+                StageError::Io {
+                    action: "hardlink",
+                    path: from(),
+                    source: io::Error::other(
+                        "the running release's file changed while it was linked; \
+                         run `slipway verify` and try again",
+                    ),
+                },
+            ));
+        }
+        if !linked {
+            return Ok(());
+        }
+        if self.linked.entries.is_empty() {
+            crate::fault::at_point("hardlink");
+        }
+        self.linked.inodes.insert(*before, after);
+        self.linked.entries.push((index, *before));
+        Ok(())
     }
 }
 
@@ -1459,9 +1663,11 @@ mod tests {
             nudge: None,
             unsynced: 0,
             open: None,
-            linked: Linked::default(),
-            link_root: None,
-            cursors: None,
+            linker: None,
+            helper: None,
+            pending: Vec::new(),
+            last_parent: String::new(),
+            helpers_turn: false,
         };
         let (i, e) = write_batches(files, batch_rx, written_tx, &failed)
             .0

@@ -168,6 +168,93 @@ fn unchanged_files_are_hardlinked_and_both_releases_verify() {
     );
 }
 
+/// Staging links with two threads, alternating by directory, and a content
+/// found in many directories is linked from one inode by both. Every
+/// unchanged file must still be linked, and the records of both releases
+/// must hold the ctime of each inode after its last link, whichever
+/// thread made it: else the next quick check re-hashes those files.
+#[test]
+fn links_made_by_both_threads_leave_exact_records_for_both_releases() {
+    let tree = Flavor {
+        tree: Some((24, 12)),
+        ..Flavor::default()
+    };
+    let host = TestHost::new(&[("update", "keep_releases = 2")]);
+    let v1 = host.release("1.0.0", &tree);
+    host.run_expect(&["update"], 0);
+    host.wait_healthy("1.0.0");
+    let v2 = host.release(
+        "2.0.0",
+        &Flavor {
+            schema: Some(2),
+            ..tree
+        },
+    );
+    let out = host.run_expect(&["-v", "update"], 0);
+    host.wait_healthy("2.0.0");
+    let (d1, d2) = (release_dir(&host, &v1), release_dir(&host, &v2));
+    let same = ino(&d2.join("app/lib/d00/same.txt"));
+    for d in 0..24 {
+        let dir = format!("app/lib/d{d:02}");
+        for f in 0..12 {
+            let path = format!("{dir}/f{f:02}.py");
+            assert_eq!(
+                ino(&d1.join(&path)),
+                ino(&d2.join(&path)),
+                "{path} was not hardlinked\n{}",
+                stderr(&out)
+            );
+        }
+        // One source inode for the content every directory shares.
+        assert_eq!(
+            ino(&d2.join(format!("{dir}/same.txt"))),
+            same,
+            "{dir}/same.txt"
+        );
+    }
+    let layout = slipway::layout::Layout::new(host.root());
+    for dir in [&d1, &d2] {
+        assert!(
+            slipway::identity::record_vouches_for_tree(&layout, dir).is_some(),
+            "the record of {} no longer matches its tree after the links",
+            dir.display()
+        );
+    }
+    let out = host.run_expect(&["-v", "verify", "--quick"], 0);
+    assert!(
+        stderr(&out).contains("nothing read or listed"),
+        "the quick check did not trust the record:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(drift_of(&d1), vec![]);
+    assert_eq!(drift_of(&d2), vec![]);
+}
+
+/// `install --force` skips the clean-tree rule, so nothing has vouched for
+/// the running release: each file is checked right before it is linked,
+/// and one edited in place (same size, mode and mtime; only its ctime
+/// moved) is written from the archive, never linked into the new release.
+#[test]
+fn a_forced_install_never_links_a_file_edited_in_place() {
+    let (host, v1) = host_with_v1(&[("update", "keep_releases = 2")]);
+    let d1 = release_dir(&host, &v1);
+    let edited = d1.join("app/bot/save.py");
+    let original = fs::read(&edited).unwrap();
+    edit_in_place(&edited);
+    let v2 = host.release("2.0.0", &v2_flavor());
+    host.run_expect(&["install", "--force", &v2.archive.to_string_lossy()], 0);
+    host.wait_healthy("2.0.0");
+    let d2 = release_dir(&host, &v2);
+    assert_eq!(fs::read(d2.join("app/bot/save.py")).unwrap(), original);
+    assert_ne!(ino(&edited), ino(&d2.join("app/bot/save.py")));
+    // The files nobody touched are still linked.
+    assert_eq!(
+        ino(&d1.join("app/bot/migrate.py")),
+        ino(&d2.join("app/bot/migrate.py"))
+    );
+    assert_eq!(drift_of(&d2), vec![]);
+}
+
 #[test]
 fn a_file_changed_in_place_is_caught_and_the_update_refused() {
     let (host, v1) = host_with_v1(&[]);

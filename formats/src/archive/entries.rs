@@ -32,7 +32,7 @@
 //! [`check_file_digest`].
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::rc::Rc;
 
@@ -147,26 +147,33 @@ pub enum EntryError {
 /// is still left out.
 #[derive(Debug, Clone, Default)]
 pub struct BaseFiles {
-    contents: HashSet<(String, u32)>,
+    /// Digest → the modes files with it have (nearly always one).
+    contents: HashMap<String, Vec<u32>>,
 }
 
 impl BaseFiles {
     /// The regular files of `base`, the manifest of the release a delta
     /// starts from.
     pub fn of(base: &Manifest) -> BaseFiles {
-        let contents = base
-            .files
-            .iter()
-            .filter(|e| e.kind == EntryType::File)
-            .filter_map(|e| Some((e.sha256.clone()?, e.mode.0)))
-            .collect();
+        let mut contents: HashMap<String, Vec<u32>> = HashMap::new();
+        for e in base.files.iter().filter(|e| e.kind == EntryType::File) {
+            if let Some(sha) = &e.sha256 {
+                let modes = contents.entry(sha.clone()).or_default();
+                if !modes.contains(&e.mode.0) {
+                    modes.push(e.mode.0);
+                }
+            }
+        }
         BaseFiles { contents }
     }
 
     /// Whether `entry` is a regular file whose digest and mode the base has.
     pub fn has(&self, entry: &FileEntry) -> bool {
         match (entry.kind, &entry.sha256) {
-            (EntryType::File, Some(sha)) => self.contents.contains(&(sha.clone(), entry.mode.0)),
+            (EntryType::File, Some(sha)) => self
+                .contents
+                .get(sha.as_str())
+                .is_some_and(|modes| modes.contains(&entry.mode.0)),
             _ => false,
         }
     }

@@ -783,11 +783,16 @@ pub fn install(
         .unwrap_or_default();
     // Unchanged files are hardlinked from the running release (never into
     // a reinstall, which is a fresh copy of the running one).
-    let link_from = t
+    let mut link_from = t
         .running
         .as_ref()
         .filter(|_| !reinstall)
         .and_then(|r| stage::LinkSource::of_release(&host.layout, &r.dir, &r.manifest));
+    if let Some(source) = link_from.as_mut() {
+        // Without --force, eligibility's clean-tree rule has just proven
+        // the running release against its record, under the lock.
+        source.set_vouched(!opts.force);
+    }
     log.debug(format!(
         "{} files of the running release may be hardlinked",
         link_from.as_ref().map_or(0, stage::LinkSource::len)
@@ -814,6 +819,11 @@ pub fn install(
         ));
         t.discard_staged();
         used.discard_download();
+        if let Some(source) = link_from.as_mut() {
+            // Something may have changed since the clean-tree rule ran:
+            // every link is checked before it is made.
+            source.set_vouched(false);
+        }
         match full_after_delta(host, &log, candidate) {
             Ok(full) => verified = full,
             Err((cause, f)) => return t.fail(cause, f),

@@ -131,6 +131,10 @@ pub struct Flavor {
     /// `vendored`'s, the same in every version), then this text (a version
     /// may append a line).
     pub model: Option<(usize, String)>,
+    /// `app/lib/dNN/`: this many directories of this many small files,
+    /// the same in every version; every directory also holds `same.txt`
+    /// with one content for all (duplicate contents across directories).
+    pub tree: Option<(usize, usize)>,
 }
 
 /// A built release.
@@ -369,6 +373,21 @@ impl TestHost {
             let mut bytes = pseudo_random(*len, 0x2545_f491_4f6c_dd1d);
             bytes.extend_from_slice(tail.as_bytes());
             fs::write(src.join("app/bot/model.bin"), bytes).expect("model bytes");
+        }
+        if let Some((dirs, files)) = flavor.tree {
+            for d in 0..dirs {
+                let dir = src.join(format!("app/lib/d{d:02}"));
+                fs::create_dir_all(&dir).expect("tree directory");
+                fs::write(dir.join("same.txt"), "one content in every directory\n")
+                    .expect("tree file");
+                for f in 0..files {
+                    fs::write(
+                        dir.join(format!("f{f:02}.py")),
+                        format!("X = {d} * 1000 + {f}\n"),
+                    )
+                    .expect("tree file");
+                }
+            }
         }
         fs::write(
             src.join("app/bot/settings.json"),
