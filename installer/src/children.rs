@@ -234,7 +234,9 @@ pub fn reap_orphans(ledger: &Path) -> io::Result<Reaped> {
     // Wait until everything killed is gone (a SIGKILLed process may take a
     // moment to exit; its zombie is reaped by init and counts as gone).
     let deadline = Instant::now() + REAP_WAIT;
-    loop {
+    // Nothing killed: nothing to wait for (and no second scan of every
+    // process on every run).
+    while !pgids.is_empty() || !reaped.marked.is_empty() {
         let now = scan_processes();
         let alive: Vec<i32> = now
             .iter()

@@ -421,12 +421,13 @@ pub fn record_file(layout: &Layout, release_dir: &Path) -> Option<PathBuf> {
 /// directory, `slipway/`, the manifest and every entry. `known` gives the
 /// identity of paths the caller has just seen (the files staging linked,
 /// whose identity it read right after the link); the others are
-/// `lstat`ed. An error is an `lstat` failure or an entry that is not of
-/// its manifest type (the tree is not as staged).
+/// `lstat`ed; `known[i]` is for `manifest.files[i]`. An error is an
+/// `lstat` failure or an entry that is not of its manifest type (the tree
+/// is not as staged).
 pub fn take(
     dir: &Path,
     manifest: &Manifest,
-    known: &HashMap<String, FileIdentity>,
+    known: &[Option<FileIdentity>],
 ) -> io::Result<TreeRecord> {
     let mut cursor = DirCursor::open(dir)?;
     let mut files = BTreeMap::new();
@@ -435,10 +436,15 @@ pub fn take(
         ("slipway", EntryType::Dir),
         (MANIFEST_PATH, EntryType::File),
     ];
-    let listed = manifest.files.iter().map(|e| (e.path.as_str(), e.kind));
-    for (path, kind) in own.into_iter().chain(listed) {
-        let id = match known.get(path) {
-            Some(id) => *id,
+    let own = own.into_iter().map(|(path, kind)| (path, kind, None));
+    let listed = manifest
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.as_str(), e.kind, known.get(i).copied().flatten()));
+    for (path, kind, known) in own.chain(listed) {
+        let id = match known {
+            Some(id) => id,
             None => cursor.identity(path)?,
         };
         let type_bits = id.mode & 0o170000;

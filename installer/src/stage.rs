@@ -194,14 +194,15 @@ pub struct Linked {
 impl Linked {
     /// The identity each linked path has now (its inode's after the last
     /// link): what the new release's record says without an `lstat`.
-    fn identities(&self, manifest: &Manifest) -> HashMap<String, FileIdentity> {
-        self.entries
-            .iter()
-            .filter_map(|(index, before)| {
-                let path = manifest.files.get(*index)?.path.clone();
-                Some((path, *self.inodes.get(before)?))
-            })
-            .collect()
+    /// By manifest entry index (`None`: not linked).
+    fn identities(&self, manifest: &Manifest) -> Vec<Option<FileIdentity>> {
+        let mut known = vec![None; manifest.files.len()];
+        for (index, before) in &self.entries {
+            if let Some(slot) = known.get_mut(*index) {
+                *slot = self.inodes.get(before).copied();
+            }
+        }
+        known
     }
 }
 
