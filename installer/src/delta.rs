@@ -315,18 +315,17 @@ pub struct DeltaBase<'a> {
     dir: &'a Path,
     manifest: &'a Manifest,
     manifest_bytes: &'a [u8],
-    by_digest: HashMap<String, PathBuf>,
+    /// Content digest → the manifest path of one file with it.
+    by_digest: HashMap<&'a str, &'a str>,
 }
 
 impl<'a> DeltaBase<'a> {
     /// The running release in `running.dir`, as its manifest lists it.
     pub fn of_release(running: Running<'a>) -> DeltaBase<'a> {
-        let mut by_digest = HashMap::new();
+        let mut by_digest = HashMap::with_capacity(running.manifest.files.len());
         for e in &running.manifest.files {
             if let (EntryType::File, Some(sha)) = (e.kind, &e.sha256) {
-                by_digest
-                    .entry(sha.clone())
-                    .or_insert_with(|| running.dir.join(&e.path));
+                by_digest.entry(sha.as_str()).or_insert(e.path.as_str());
             }
         }
         DeltaBase {
@@ -352,19 +351,23 @@ impl<'a> DeltaBase<'a> {
     /// is not trusted: the caller hashes it against `entry`'s digest.
     pub fn open(&self, entry: &FileEntry) -> io::Result<BaseContent> {
         let sha = entry.sha256.as_deref().unwrap_or_default();
-        let path = self.by_digest.get(sha).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "the running release has no file with sha256 {sha} for {:?}",
-                    entry.path
-                ),
-            )
-        })?;
-        let file = slipway_fs::open_regular(path).map_err(|e| io::Error::other(e.to_string()))?;
+        let path = self
+            .by_digest
+            .get(sha)
+            .map(|rel| self.dir.join(rel))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "the running release has no file with sha256 {sha} for {:?}",
+                        entry.path
+                    ),
+                )
+            })?;
+        let file = slipway_fs::open_regular(&path).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(BaseContent {
             file: file.take(entry.size.unwrap_or(0)),
-            path: path.clone(),
+            path,
         })
     }
 }
