@@ -568,3 +568,124 @@ fn an_idle_poll_reads_no_manifest() {
     host.run_expect(&["update", "--auto"], 0);
     host.wait_healthy("2.0.0");
 }
+
+/// A randomized campaign against two-thread hardlinked staging: each
+/// attempt installs the next version of a 1,600-file release over the
+/// running one and is SIGKILLed a random 0–250 ms after its staging
+/// directory appears (while both threads link, or in the steps after), then
+/// `recover` runs. Every attempt must leave the host on the old or the new
+/// release, complete (`verify` and `verify --quick` agree: no drift), with
+/// no staging directory or journal, and the next install must still link.
+/// `SMALL_UPDATE_KILLS` sets the number of kills (default 6);
+/// `SMALL_UPDATE_SEED` replays a run.
+#[test]
+fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
+    use std::time::{Duration, Instant};
+    let kills: usize = std::env::var("SMALL_UPDATE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut seed: u64 = std::env::var("SMALL_UPDATE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("kill campaign on hardlinked staging: {kills} kills, SMALL_UPDATE_SEED={seed}");
+    let mut next = move |below: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % below
+    };
+    let tree = Flavor {
+        tree: Some((40, 40)),
+        ..Flavor::default()
+    };
+    let host = TestHost::new(&[("update", "keep_releases = 2")]);
+    host.release("1.0.0", &tree);
+    host.run_expect(&["update"], 0);
+    host.wait_healthy("1.0.0");
+    let releases = host.root().join("releases");
+    let staging_dir = || {
+        fs::read_dir(&releases)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
+    };
+    let (mut killed_in_staging, mut landed, mut held) = (0, 0, 0);
+    for attempt in 0..kills {
+        let running = host.link("current").expect("current");
+        let next_release = host.build(&format!("2.0.{attempt}"), &tree);
+        let mut child = host
+            .slipway(&["install", &next_release.archive.to_string_lossy()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let mut seen = false;
+        while started.elapsed() < Duration::from_secs(60) {
+            if staging_dir() {
+                seen = true;
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(seen, "attempt {attempt}: staging never started");
+        std::thread::sleep(Duration::from_micros(next(250_000)));
+        if staging_dir() {
+            killed_in_staging += 1;
+        }
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        host.run_expect(&["recover"], 0);
+
+        assert!(
+            !staging_dir(),
+            "attempt {attempt}: a staging directory is left"
+        );
+        assert!(
+            !host.root().join("state/journal.json").exists(),
+            "attempt {attempt}: the journal is left"
+        );
+        let now = host.link("current").expect("current");
+        assert!(
+            now == running || now == next_release.dir_name(),
+            "attempt {attempt}: current is {now}, neither {running} nor {}",
+            next_release.dir_name()
+        );
+        if now != running {
+            landed += 1;
+        }
+        assert_eq!(
+            assert_quick_agrees(&host, &format!("attempt {attempt} ({status:?})")),
+            serde_json::json!([]),
+            "attempt {attempt}: the release left running is not complete"
+        );
+        held += 1;
+    }
+    // The host still updates, and links.
+    let last = host.build("3.0.0", &tree);
+    let before = host.link("current").expect("current");
+    host.run_expect(&["install", &last.archive.to_string_lossy()], 0);
+    host.wait_healthy("3.0.0");
+    let path = "app/lib/d07/f07.py";
+    assert_eq!(
+        ino(&releases.join(&before).join(path)),
+        ino(&releases.join(last.dir_name()).join(path)),
+        "the install after the campaign did not link"
+    );
+    host.run_expect(&["verify"], 0);
+    eprintln!(
+        "kill campaign on hardlinked staging: {kills} tried, {held} held \
+         ({killed_in_staging} killed while the staging directory existed, {landed} landed before the kill)"
+    );
+}
