@@ -610,10 +610,7 @@ fn a_kill_during_a_delta_install_recovers_and_the_next_run_takes_the_delta() {
     use std::os::unix::process::ExitStatusExt;
     bot_host::require_fault_injection();
     // A local repository as the source: the delta is read in place.
-    let host = TestHost::new(&[]);
-    let v1 = host.release("1.0.0", &flavor());
-    host.run_expect(&["update"], 0);
-    host.wait_healthy("1.0.0");
+    let (host, v1) = TestHost::running_v1(&[], &flavor());
     let v2 = host.release(
         "2.0.0",
         &Flavor {

@@ -19,11 +19,7 @@ use slipway_formats::{Manifest, MANIFEST_PATH};
 
 /// A host running v1, healthy.
 fn host_with_v1(extra: &[(&str, &str)]) -> (TestHost, Release) {
-    let host = TestHost::new(extra);
-    let v1 = host.release("1.0.0", &Flavor::default());
-    host.run_expect(&["update"], 0);
-    host.wait_healthy("1.0.0");
-    (host, v1)
+    TestHost::running_v1(extra, &Flavor::default())
 }
 
 fn v2_flavor() -> Flavor {
@@ -179,10 +175,7 @@ fn links_made_by_both_threads_leave_exact_records_for_both_releases() {
         tree: Some((24, 12)),
         ..Flavor::default()
     };
-    let host = TestHost::new(&[("update", "keep_releases = 2")]);
-    let v1 = host.release("1.0.0", &tree);
-    host.run_expect(&["update"], 0);
-    host.wait_healthy("1.0.0");
+    let (host, v1) = TestHost::running_v1(&[("update", "keep_releases = 2")], &tree);
     let v2 = host.release(
         "2.0.0",
         &Flavor {
@@ -606,10 +599,7 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
         tree: Some((40, 40)),
         ..Flavor::default()
     };
-    let host = TestHost::new(&[("update", "keep_releases = 2")]);
-    host.release("1.0.0", &tree);
-    host.run_expect(&["update"], 0);
-    host.wait_healthy("1.0.0");
+    let (host, _) = TestHost::running_v1(&[("update", "keep_releases = 2")], &tree);
     let releases = host.root().join("releases");
     let staging_dir = || {
         fs::read_dir(&releases)

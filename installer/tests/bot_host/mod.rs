@@ -177,6 +177,16 @@ impl TestHost {
         TestHost::with_files_in("", extra)
     }
 
+    /// A host as [`TestHost::new`] that has taken `1.0.0` of `flavor`
+    /// with `slipway update` from its repository and runs it, healthy.
+    pub fn running_v1(extra: &[(&str, &str)], flavor: &Flavor) -> (TestHost, Release) {
+        let host = TestHost::new(extra);
+        let v1 = host.release("1.0.0", flavor);
+        host.run_expect(&["update"], 0);
+        host.wait_healthy("1.0.0");
+        (host, v1)
+    }
+
     /// A host whose install root and persistence are `<subdir>/root` and
     /// `<subdir>/data` inside the temporary directory (created empty, so a
     /// test can mount a file system on it before the first install); the
