@@ -39,7 +39,7 @@ pub mod version;
 
 pub use channel::{ChannelIndex, ChannelRelease};
 pub use id::ReleaseId;
-pub use manifest::{EntryType, FileEntry, Hooks, Manifest, SourceInfo};
+pub use manifest::{EntryType, FileEntry, Hooks, Manifest, ManifestHead, SourceInfo};
 pub use runtime_paths::RuntimePaths;
 pub use signature::{KeyId, PublicKey, SignatureFile, TrustedKeys};
 pub use version::Version;

@@ -15,17 +15,18 @@
 //!   offers, and the new manifest, decompressed against the running
 //!   release's `slipway/manifest.json` and equal to the SHA-256 the
 //!   comment signs;
-//! - then, still before anything is staged, every entry it carries is
-//!   walked and hashed by the entry policy every archive goes through
-//!   ([`slipway_formats::archive::check_delta_contents`]), its second
+//! - staging ([`crate::stage`]) then walks every entry it carries and
+//!   hashes it by the entry policy every archive goes through, its second
 //!   frame decompressed against the running release's old versions of the
-//!   changed files ([`DeltaBase`], read without following a symlink), so
-//!   an extra entry, a tampered payload, a file left out that the base
-//!   does not have, or a base file that changed on this host is refused
-//!   here;
-//! - staging ([`crate::stage`]) takes each file the delta leaves out from
-//!   the running release: hardlinked when its identity record still holds,
-//!   else copied and hashed against the new manifest.
+//!   changed files ([`DeltaBase`], read without following a symlink), and
+//!   takes each file the delta leaves out from the running release:
+//!   hardlinked when its identity record still holds, else copied and
+//!   hashed against the new manifest. An extra entry, a tampered payload,
+//!   a file left out that the base does not have, or a base file that
+//!   changed on this host fails staging; the staging directory is removed
+//!   as after any refused archive. The delta is decompressed once: walking
+//!   it before staging as well cost a tenth of a 1% update of a
+//!   20,000-file release and proved nothing staging does not.
 //!
 //! A directory source (a repository, an offline bundle) holds the delta
 //! in its own `deltas/`, read in place; a listed delta whose file is not
@@ -41,7 +42,6 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use slipway_formats::archive::check_delta_contents;
 use slipway_formats::delta::{
     delta_file_name, delta_rel_path, delta_signature_file_name, is_delta_comment, verify_delta,
     BaseContents, DeltaExpectations,
@@ -203,11 +203,7 @@ pub fn acquire(
         size: Some(delta.size),
         sha256: Some(delta.sha256),
     };
-    let refused = |e: String| {
-        delta.discard_download();
-        NotTaken::Failed(format!("delta {} refused: {e}", delta.archive.display()))
-    };
-    let mut verified = verify_delta_file(
+    let verified = verify_delta_file(
         &delta.archive,
         &delta.signature,
         &candidate.keys,
@@ -220,10 +216,14 @@ pub fn acquire(
             delta.discard_download();
             NotTaken::Failed(e.to_string())
         }
-        other => refused(other.to_string()),
+        other => {
+            delta.discard_download();
+            NotTaken::Failed(format!(
+                "delta {} refused: {other}",
+                delta.archive.display()
+            ))
+        }
     })?;
-    check_walk(&mut verified, &DeltaBase::of_release(running))
-        .map_err(|e| refused(e.to_string()))?;
     Ok(Some(AcquiredDelta {
         verified,
         candidate: delta.clone(),
@@ -232,8 +232,8 @@ pub fn acquire(
 }
 
 /// Verifies a local archive given to `slipway install`: a delta if its
-/// signature says so (then it must start from `running`, and it is walked
-/// before anything is staged), else a release, exactly as before.
+/// signature says so (then it must start from `running`; staging walks
+/// and proves its entries), else a release, exactly as before.
 pub fn verify_local(
     candidate: &Candidate,
     running: Option<Running<'_>>,
@@ -267,18 +267,13 @@ pub fn verify_local(
         size: None,
         sha256: None,
     };
-    let mut verified = verify_delta_file(
+    verify_delta_file(
         &candidate.archive,
         &candidate.signature,
         &candidate.keys,
         &expect,
         running.manifest_bytes,
-    )?;
-    check_walk(&mut verified, &DeltaBase::of_release(running)).map_err(|e| VerifyError::Delta {
-        path: candidate.archive.clone(),
-        reason: e.to_string(),
-    })?;
-    Ok(verified)
+    )
 }
 
 /// [`verify_delta`] on the delta file, opened and named like an archive;
@@ -293,17 +288,6 @@ fn verify_delta_file(
     crate::verify::verify_with(archive, signature, |file, sig| {
         verify_delta(file, sig, keys, expect, base_manifest)
     })
-}
-
-/// Walks every entry the delta carries against its manifest and `base`,
-/// hashing contents, writing nothing; rewinds the file.
-fn check_walk(verified: &mut VerifiedArchive, base: &DeltaBase<'_>) -> Result<(), io::Error> {
-    use std::io::{Seek, SeekFrom};
-    verified.file.seek(SeekFrom::Start(0))?;
-    let walked = check_delta_contents(&mut verified.file, &verified.release, &base.frames())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-    verified.file.seek(SeekFrom::Start(0))?;
-    walked
 }
 
 /// The running release as a delta's base: its manifest, and its files by

@@ -149,6 +149,17 @@ impl From<&Manifest> for ReleaseFacts {
     }
 }
 
+impl From<&slipway_formats::ManifestHead> for ReleaseFacts {
+    fn from(m: &slipway_formats::ManifestHead) -> ReleaseFacts {
+        ReleaseFacts {
+            app: m.app.clone(),
+            version: m.version.clone(),
+            channel: m.channel.clone(),
+            schema_version: m.schema_version,
+        }
+    }
+}
+
 /// The release running after the attempt, when there is one.
 #[derive(Debug, Clone)]
 pub struct Current<'a> {

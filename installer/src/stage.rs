@@ -116,13 +116,14 @@ impl LinkSource {
     /// The linkable files of the release in `dir`, or `None` when it has no
     /// usable identity record (then everything is written).
     pub fn of_release(layout: &Layout, dir: &Path, manifest: &Manifest) -> Option<LinkSource> {
-        let record = crate::identity::load(layout, dir).filter(|r| r.manifest_unchanged(dir))?;
-        let mut by_content: HashMap<String, Vec<(u32, String, FileIdentity)>> = HashMap::new();
-        for e in &manifest.files {
+        let identities = crate::identity::file_identities(layout, dir, manifest)?;
+        let mut by_content: HashMap<String, Vec<(u32, String, FileIdentity)>> =
+            HashMap::with_capacity(manifest.files.len());
+        for (e, id) in manifest.files.iter().zip(&identities) {
             let (EntryType::File, Some(sha)) = (e.kind, e.sha256.as_ref()) else {
                 continue;
             };
-            if let Some(id) = record.get(&e.path) {
+            if let Some(id) = id {
                 let mode = read_only(e.mode.0);
                 let files = by_content.entry(sha.clone()).or_default();
                 if !files.iter().any(|(m, _, _)| *m == mode) {

@@ -16,7 +16,7 @@ use bot_host::{Flavor, Release, TestHost};
 use sha2::{Digest, Sha256};
 use slipway_e2e::Nginx;
 use slipway_formats::channel::ChannelDelta;
-use slipway_formats::delta::{delta_rel_path, reference_files};
+use slipway_formats::delta::{delta_file_name, delta_rel_path, reference_files};
 use slipway_formats::signature::TrustedComment;
 use slipway_formats::{ChannelIndex, Manifest, ReleaseId};
 use slipway_pack::{sign_channel_index, SigningKey};
@@ -395,11 +395,13 @@ fn falls_back_to_the_full_archive(host: &TestHost, nginx: &Nginx, v2: &Release, 
     let err = stderr(&out);
     assert!(err.contains("taking the full archive instead"), "{err}");
     assert!(err.contains(why), "the refusal says {why:?}: {err}");
-    let line = err
+    let lines: Vec<&str> = err
         .lines()
-        .find(|l| l.contains("taking the full archive instead"))
-        .unwrap_or_default();
-    assert_eq!(line.matches("refused").count(), 1, "said once: {line}");
+        .filter(|l| l.contains("taking the full archive instead"))
+        .collect();
+    assert_eq!(lines.len(), 1, "said once: {err}");
+    assert!(lines[0].contains("delta"), "names the delta: {}", lines[0]);
+    assert!(lines[0].contains("refused"), "says refused: {}", lines[0]);
     host.wait_healthy("2.0.0");
     assert_eq!(host.link("current"), Some(v2.dir_name()));
     assert!(served(nginx, &archive_uri(v2)) > 0, "the full archive");
@@ -547,6 +549,41 @@ fn a_delta_file_installs_from_a_usb_stick_on_the_release_it_starts_from() {
         before
     );
     assert_eq!(host.link("current"), Some(v2.dir_name()));
+}
+
+#[test]
+fn a_hostile_delta_on_a_usb_stick_is_refused_while_staging_and_changes_nothing() {
+    // No walk before staging: staging refuses an extra entry, a tampered
+    // payload or a missing base file, and removes what it had staged.
+    let (host, _nginx, v1, v2, honest) = hostile_setup();
+    host.wait_healthy("1.0.0");
+    let base = base_of(&v1);
+    let mut entries = delta_entries(&honest, &base);
+    let (_, mut header, _) = entries.last().expect("an entry").clone();
+    header.set_size(5);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_cksum();
+    entries.push(("app/zz-extra.py".into(), header, b"evil\n".to_vec()));
+    let bytes = pack(&entries, &base);
+    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &entries[0].2);
+    let stick = host.path("stick");
+    fs::create_dir_all(&stick).expect("stick");
+    let delta = stick.join(delta_file_name(&id(&v1), &id(&v2)));
+    fs::write(&delta, &bytes).expect("delta");
+    fs::write(format!("{}.minisig", delta.display()), sig).expect("sig");
+    let before = bot_host::snapshot_tree(&host.root().join("releases"), &[]);
+    let out = host.run_expect(&["install", &delta.to_string_lossy()], 1);
+    let err = stderr(&out);
+    assert!(err.contains("not in the manifest"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert_eq!(
+        bot_host::snapshot_tree(&host.root().join("releases"), &[]),
+        before,
+        "no staging directory or release left behind"
+    );
+    assert_eq!(host.link("current"), Some(v1.dir_name()));
+    host.run_expect(&["verify"], 0);
 }
 
 #[test]

@@ -381,7 +381,7 @@ fn manifest_entry(bytes: &[u8], mtime: u64) -> io::Result<Vec<u8>> {
 /// The length of frame B's tar stream: the header and padded content of
 /// every entry of `new` but the files `left_out` has, and the two
 /// end-of-archive blocks.
-fn files_tar_len(new: &slipway_formats::Manifest, left_out: &BaseFiles) -> io::Result<u64> {
+fn files_tar_len(new: &slipway_formats::Manifest, left_out: &BaseFiles<'_>) -> io::Result<u64> {
     let mut headers = Counter(0);
     let mut len = 1024u64;
     for e in new.files.iter().filter(|e| !left_out.has(e)) {
@@ -478,15 +478,15 @@ fn write_delta(
 }
 
 /// The walk's sink that writes the delta's tar stream.
-struct DeltaWriter<W: Write> {
+struct DeltaWriter<'b, W: Write> {
     tar: W,
-    base: BaseFiles,
+    base: BaseFiles<'b>,
     mtime: u64,
     buf: Vec<u8>,
     counts: Counts,
 }
 
-impl<W: Write> EntrySink for DeltaWriter<W> {
+impl<W: Write> EntrySink for DeltaWriter<'_, W> {
     type Error = DeltaWriteError;
 
     /// Frame A, written before the walk, holds the manifest.

@@ -146,21 +146,31 @@ pub enum EntryError {
 /// ([`EntrySink::omitted`]). Paths do not matter: a file moved or copied
 /// is still left out.
 #[derive(Debug, Clone, Default)]
-pub struct BaseFiles {
-    /// Digest → the modes files with it have (nearly always one).
-    contents: HashMap<String, Vec<u32>>,
+pub struct BaseFiles<'a> {
+    /// Digest → the first mode a file with it has, and any others (nearly
+    /// always none). Keys are borrowed from the base manifest: no copy of
+    /// 20,000 digests per update.
+    contents: HashMap<&'a str, (u32, Vec<u32>)>,
 }
 
-impl BaseFiles {
+impl<'a> BaseFiles<'a> {
     /// The regular files of `base`, the manifest of the release a delta
     /// starts from.
-    pub fn of(base: &Manifest) -> BaseFiles {
-        let mut contents: HashMap<String, Vec<u32>> = HashMap::new();
+    pub fn of(base: &'a Manifest) -> BaseFiles<'a> {
+        let mut contents: HashMap<&'a str, (u32, Vec<u32>)> =
+            HashMap::with_capacity(base.files.len());
         for e in base.files.iter().filter(|e| e.kind == EntryType::File) {
             if let Some(sha) = &e.sha256 {
-                let modes = contents.entry(sha.clone()).or_default();
-                if !modes.contains(&e.mode.0) {
-                    modes.push(e.mode.0);
+                match contents.entry(sha.as_str()) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((e.mode.0, Vec::new()));
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        let (first, others) = o.get_mut();
+                        if *first != e.mode.0 && !others.contains(&e.mode.0) {
+                            others.push(e.mode.0);
+                        }
+                    }
                 }
             }
         }
@@ -170,10 +180,13 @@ impl BaseFiles {
     /// Whether `entry` is a regular file whose digest and mode the base has.
     pub fn has(&self, entry: &FileEntry) -> bool {
         match (entry.kind, &entry.sha256) {
-            (EntryType::File, Some(sha)) => self
-                .contents
-                .get(sha.as_str())
-                .is_some_and(|modes| modes.contains(&entry.mode.0)),
+            (EntryType::File, Some(sha)) => {
+                self.contents
+                    .get(sha.as_str())
+                    .is_some_and(|(first, others)| {
+                        *first == entry.mode.0 || others.contains(&entry.mode.0)
+                    })
+            }
             _ => false,
         }
     }
@@ -379,7 +392,7 @@ pub(crate) fn walk_entries<R: Read, S: EntrySink>(
     decompressed: R,
     manifest: &Manifest,
     manifest_bytes: &[u8],
-    base: Option<&BaseFiles>,
+    base: Option<&BaseFiles<'_>>,
     sink: &mut S,
 ) -> Result<Walked, WalkError<S::Error>> {
     let longest_name = manifest
@@ -575,7 +588,7 @@ type SinkErrorMap<'a, E> = dyn Fn(SinkError<E>, &str) -> WalkError<E> + 'a;
 fn omit<S: EntrySink>(
     manifest: &Manifest,
     index: usize,
-    base: &BaseFiles,
+    base: &BaseFiles<'_>,
     sink: &mut S,
     sink_error: &SinkErrorMap<'_, S::Error>,
 ) -> Result<Walked, WalkError<S::Error>> {

@@ -228,7 +228,7 @@ struct StatusView {
 
 fn release_view(layout: &Layout, target: Option<PathBuf>) -> Option<ReleaseView> {
     let dir = switch::resolve_target(layout, &target?);
-    let installed = transaction::read_installed(layout, &dir).ok()?;
+    let installed = transaction::read_installed_head(layout, &dir).ok()?;
     let id12 = installed.id.map(|i| i.short()).unwrap_or_else(|| {
         dir.file_name()
             .and_then(|n| n.to_str())
@@ -237,11 +237,11 @@ fn release_view(layout: &Layout, target: Option<PathBuf>) -> Option<ReleaseView>
             .to_string()
     });
     Some(ReleaseView {
-        version: installed.manifest.version.clone(),
+        version: installed.head.version.clone(),
         id: installed.id,
         id12,
         installed_at: installed.installed_at,
-        schema_version: installed.manifest.schema_version,
+        schema_version: installed.head.schema_version,
         dir,
     })
 }

@@ -38,8 +38,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use slipway_formats::channel::Timestamp;
 use slipway_formats::diff::{diff_manifests, ManifestDiff};
+use slipway_formats::manifest::ManifestError;
 use slipway_formats::state::AttemptResult;
-use slipway_formats::{Manifest, ReleaseId, Version, MANIFEST_PATH, MAX_MANIFEST_BYTES};
+use slipway_formats::{
+    Manifest, ManifestHead, ReleaseId, Version, MANIFEST_PATH, MAX_MANIFEST_BYTES,
+};
 use thiserror::Error;
 
 use crate::app_user::AppUser;
@@ -76,8 +79,8 @@ mod undo;
 pub use outcome::{Failure, InstallOptions, Outcome, TxnError};
 pub use preview::{preview, Preview};
 pub use query::{
-    data_schema, read_installed, records_file, running_release, running_summary, Installed,
-    ReleaseRecord, ReleaseRecords, RunningSummary,
+    data_schema, read_installed, read_installed_head, records_file, running_release,
+    running_summary, Installed, InstalledHead, ReleaseRecord, ReleaseRecords, RunningSummary,
 };
 pub use recover::recover;
 use restore::*;
@@ -641,7 +644,7 @@ pub fn install(
         delta = crate::delta::take(&log, candidate, delta_running(&t), None);
     }
 
-    // Step 4: Verify (a delta taken above is verified and walked already).
+    // Step 4: Verify (a delta taken above is verified already; staging walks it).
     let delta_used = delta.as_ref().map(|d| d.candidate.clone());
     let verifying = match delta {
         Some(acquired) => Ok(acquired.verified),
@@ -812,10 +815,12 @@ pub fn install(
         },
     );
     if let (Err(e), Some(used)) = (&staging, &delta_used) {
-        // The delta path failed late (a base file changed under us): the
-        // full archive, fetched and verified as if no delta were listed.
+        // Staging walks the delta: a hostile delta, or a base file that
+        // changed under us, is refused here. The full archive, fetched and
+        // verified as if no delta were listed.
         log.warn(format!(
-            "staging from the delta failed ({e}); taking the full archive instead"
+            "delta {} refused while staging ({e}); taking the full archive instead",
+            used.archive.display()
         ));
         t.discard_staged();
         used.discard_download();
@@ -872,11 +877,12 @@ pub fn install(
     })?;
     let target = Target {
         dir: staged,
-        manifest: verified.release.manifest.clone(),
+        // Moved, not cloned: the archive is done with (20,000 entries).
+        manifest: verified.release.manifest,
         id: Some(id),
         reinstall,
     };
-    drop(verified);
+    drop(verified.file);
     // The staged tree is the durable result: the download is not needed.
     discard_download(host, candidate);
 
@@ -1320,7 +1326,7 @@ pub fn rollback(host: &Host, restore_data: bool) -> Result<Outcome, TxnError> {
             verify::VerifyError::DataTooNew { .. } | verify::VerifyError::DataTooOld { .. }
         );
         let backup = across_migration
-            .then(|| backup_for_rollback(host, &dir, &installed.manifest))
+            .then(|| backup_for_rollback(host, &dir, &installed.manifest.head()))
             .flatten();
         match backup {
             Some(backup) if restore_data => {
@@ -1836,11 +1842,11 @@ fn finish_commit(host: &Host, j: &Journal) -> Result<(), TxnError> {
     if j.op == Operation::Rollback {
         if let Some(old) = &j.old_release {
             let old_dir = switch::resolve_target(&host.layout, old);
-            if let Ok(inst) = read_installed(&host.layout, &old_dir) {
+            if let Ok(inst) = read_installed_head(&host.layout, &old_dir) {
                 if let Some(id) = inst.id {
                     state.mark_bad(
                         id,
-                        inst.manifest.version,
+                        inst.head.version,
                         "rolled back by the operator (`slipway rollback`)",
                         now,
                     );

@@ -102,6 +102,50 @@ pub struct Installed {
 
 /// Reads `<dir>/slipway/manifest.json` (capped) and the release's record.
 pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure> {
+    let read = read_manifest_of(layout, dir, Manifest::parse)?;
+    Ok(Installed {
+        dir: dir.to_path_buf(),
+        manifest: read.manifest,
+        manifest_bytes: read.bytes,
+        id: read.id,
+        installed_at: read.installed_at,
+    })
+}
+
+/// An installed release's manifest head ([`ManifestHead`]) and record: what
+/// `status`, `gc` and a rollback's bookkeeping need, without building the
+/// file list.
+#[derive(Debug, Clone)]
+pub struct InstalledHead {
+    pub dir: PathBuf,
+    pub head: ManifestHead,
+    pub id: Option<ReleaseId>,
+    pub installed_at: Option<Timestamp>,
+}
+
+/// [`read_installed`] for the head only.
+pub fn read_installed_head(layout: &Layout, dir: &Path) -> Result<InstalledHead, Failure> {
+    let read = read_manifest_of(layout, dir, ManifestHead::parse)?;
+    Ok(InstalledHead {
+        dir: dir.to_path_buf(),
+        head: read.manifest,
+        id: read.id,
+        installed_at: read.installed_at,
+    })
+}
+
+struct ReadManifest<T> {
+    manifest: T,
+    bytes: Vec<u8>,
+    id: Option<ReleaseId>,
+    installed_at: Option<Timestamp>,
+}
+
+fn read_manifest_of<T>(
+    layout: &Layout,
+    dir: &Path,
+    parse: impl FnOnce(&[u8]) -> Result<T, ManifestError>,
+) -> Result<ReadManifest<T>, Failure> {
     let path = dir.join(MANIFEST_PATH);
     let bytes =
         crate::source::read_capped(&path, MAX_MANIFEST_BYTES, "release manifest").map_err(|e| {
@@ -111,7 +155,7 @@ pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure>
                 "run `slipway verify`; reinstall the release with `slipway install --force`",
             )
         })?;
-    let manifest = Manifest::parse(&bytes).map_err(|e| {
+    let manifest = parse(&bytes).map_err(|e| {
         Failure::new(
             format!("the manifest {} is not valid", path.display()),
             e,
@@ -128,10 +172,9 @@ pub fn read_installed(layout: &Layout, dir: &Path) -> Result<Installed, Failure>
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| Timestamp::from_unix(d.as_secs() as i64))
     });
-    Ok(Installed {
-        dir: dir.to_path_buf(),
+    Ok(ReadManifest {
         manifest,
-        manifest_bytes: bytes,
+        bytes,
         id: record.map(|r| r.id),
         installed_at,
     })
@@ -214,10 +257,10 @@ pub fn summary_of(
             });
         }
     }
-    let installed = read_installed(layout, dir)?;
+    let installed = read_installed_head(layout, dir)?;
     Ok(RunningSummary {
         dir: dir.to_path_buf(),
-        facts: (&installed.manifest).into(),
+        facts: (&installed.head).into(),
         id: installed.id,
         installed_at: installed.installed_at,
     })

@@ -124,7 +124,11 @@ pub fn restore(host: &Host, plan: &RestorePlan) -> Result<Outcome, TxnError> {
 /// For `slipway rollback` to `target` (in `releases/<dir_name>`), whose
 /// schemas do not include the data's: the newest backup of data `target`
 /// wrote at a schema it reads ([`snapshot::newest_data_of`]).
-pub(super) fn backup_for_rollback(host: &Host, dir: &Path, target: &Manifest) -> Option<Snapshot> {
+pub(super) fn backup_for_rollback(
+    host: &Host,
+    dir: &Path,
+    target: &ManifestHead,
+) -> Option<Snapshot> {
     let infos = snapshot::list_snapshot_infos(&host.layout.backups_dir());
     let dir_name = dir.file_name()?.to_string_lossy().into_owned();
     let found = snapshot::newest_data_of(
@@ -250,9 +254,9 @@ pub fn gc_protected(host: &Host) -> Vec<PathBuf> {
         .ok()
         .and_then(|l| l.previous)
         .map(|t| switch::resolve_target(&host.layout, &t))
-        .and_then(|d| read_installed(&host.layout, &d).ok());
+        .and_then(|d| read_installed_head(&host.layout, &d).ok());
     if let Some(prev) = previous {
-        if let Some(b) = backup_for_rollback(host, &prev.dir, &prev.manifest) {
+        if let Some(b) = backup_for_rollback(host, &prev.dir, &prev.head) {
             protected.push(b.dir);
         }
     }
