@@ -215,21 +215,11 @@ impl TreeRecord {
 
     /// The record in its on-disk form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(17 + self.files.len() * (IDENTITY_BYTES + 64));
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.format.to_le_bytes());
-        out.push(u8::from(self.whole_tree));
-        let count = u32::try_from(self.files.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&count.to_le_bytes());
-        for (path, id) in self.files.iter().take(count as usize) {
-            let Ok(len) = u16::try_from(path.len()) else {
-                continue;
-            };
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(path.as_bytes());
-            id.encode(&mut out);
-        }
-        out
+        encode_entries(
+            self.whole_tree,
+            self.files.iter().map(|(p, id)| (p.as_str(), *id)),
+            self.files.len(),
+        )
     }
 
     /// Parses a record; `None` for anything but exactly a record of
@@ -249,6 +239,51 @@ impl TreeRecord {
             files,
         })
     }
+}
+
+/// The on-disk form of a record of `count` entries given in bytewise
+/// order (what a `BTreeMap<String, _>` iterates; [`decode_entries`] reads
+/// them back).
+fn encode_entries<'p>(
+    whole_tree: bool,
+    entries: impl Iterator<Item = (&'p str, FileIdentity)>,
+    count: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + count * (IDENTITY_BYTES + 64));
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&RECORD_FORMAT.to_le_bytes());
+    out.push(u8::from(whole_tree));
+    let count_at = out.len();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let mut written = 0u32;
+    for (path, id) in entries {
+        let Ok(len) = u16::try_from(path.len()) else {
+            continue;
+        };
+        if written == u32::MAX {
+            break;
+        }
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        id.encode(&mut out);
+        written += 1;
+    }
+    out[count_at..count_at + 4].copy_from_slice(&written.to_le_bytes());
+    out
+}
+
+/// Where each identity of an encoded record starts, with the identity;
+/// `None` unless `bytes` is exactly a record of [`RECORD_FORMAT`].
+fn identity_offsets(bytes: &[u8]) -> Option<Vec<(usize, FileIdentity)>> {
+    let (_, entries) = decode_entries(bytes)?;
+    let mut at = MAGIC.len() + 9;
+    let mut out = Vec::with_capacity(entries.len());
+    for (path, id) in entries {
+        at += 2 + path.len();
+        out.push((at, id));
+        at += IDENTITY_BYTES;
+    }
+    Some(out)
 }
 
 /// The whole-tree flag and the entries of an encoded record, borrowed
@@ -423,14 +458,14 @@ pub fn record_file(layout: &Layout, release_dir: &Path) -> Option<PathBuf> {
 /// whose identity it read right after the link); the others are
 /// `lstat`ed; `known[i]` is for `manifest.files[i]`. An error is an
 /// `lstat` failure or an entry that is not of its manifest type (the tree
-/// is not as staged).
+/// is not as staged). The record is returned in its on-disk form, for
+/// [`save_encoded`].
 pub fn take(
     dir: &Path,
     manifest: &Manifest,
     known: &[Option<FileIdentity>],
-) -> io::Result<TreeRecord> {
+) -> io::Result<Vec<u8>> {
     let mut cursor = DirCursor::open(dir)?;
-    let mut files = BTreeMap::new();
     let own = [
         (ROOT_ENTRY, EntryType::Dir),
         ("slipway", EntryType::Dir),
@@ -442,6 +477,7 @@ pub fn take(
         .iter()
         .enumerate()
         .map(|(i, e)| (e.path.as_str(), e.kind, known.get(i).copied().flatten()));
+    let mut entries: Vec<(&str, FileIdentity)> = Vec::with_capacity(manifest.files.len() + 3);
     for (path, kind, known) in own.chain(listed) {
         let id = match known {
             Some(id) => id,
@@ -459,13 +495,18 @@ pub fn take(
                 dir.join(path).display()
             )));
         }
-        files.insert(path.to_string(), id);
+        entries.push((path, id));
     }
-    Ok(TreeRecord {
-        format: RECORD_FORMAT,
-        whole_tree: true,
-        files,
-    })
+    // The manifest's paths are sorted and unique; the three of the
+    // release's own go in among them.
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    if entries.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(io::Error::other(format!(
+            "{}: a path is listed twice",
+            dir.display()
+        )));
+    }
+    Ok(encode_entries(true, entries.iter().copied(), entries.len()))
 }
 
 /// Loads the record of the release in `release_dir`; `None` when there is
@@ -534,6 +575,70 @@ pub fn save(layout: &Layout, release_dir: &Path, record: &TreeRecord) -> io::Res
         .ok_or_else(|| io::Error::other("a release directory has a UTF-8 name"))?;
     durable::create_dirs(&records_dir(layout))?;
     durable::write_atomic(&path, &record.encode())
+}
+
+/// [`save`] for a record already in its on-disk form ([`take`]).
+pub fn save_encoded(layout: &Layout, release_dir: &Path, record: &[u8]) -> io::Result<()> {
+    let path = record_file(layout, release_dir)
+        .ok_or_else(|| io::Error::other("a release directory has a UTF-8 name"))?;
+    durable::create_dirs(&records_dir(layout))?;
+    durable::write_atomic(&path, record)
+}
+
+/// [`Records::carry_over`] for every record but `except`'s, patched in
+/// their on-disk form (no map of their paths is built) and written back
+/// when changed. A file that is not a record is left alone, as
+/// [`Records::load_all`] leaves it out.
+pub fn carry_over_records(
+    layout: &Layout,
+    except: Option<&Path>,
+    changes: &HashMap<FileIdentity, FileIdentity>,
+) -> io::Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let except_name = except.and_then(Path::file_name);
+    let Ok(entries) = fs::read_dir(layout.releases_dir()) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if except_name.is_some_and(|n| Some(n) == dir.file_name()) {
+            continue;
+        }
+        let Some(file) = record_file(layout, &dir) else {
+            continue;
+        };
+        let Ok(mut bytes) = slipway_fs::read_capped(&file, MAX_RECORD_BYTES) else {
+            continue;
+        };
+        if carry_over_encoded(&mut bytes, changes) {
+            save_encoded(layout, &dir, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites in place every identity of the encoded record `bytes` that
+/// `changes` maps to one differing only in its ctime; whether any was.
+fn carry_over_encoded(bytes: &mut [u8], changes: &HashMap<FileIdentity, FileIdentity>) -> bool {
+    let Some(offsets) = identity_offsets(bytes) else {
+        return false;
+    };
+    let mut changed = false;
+    let mut encoded = Vec::with_capacity(IDENTITY_BYTES);
+    for (at, id) in offsets {
+        let Some(after) = changes.get(&id).filter(|after| id.same_but_ctime(after)) else {
+            continue;
+        };
+        encoded.clear();
+        after.encode(&mut encoded);
+        if let Some(slot) = bytes.get_mut(at..at + IDENTITY_BYTES) {
+            slot.copy_from_slice(&encoded);
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Removes the record of the release in `release_dir`, if any.
@@ -790,6 +895,45 @@ mod tests {
         fs::remove_file(dir.join(MANIFEST_PATH)).expect("rm");
         fs::write(dir.join(MANIFEST_PATH), b"{ }").expect("manifest");
         assert_eq!(file_identities(&layout, &dir, &manifest), None);
+    }
+
+    #[test]
+    fn a_carry_over_in_place_writes_what_the_decoded_record_would() {
+        let mut record = TreeRecord {
+            whole_tree: true,
+            ..TreeRecord::default()
+        };
+        for (i, p) in [".", "app/a", "app/b", "app/é", MANIFEST_PATH]
+            .iter()
+            .enumerate()
+        {
+            record.files.insert(p.to_string(), id(i as i64 + 1));
+        }
+        let relinked = FileIdentity { ctime: 77, ..id(2) };
+        let rewritten = FileIdentity {
+            mtime: 77,
+            ctime: 77,
+            ..id(4)
+        };
+        let changes = HashMap::from([(id(2), relinked), (id(4), rewritten)]);
+        let mut bytes = record.encode();
+        assert!(carry_over_encoded(&mut bytes, &changes));
+        let mut records = Records {
+            records: vec![(PathBuf::from("r"), record.clone(), false)],
+        };
+        records.carry_over(&changes);
+        assert_eq!(bytes, records.records[0].1.encode());
+        let decoded = TreeRecord::decode(&bytes).expect("still a record");
+        assert_eq!(decoded.files["app/a"], relinked);
+        assert_eq!(decoded.files["app/é"], id(4), "only a ctime change");
+        // Nothing to carry, or not a record: untouched.
+        let mut again = record.encode();
+        assert!(!carry_over_encoded(&mut again, &HashMap::new()));
+        let mut cut = record.encode();
+        cut.pop();
+        let before = cut.clone();
+        assert!(!carry_over_encoded(&mut cut, &changes));
+        assert_eq!(cut, before);
     }
 
     #[test]

@@ -468,16 +468,14 @@ fn stage_inner(
 /// Records the identity of every file of the release just staged in
 /// `final_dir`, and carries the ctime this run's links gave to shared
 /// inodes over to the records of the releases they came from
-/// ([`crate::identity::Records::carry_over`]). Best effort: a release
+/// ([`crate::identity::carry_over_records`]). Best effort: a release
 /// without a record, or with a stale one, is only checked by a full
 /// re-hash, so a failure here costs time, never safety.
 fn record_identities(layout: &Layout, final_dir: &Path, manifest: &Manifest, linked: &Linked) {
-    let mut others = crate::identity::Records::load_all(layout, Some(final_dir));
-    others.carry_over(&linked.inodes);
-    let _ = others.save_changed(layout);
+    let _ = crate::identity::carry_over_records(layout, Some(final_dir), &linked.inodes);
     match crate::identity::take(final_dir, manifest, &linked.identities(manifest)) {
         Ok(record) => {
-            if crate::identity::save(layout, final_dir, &record).is_err() {
+            if crate::identity::save_encoded(layout, final_dir, &record).is_err() {
                 let _ = crate::identity::remove(layout, final_dir);
             }
         }
