@@ -562,6 +562,17 @@ fn an_idle_poll_reads_no_manifest() {
     host.wait_healthy("2.0.0");
 }
 
+/// How a kill campaign's attempts bring the next release.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    /// `slipway install <full archive>`.
+    Archive,
+    /// `slipway update` from the repository, which lists a delta from every
+    /// earlier release: staging decompresses the delta and proves its
+    /// entries while both threads link the files it leaves out.
+    Delta,
+}
+
 /// A randomized campaign against two-thread hardlinked staging: each
 /// attempt installs the next version of a 1,600-file release over the
 /// running one and is SIGKILLed a random 0–250 ms after its staging
@@ -573,11 +584,23 @@ fn an_idle_poll_reads_no_manifest() {
 /// `SMALL_UPDATE_SEED` replays a run.
 #[test]
 fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
+    kill_campaign(Via::Archive, 6);
+}
+
+/// The campaign above with every attempt an `update` that takes the delta
+/// from the running release (counted from each attempt's `-v` output;
+/// an attempt killed before it says so is not counted).
+#[test]
+fn kills_during_a_delta_install_always_recover_to_a_complete_release() {
+    kill_campaign(Via::Delta, 4);
+}
+
+fn kill_campaign(via: Via, default_kills: usize) {
     use std::time::{Duration, Instant};
     let kills: usize = std::env::var("SMALL_UPDATE_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(default_kills);
     let mut seed: u64 = std::env::var("SMALL_UPDATE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -588,7 +611,9 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
                 .as_nanos() as u64
                 | 1
         });
-    eprintln!("kill campaign on hardlinked staging: {kills} kills, SMALL_UPDATE_SEED={seed}");
+    eprintln!(
+        "kill campaign on hardlinked staging ({via:?}): {kills} kills, SMALL_UPDATE_SEED={seed}"
+    );
     let mut next = move |below: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -607,14 +632,40 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().starts_with(".staging-"))
     };
-    let (mut killed_in_staging, mut landed, mut held) = (0, 0, 0);
+    let (mut killed_in_staging, mut landed, mut held, mut by_delta) = (0, 0, 0, 0);
+    let log = host.path("attempt.err");
+    // Releases published since the running one (an index lists at most 16
+    // deltas per release), and the newest version.
+    let (mut behind, mut newest) = (0, "1.0.0".to_string());
     for attempt in 0..kills {
+        if via == Via::Delta && behind >= 14 {
+            // Catch up (unkilled) while a delta from the running release
+            // is still listed.
+            host.run_expect(&["update"], 0);
+            host.wait_healthy(&newest);
+            behind = 0;
+        }
         let running = host.link("current").expect("current");
-        let next_release = host.build(&format!("2.0.{attempt}"), &tree);
+        let version = format!("2.0.{attempt}");
+        let (next_release, args) = match via {
+            Via::Archive => {
+                let r = host.build(&version, &tree);
+                let archive = r.archive.to_string_lossy().into_owned();
+                (r, vec!["install".to_string(), archive])
+            }
+            Via::Delta => {
+                // A delta from every release so far: from the running
+                // one, whichever attempts landed.
+                let r = host.build(&version, &tree);
+                host.publish_with(&r, &["--deltas", "1000"]);
+                (r, vec!["-v".to_string(), "update".to_string()])
+            }
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = host
-            .slipway(&["install", &next_release.archive.to_string_lossy()])
+            .slipway(&args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let started = Instant::now();
@@ -636,6 +687,12 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
         }
         let _ = child.kill();
         let status = child.wait().unwrap();
+        if fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("using the delta")
+        {
+            by_delta += 1;
+        }
         host.run_expect(&["recover"], 0);
 
         assert!(
@@ -654,7 +711,11 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
         );
         if now != running {
             landed += 1;
+            behind = 0;
+        } else {
+            behind += 1;
         }
+        newest = version;
         assert_eq!(
             assert_quick_agrees(&host, &format!("attempt {attempt} ({status:?})")),
             serde_json::json!([]),
@@ -662,10 +723,26 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
         );
         held += 1;
     }
+    if via == Via::Delta {
+        assert!(by_delta > 0, "no attempt took the delta");
+    }
     // The host still updates, and links.
-    let last = host.build("3.0.0", &tree);
     let before = host.link("current").expect("current");
-    host.run_expect(&["install", &last.archive.to_string_lossy()], 0);
+    let last = match via {
+        Via::Archive => {
+            let last = host.build("3.0.0", &tree);
+            host.run_expect(&["install", &last.archive.to_string_lossy()], 0);
+            last
+        }
+        Via::Delta => {
+            let last = host.build("3.0.0", &tree);
+            host.publish_with(&last, &["--deltas", "1000"]);
+            let out = host.run_expect(&["-v", "update"], 0);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(err.contains("using the delta"), "{err}");
+            last
+        }
+    };
     host.wait_healthy("3.0.0");
     let path = "app/lib/d07/f07.py";
     assert_eq!(
@@ -675,7 +752,8 @@ fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
     );
     host.run_expect(&["verify"], 0);
     eprintln!(
-        "kill campaign on hardlinked staging: {kills} tried, {held} held \
-         ({killed_in_staging} killed while the staging directory existed, {landed} landed before the kill)"
+        "kill campaign on hardlinked staging ({via:?}): {kills} tried, {held} held \
+         ({killed_in_staging} killed while the staging directory existed, {landed} landed before the kill, \
+         {by_delta} by the delta)"
     );
 }
