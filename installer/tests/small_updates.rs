@@ -567,8 +567,8 @@ fn an_idle_poll_reads_no_manifest() {
 enum Via {
     /// `slipway install <full archive>`.
     Archive,
-    /// `slipway update` from the repository, which lists a delta from every
-    /// earlier release: staging decompresses the delta and proves its
+    /// `slipway update` from the repository, which lists a delta from each
+    /// of the 8 releases before the new one: staging decompresses the delta and proves its
     /// entries while both threads link the files it leaves out.
     Delta,
 }
@@ -581,7 +581,8 @@ enum Via {
 /// release, complete (`verify` and `verify --quick` agree: no drift), with
 /// no staging directory or journal, and the next install must still link.
 /// `SMALL_UPDATE_KILLS` sets the number of kills (default 6);
-/// `SMALL_UPDATE_SEED` replays a run.
+/// `SMALL_UPDATE_SEED` replays a run; `SMALL_UPDATE_WINDOW_MS` narrows
+/// the kill window (default 250).
 #[test]
 fn kills_during_two_thread_linking_always_recover_to_a_complete_release() {
     kill_campaign(Via::Archive, 6);
@@ -601,6 +602,10 @@ fn kill_campaign(via: Via, default_kills: usize) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default_kills);
+    let window_us: u64 = std::env::var("SMALL_UPDATE_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(250_000, |ms| ms.clamp(1, 10_000) * 1000);
     let mut seed: u64 = std::env::var("SMALL_UPDATE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -634,11 +639,11 @@ fn kill_campaign(via: Via, default_kills: usize) {
     };
     let (mut killed_in_staging, mut landed, mut held, mut by_delta) = (0, 0, 0, 0);
     let log = host.path("attempt.err");
-    // Releases published since the running one (an index lists at most 16
-    // deltas per release), and the newest version.
+    // Releases published since the running one (each is published with
+    // deltas from the 8 before it), and the newest version.
     let (mut behind, mut newest) = (0, "1.0.0".to_string());
     for attempt in 0..kills {
-        if via == Via::Delta && behind >= 14 {
+        if via == Via::Delta && behind >= 7 {
             // Catch up (unkilled) while a delta from the running release
             // is still listed.
             host.run_expect(&["update"], 0);
@@ -654,10 +659,12 @@ fn kill_campaign(via: Via, default_kills: usize) {
                 (r, vec!["install".to_string(), archive])
             }
             Via::Delta => {
-                // A delta from every release so far: from the running
-                // one, whichever attempts landed.
+                // A delta from each of the 8 releases before it, the
+                // running one among them (see `behind`); the index lists
+                // the newest 9, so that it stays under the 64 KiB hosts
+                // accept.
                 let r = host.build(&version, &tree);
-                host.publish_with(&r, &["--deltas", "1000"]);
+                host.publish_with(&r, &["--deltas", "8", "--keep", "9"]);
                 (r, vec!["-v".to_string(), "update".to_string()])
             }
         };
@@ -681,7 +688,7 @@ fn kill_campaign(via: Via, default_kills: usize) {
             std::thread::sleep(Duration::from_micros(200));
         }
         assert!(seen, "attempt {attempt}: staging never started");
-        std::thread::sleep(Duration::from_micros(next(250_000)));
+        std::thread::sleep(Duration::from_micros(next(window_us)));
         if staging_dir() {
             killed_in_staging += 1;
         }
@@ -736,7 +743,7 @@ fn kill_campaign(via: Via, default_kills: usize) {
         }
         Via::Delta => {
             let last = host.build("3.0.0", &tree);
-            host.publish_with(&last, &["--deltas", "1000"]);
+            host.publish_with(&last, &["--deltas", "8", "--keep", "9"]);
             let out = host.run_expect(&["-v", "update"], 0);
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
             assert!(err.contains("using the delta"), "{err}");
