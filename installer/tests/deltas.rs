@@ -408,11 +408,17 @@ fn falls_back_to_the_full_archive(host: &TestHost, nginx: &Nginx, v2: &Release, 
     host.run_expect(&["verify"], 0);
 }
 
-#[test]
-fn a_delta_with_an_extra_file_is_refused_and_the_full_archive_used() {
-    let (host, nginx, v1, v2, honest) = hostile_setup();
-    let base = base_of(&v1);
-    let mut entries = delta_entries(&honest, &base);
+/// The honest delta from v1 to v2 with one more regular file,
+/// `app/zz-extra.py`, that the manifest does not list, signed: its bytes
+/// and signature.
+fn delta_with_an_extra_file(
+    host: &TestHost,
+    v1: &Release,
+    v2: &Release,
+    honest: &Path,
+) -> (Vec<u8>, String) {
+    let base = base_of(v1);
+    let mut entries = delta_entries(honest, &base);
     let (_, mut header, _) = entries.last().expect("an entry").clone();
     header.set_size(5);
     header.set_entry_type(tar::EntryType::Regular);
@@ -420,7 +426,14 @@ fn a_delta_with_an_extra_file_is_refused_and_the_full_archive_used() {
     header.set_cksum();
     entries.push(("app/zz-extra.py".into(), header, b"evil\n".to_vec()));
     let bytes = pack(&entries, &base);
-    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &entries[0].2);
+    let sig = sign_delta(host, &bytes, v1, v2, "2.0.0", &entries[0].2);
+    (bytes, sig)
+}
+
+#[test]
+fn a_delta_with_an_extra_file_is_refused_and_the_full_archive_used() {
+    let (host, nginx, v1, v2, honest) = hostile_setup();
+    let (bytes, sig) = delta_with_an_extra_file(&host, &v1, &v2, &honest);
     list_delta(&host, &v1, &v2, &bytes, &sig);
     falls_back_to_the_full_archive(&host, &nginx, &v2, "not in the manifest");
     assert!(!host.root().join("current/app/zz-extra.py").exists());
@@ -557,16 +570,7 @@ fn a_hostile_delta_on_a_usb_stick_is_refused_while_staging_and_changes_nothing()
     // payload or a missing base file, and removes what it had staged.
     let (host, _nginx, v1, v2, honest) = hostile_setup();
     host.wait_healthy("1.0.0");
-    let base = base_of(&v1);
-    let mut entries = delta_entries(&honest, &base);
-    let (_, mut header, _) = entries.last().expect("an entry").clone();
-    header.set_size(5);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_mode(0o644);
-    header.set_cksum();
-    entries.push(("app/zz-extra.py".into(), header, b"evil\n".to_vec()));
-    let bytes = pack(&entries, &base);
-    let sig = sign_delta(&host, &bytes, &v1, &v2, "2.0.0", &entries[0].2);
+    let (bytes, sig) = delta_with_an_extra_file(&host, &v1, &v2, &honest);
     let stick = host.path("stick");
     fs::create_dir_all(&stick).expect("stick");
     let delta = stick.join(delta_file_name(&id(&v1), &id(&v2)));
