@@ -209,8 +209,7 @@ impl TreeRecord {
     /// Whether the release's `slipway/manifest.json` is still the file the
     /// record was taken with: a record is only trusted with its manifest.
     pub fn manifest_unchanged(&self, dir: &Path) -> bool {
-        let now = FileIdentity::of_path(&dir.join(MANIFEST_PATH)).ok();
-        now.is_some() && self.get(MANIFEST_PATH) == now.as_ref()
+        manifest_is(dir, self.get(MANIFEST_PATH).copied())
     }
 
     /// The record in its on-disk form.
@@ -284,6 +283,13 @@ fn identity_offsets(bytes: &[u8]) -> Option<Vec<(usize, FileIdentity)>> {
         at += IDENTITY_BYTES;
     }
     Some(out)
+}
+
+/// Whether the release's `slipway/manifest.json` in `dir` is still the file
+/// recorded as `recorded`: a record is only trusted with its manifest.
+fn manifest_is(dir: &Path, recorded: Option<FileIdentity>) -> bool {
+    let now = FileIdentity::of_path(&dir.join(MANIFEST_PATH)).ok();
+    now.is_some() && recorded == now
 }
 
 /// The whole-tree flag and the entries of an encoded record, borrowed
@@ -546,8 +552,7 @@ pub fn file_identities(
         .iter()
         .find(|(p, _)| *p == MANIFEST_PATH)
         .map(|(_, id)| *id);
-    let now = FileIdentity::of_path(&release_dir.join(MANIFEST_PATH)).ok();
-    if now.is_none() || recorded_manifest != now {
+    if !manifest_is(release_dir, recorded_manifest) {
         return None;
     }
     let mut out = vec![None; manifest.files.len()];
